@@ -1,0 +1,108 @@
+//! The paper's RPCs (Figure 2) and their responses as plain Rust types. Each request has a paired
+//! response; the wire format lives elsewhere, so the core never depends on Cap'n Proto.
+
+use crate::log::Entry;
+use crate::types::{LogIndex, ServerId, Term};
+
+/// RequestVote (§5.2): a candidate asks for a vote, carrying its last log position (§5.4.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestVote {
+    /// The candidate's term.
+    pub term: Term,
+    /// The candidate asking for the vote.
+    pub candidate_id: ServerId,
+    /// Index of the candidate's last log entry.
+    pub last_log_index: LogIndex,
+    /// Term of the candidate's last log entry.
+    pub last_log_term: Term,
+}
+
+/// The answer to [`RequestVote`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestVoteResponse {
+    /// The voter's current term, so a stale candidate learns it is stale.
+    pub term: Term,
+    /// Whether the voter granted its vote for `term`.
+    pub vote_granted: bool,
+}
+
+/// AppendEntries (§5.3): replicates entries and serves as the heartbeat when `entries` is empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendEntries {
+    /// The leader's term.
+    pub term: Term,
+    /// The sender, so followers can redirect clients.
+    pub leader_id: ServerId,
+    /// Index of the entry just before `entries`.
+    pub prev_log_index: LogIndex,
+    /// Term of the entry at `prev_log_index` (the consistency check).
+    pub prev_log_term: Term,
+    /// Entries to store, starting at `prev_log_index + 1` (empty for a heartbeat).
+    pub entries: Vec<Entry>,
+    /// The leader's commit index, capped by what the leader knows this follower holds.
+    pub leader_commit: LogIndex,
+}
+
+/// The answer to [`AppendEntries`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendEntriesResponse {
+    /// The follower's current term, so a stale leader learns it is stale.
+    pub term: Term,
+    /// Whether the consistency check passed and the entries are stored (durably).
+    pub success: bool,
+    /// On success: the last index this request verified, `prev_log_index + entries.len()`. The
+    /// leader sets the follower's match index from it, never from its own guess.
+    pub match_index: LogIndex,
+    /// On rejection, the term of the follower's conflicting entry at `prev_log_index`, or 0 when
+    /// the follower's log is too short. Lets the leader skip a whole term per round trip (§5.3).
+    pub conflict_term: Term,
+    /// On rejection: the first index the follower holds of `conflict_term`, or, when the log is
+    /// too short, `latest_log_index + 1`.
+    pub conflict_index: LogIndex,
+    /// The follower's last log index (informational).
+    pub last_log_index: LogIndex,
+}
+
+/// Every message one server sends another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// A candidate's vote request.
+    RequestVote(RequestVote),
+    /// A vote answer.
+    RequestVoteResponse(RequestVoteResponse),
+    /// Entries or a heartbeat from the leader.
+    AppendEntries(AppendEntries),
+    /// A follower's answer to the leader.
+    AppendEntriesResponse(AppendEntriesResponse),
+}
+
+impl Message {
+    /// The sender's term, compared on receipt before anything else (§5.1).
+    pub fn term(&self) -> Term {
+        match self {
+            Message::RequestVote(m) => m.term,
+            Message::RequestVoteResponse(m) => m.term,
+            Message::AppendEntries(m) => m.term,
+            Message::AppendEntriesResponse(m) => m.term,
+        }
+    }
+
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::RequestVote(_) => "RequestVote",
+            Message::RequestVoteResponse(_) => "RequestVoteResponse",
+            Message::AppendEntries(_) => "AppendEntries",
+            Message::AppendEntriesResponse(_) => "AppendEntriesResponse",
+        }
+    }
+}
+
+/// A message and the server it is for; the sender is the server that produced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The destination.
+    pub to: ServerId,
+    /// What to send.
+    pub message: Message,
+}

@@ -1,0 +1,752 @@
+//! The consensus core: every Raft rule, and no I/O, clock or thread (DESIGN.md §1).
+//!
+//! [`Consensus`] takes [`Event`]s (a peer's message, a client proposal, a timer firing, a peer
+//! reconnecting) and returns [`Actions`]: messages to send, timers to arm or cancel, replies for
+//! proposers, and whether the log must be synced. It reads and writes the [`PersistentLog`] it
+//! owns and applies committed commands to the [`StateMachine`] it owns, but never syncs on its
+//! own: the caller syncs when it likes (once for many events: group commit) by calling
+//! [`Consensus::sync`]. Messages whose safety depends on unsynced writes (a vote, a new term, an
+//! acknowledgement of entries) are withheld until then, so a caller cannot send them too early.
+//!
+//! The rules are split by concern: `election.rs` (§5.2, §5.4.1), `replication.rs` (§5.3,
+//! §5.4.2), `progress.rs` (per-follower state), `quorum.rs` (majorities), `invariants.rs`
+//! (checks after every step).
+
+mod election;
+mod invariants;
+pub mod message;
+pub mod progress;
+pub mod quorum;
+mod replication;
+
+pub use message::{
+    AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
+};
+
+use crate::error::{ConfigError, LogError, Result};
+use crate::log::PersistentLog;
+use crate::state_machine::StateMachine;
+use crate::types::{LogIndex, ServerId, Term};
+use invariants::Observed;
+use progress::Progress;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Tunables of one server's consensus core. Validated by [`Config::validate`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Shortest election timeout (§5.2). Default 150 ms.
+    pub election_timeout_min: Duration,
+    /// Longest election timeout; each timeout is drawn uniformly from the range. Default 300 ms.
+    pub election_timeout_max: Duration,
+    /// How often a leader heartbeats each follower. Must be below `election_timeout_min`.
+    /// Default 50 ms.
+    pub heartbeat_interval: Duration,
+    /// Most entries one AppendEntries carries (batching). Default 1024.
+    pub append_entries_max: u64,
+    /// Most entry bytes ([`Entry::size_bytes`](crate::log::Entry::size_bytes)) one AppendEntries
+    /// carries; a single larger entry still goes alone. Default 1 MiB.
+    pub append_bytes_max: u64,
+    /// Most unacknowledged AppendEntries per caught-up follower (pipelining). Default 8.
+    pub in_flight_appends_max: usize,
+    /// Test only: deliberately break one Raft rule, to prove the simulator catches it.
+    #[doc(hidden)]
+    pub testing_broken_rule: Option<BrokenRule>,
+}
+
+/// Rules that a test can switch off to show the checkers notice (never for production).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokenRule {
+    /// Commit an earlier term's entry by counting replicas, ignoring §5.4.2 (Figure 8).
+    CommitPreviousTermByCount,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            heartbeat_interval: Duration::from_millis(50),
+            append_entries_max: 1024,
+            append_bytes_max: 1 << 20,
+            in_flight_appends_max: 8,
+            testing_broken_rule: None,
+        }
+    }
+}
+
+impl Config {
+    /// Checks that the settings can work together.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the offending values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.election_timeout_min >= self.election_timeout_max {
+            return Err(ConfigError::ElectionTimeoutRange {
+                min: self.election_timeout_min,
+                max: self.election_timeout_max,
+            });
+        }
+        if self.heartbeat_interval >= self.election_timeout_min {
+            return Err(ConfigError::HeartbeatTooSlow {
+                heartbeat: self.heartbeat_interval,
+                election_min: self.election_timeout_min,
+            });
+        }
+        for (name, value) in [
+            ("append_entries_max", self.append_entries_max),
+            ("append_bytes_max", self.append_bytes_max),
+            ("in_flight_appends_max", self.in_flight_appends_max as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::ZeroLimit { name });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A server's role (§5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Passive: answers leaders and candidates.
+    Follower,
+    /// Campaigning for leadership of the current term.
+    Candidate,
+    /// Handles proposals and replicates the log.
+    Leader,
+}
+
+/// The timers a server keeps. Arming one replaces its previous deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    /// Followers and candidates: no leader heard from in time, start an election (§5.2).
+    Election,
+    /// Leaders: time to heartbeat the followers.
+    Heartbeat,
+}
+
+/// What to do with a timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerAction {
+    /// Fire [`Event::Timeout`] for this timer after the delay, replacing any earlier deadline.
+    Set {
+        /// Which timer.
+        timer: Timer,
+        /// Delay from now.
+        after: Duration,
+    },
+    /// Do not fire this timer until it is set again.
+    Cancel(Timer),
+}
+
+/// The caller's tag for a proposal, echoed in its [`ClientReply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProposalId(pub u64);
+
+/// What became of a proposal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProposalOutcome {
+    /// Committed and applied at `index`; `result` is what `StateMachine::apply` returned.
+    Applied {
+        /// Where the command sits in the log.
+        index: LogIndex,
+        /// The state machine's reply.
+        result: Vec<u8>,
+    },
+    /// This server is not the leader; `leader` is the one it knows of, if any. Nothing was
+    /// appended, so retrying there is safe.
+    NotLeader {
+        /// The current leader as far as this server knows.
+        leader: Option<ServerId>,
+    },
+    /// The entry was replaced by another leader's entry at `index` and will never be applied.
+    Dropped {
+        /// Where the proposal had been appended.
+        index: LogIndex,
+    },
+}
+
+/// The answer for one proposal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientReply {
+    /// The caller's tag from [`Event::ClientProposal`].
+    pub id: ProposalId,
+    /// What happened.
+    pub outcome: ProposalOutcome,
+}
+
+/// Something that happened to this server.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A message arrived from a peer.
+    Message {
+        /// The sender, as authenticated by the connection.
+        from: ServerId,
+        /// What it sent.
+        message: Message,
+    },
+    /// A client asks to append `command` to the log.
+    ClientProposal {
+        /// The caller's tag, echoed in the reply.
+        id: ProposalId,
+        /// The command for `StateMachine::apply`.
+        command: Vec<u8>,
+    },
+    /// A timer armed by a [`TimerAction::Set`] fired.
+    Timeout(Timer),
+    /// The connection to a peer was (re)established: messages sent before may have been lost.
+    PeerConnected(ServerId),
+}
+
+/// What the caller must do after a step. Every message here may be sent at once; messages that
+/// need a sync first are withheld until [`Consensus::sync`].
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct Actions {
+    /// Messages to send, in order per destination.
+    pub messages: Vec<Envelope>,
+    /// Timers to set or cancel, in order.
+    pub timers: Vec<TimerAction>,
+    /// Replies for proposers.
+    pub replies: Vec<ClientReply>,
+    /// The log has unsynced writes: call [`Consensus::sync`] (now or after more events) to make
+    /// them durable and release the messages that wait on them.
+    pub sync_required: bool,
+}
+
+impl Actions {
+    /// Appends `other` to `self`, keeping the order of everything.
+    pub fn merge(&mut self, mut other: Actions) {
+        self.messages.append(&mut other.messages);
+        self.timers.append(&mut other.timers);
+        self.replies.append(&mut other.replies);
+        self.sync_required |= other.sync_required;
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.timers.is_empty()
+            && self.replies.is_empty()
+            && !self.sync_required
+    }
+}
+
+/// One server's Raft state machine (Figure 2), driven by events, free of I/O.
+///
+/// # Examples
+/// A one-server cluster elects itself and commits a proposal:
+/// ```
+/// use mioraft::consensus::{Config, Consensus, Event, ProposalId, ProposalOutcome, Timer};
+/// use mioraft::{KvStateMachine, MemLog, ServerId};
+///
+/// let mut node = Consensus::new(
+///     ServerId(1), vec![ServerId(1)], MemLog::new(), KvStateMachine::new(),
+///     Config::default(), 7,
+/// )?;
+/// let _ = node.start();
+/// let _ = node.step(Event::Timeout(Timer::Election))?;
+/// let _ = node.step(Event::ClientProposal { id: ProposalId(1), command: b"put k v".to_vec() })?;
+/// let actions = node.sync()?; // durable on the only voter: committed and applied
+/// assert!(matches!(actions.replies[0].outcome, ProposalOutcome::Applied { .. }));
+/// assert_eq!(node.state_machine().get("k"), Some("v"));
+/// # Ok::<(), mioraft::Error>(())
+/// ```
+pub struct Consensus<L: PersistentLog, M: StateMachine> {
+    /// This server. Never 0. Constant.
+    id: ServerId,
+    /// Every voting member including this one, sorted. Constant (until membership changes).
+    voters: Vec<ServerId>,
+    /// The voters other than this server, sorted.
+    peers: Vec<ServerId>,
+    /// Durable term, vote and entries. Written only here; synced only by [`Consensus::sync`].
+    log: L,
+    /// The application, fed committed commands in order.
+    state_machine: M,
+    config: Config,
+    /// Follower, Candidate or Leader. Changes only through `become_*`.
+    role: Role,
+    /// The leader of the current term if known; `Some(id)` when Leader. Reset on a new term.
+    leader_id: Option<ServerId>,
+    /// Highest index known committed (§5.3). Volatile: 0 after a restart. Never decreases.
+    /// Invariant: `commit_index <= log.latest_log_index()`.
+    commit_index: LogIndex,
+    /// Highest index applied to the state machine. Invariant: `last_applied <= commit_index`.
+    last_applied: LogIndex,
+    /// Highest index known durable in this server's own log: what the leader counts for itself
+    /// (thesis §10.2.1). Invariant: `durable_index <= log.latest_log_index()`.
+    durable_index: LogIndex,
+    /// Term or vote changed since the last sync: every outgoing message waits.
+    hard_state_unsynced: bool,
+    /// Entries changed since the last sync: acknowledgements wait; a leader's appends do not.
+    entries_unsynced: bool,
+    /// Messages waiting for the next sync, in order.
+    withheld: Vec<Envelope>,
+    /// Candidate only: who granted and who refused this term's vote (including ourselves).
+    votes_granted: BTreeSet<ServerId>,
+    votes_rejected: BTreeSet<ServerId>,
+    /// Leader only: each peer's replication progress.
+    progress: BTreeMap<ServerId, Progress>,
+    /// Proposals this server appended as leader, by (index, term), awaiting apply.
+    pending_proposals: BTreeMap<(LogIndex, Term), ProposalId>,
+    /// Randomness for election timeouts, from the seed given at construction.
+    rng: ChaCha8Rng,
+    /// Actions gathered during the current step.
+    out: Actions,
+    /// Values seen at the previous step, to assert that they never move backwards.
+    observed: Observed,
+}
+
+impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
+    /// Creates a server from its durable `log` (new or recovered) and a state machine, as a
+    /// follower. Call [`Consensus::start`] once to arm its first election timer.
+    ///
+    /// `voters` lists every voting member, this server included; `rng_seed` feeds the election
+    /// timeout randomness, so equal seeds give equal runs.
+    ///
+    /// # Errors
+    /// [`ConfigError`] if the configuration or membership is invalid.
+    pub fn new(
+        id: ServerId,
+        voters: Vec<ServerId>,
+        log: L,
+        state_machine: M,
+        config: Config,
+        rng_seed: u64,
+    ) -> Result<Self> {
+        config.validate()?;
+        let voters: Vec<ServerId> = voters
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if id.0 == 0 || !voters.contains(&id) || voters.contains(&ServerId(0)) {
+            return Err(ConfigError::Membership {
+                id: id.0,
+                voters: voters.iter().map(|v| v.0).collect(),
+            }
+            .into());
+        }
+        let peers = voters.iter().copied().filter(|&v| v != id).collect();
+        let durable_index = log.latest_log_index();
+        let observed = Observed::new(log.current_term());
+        Ok(Consensus {
+            id,
+            voters,
+            peers,
+            log,
+            state_machine,
+            config,
+            role: Role::Follower,
+            leader_id: None,
+            commit_index: LogIndex(0),
+            last_applied: LogIndex(0),
+            durable_index,
+            hard_state_unsynced: false,
+            entries_unsynced: false,
+            withheld: Vec::new(),
+            votes_granted: BTreeSet::new(),
+            votes_rejected: BTreeSet::new(),
+            progress: BTreeMap::new(),
+            pending_proposals: BTreeMap::new(),
+            rng: ChaCha8Rng::seed_from_u64(rng_seed),
+            out: Actions::default(),
+            observed,
+        })
+    }
+
+    /// Returns the actions a freshly created server needs: arming its election timer.
+    pub fn start(&mut self) -> Actions {
+        self.reset_election_timer();
+        self.take_actions()
+    }
+
+    /// Feeds one event through the Raft rules and returns what to do.
+    ///
+    /// # Errors
+    /// A [`LogError`] from the persistent log. The server must then stop: its state can no
+    /// longer be trusted.
+    pub fn step(&mut self, event: Event) -> Result<Actions> {
+        match event {
+            Event::Message { from, message } => self.handle_message(from, message)?,
+            Event::ClientProposal { id, command } => self.propose(id, command)?,
+            Event::Timeout(Timer::Election) => self.on_election_timeout()?,
+            Event::Timeout(Timer::Heartbeat) => self.on_heartbeat_timeout()?,
+            Event::PeerConnected(peer) => self.on_peer_connected(peer)?,
+        }
+        self.check_invariants();
+        Ok(self.take_actions())
+    }
+
+    /// Makes every write so far durable, then releases the messages that waited for it and lets a
+    /// leader count its own log toward commitment (thesis §10.2.1).
+    ///
+    /// # Errors
+    /// A [`LogError`] from [`PersistentLog::sync`]: the server must stop.
+    pub fn sync(&mut self) -> Result<Actions> {
+        self.log.sync()?;
+        self.hard_state_unsynced = false;
+        self.entries_unsynced = false;
+        self.durable_index = self.log.latest_log_index();
+        self.out.messages.append(&mut self.withheld);
+        if self.role == Role::Leader {
+            self.advance_commit_index()?;
+        }
+        self.check_invariants();
+        Ok(self.take_actions())
+    }
+
+    /// This server's id.
+    pub fn id(&self) -> ServerId {
+        self.id
+    }
+
+    /// Every voting member, sorted.
+    pub fn voters(&self) -> &[ServerId] {
+        &self.voters
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The current term.
+    pub fn current_term(&self) -> Term {
+        self.log.current_term()
+    }
+
+    /// The leader of the current term, if known.
+    pub fn leader_id(&self) -> Option<ServerId> {
+        self.leader_id
+    }
+
+    /// The highest index known committed.
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit_index
+    }
+
+    /// The highest index applied to the state machine.
+    pub fn last_applied(&self) -> LogIndex {
+        self.last_applied
+    }
+
+    /// The index of the last log entry.
+    pub fn last_log_index(&self) -> LogIndex {
+        self.log.latest_log_index()
+    }
+
+    /// The highest index known durable in this server's own log.
+    pub fn durable_index(&self) -> LogIndex {
+        self.durable_index
+    }
+
+    /// Leader only: the match index of `peer`, `None` otherwise.
+    pub fn match_index(&self, peer: ServerId) -> Option<LogIndex> {
+        self.progress.get(&peer).map(|p| p.match_index)
+    }
+
+    /// Leader only: the replication progress of `peer`.
+    pub fn progress(&self, peer: ServerId) -> Option<&Progress> {
+        self.progress.get(&peer)
+    }
+
+    /// The persistent log.
+    pub fn log(&self) -> &L {
+        &self.log
+    }
+
+    /// The persistent log, for the simulator's checkers (never to write behind the core's back).
+    pub(crate) fn log_mut(&mut self) -> &mut L {
+        &mut self.log
+    }
+
+    /// The state machine.
+    pub fn state_machine(&self) -> &M {
+        &self.state_machine
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether messages are withheld waiting for a sync.
+    pub fn has_withheld_messages(&self) -> bool {
+        !self.withheld.is_empty()
+    }
+
+    /// Takes the log and state machine back, e.g. to restart the server from the same log.
+    pub fn into_parts(self) -> (L, M) {
+        (self.log, self.state_machine)
+    }
+
+    // ---- message dispatch (§5.1: compare terms first, then act by role) ----
+
+    fn handle_message(&mut self, from: ServerId, message: Message) -> Result<()> {
+        if !self.peers.contains(&from) {
+            log::debug!(
+                "{}: ignored {} from non-member {from}",
+                self.who(),
+                message.name()
+            );
+            return Ok(());
+        }
+        let term = message.term();
+        let current_term = self.current_term();
+        if term > current_term {
+            // §5.1: a higher term makes any server a follower of that term. An AppendEntries
+            // names the leader; anything else leaves it unknown.
+            let leader = match &message {
+                Message::AppendEntries(_) => Some(from),
+                _ => None,
+            };
+            log::debug!(
+                "{}: {} from {from} carries term {term}: stepping down",
+                self.who(),
+                message.name()
+            );
+            self.become_follower(term, leader)?;
+        } else if term < current_term {
+            // §5.1: a stale message is never acted on; requests get our term so that the stale
+            // sender steps down.
+            log::debug!(
+                "{}: ignored stale {} from {from} of term {term}",
+                self.who(),
+                message.name()
+            );
+            match message {
+                Message::RequestVote(_) => self.send(
+                    from,
+                    Message::RequestVoteResponse(RequestVoteResponse {
+                        term: current_term,
+                        vote_granted: false,
+                    }),
+                ),
+                Message::AppendEntries(_) => self.send(
+                    from,
+                    Message::AppendEntriesResponse(AppendEntriesResponse {
+                        term: current_term,
+                        success: false,
+                        match_index: LogIndex(0),
+                        conflict_term: Term(0),
+                        conflict_index: LogIndex(0),
+                        last_log_index: self.log.latest_log_index(),
+                    }),
+                ),
+                _ => {}
+            }
+            return Ok(());
+        }
+        match message {
+            Message::RequestVote(request) => self.handle_request_vote(from, request),
+            Message::RequestVoteResponse(response) => {
+                self.handle_request_vote_response(from, response)
+            }
+            Message::AppendEntries(request) => self.handle_append_entries(from, request),
+            Message::AppendEntriesResponse(response) => {
+                self.handle_append_entries_response(from, response)
+            }
+        }
+    }
+
+    fn on_peer_connected(&mut self, peer: ServerId) -> Result<()> {
+        if !self.peers.contains(&peer) {
+            return Ok(());
+        }
+        match self.role {
+            Role::Leader => {
+                // Whatever was in flight may be gone with the old connection: probe again.
+                if let Some(progress) = self.progress.get_mut(&peer) {
+                    progress.become_probe(progress.match_index.next());
+                }
+                self.send_appends(peer)
+            }
+            Role::Candidate => {
+                if !self.votes_granted.contains(&peer) && !self.votes_rejected.contains(&peer) {
+                    let request = self.vote_request();
+                    self.send(peer, request);
+                }
+                Ok(())
+            }
+            Role::Follower => Ok(()),
+        }
+    }
+
+    // ---- role transitions: the only places `role` changes ----
+
+    /// Becomes a follower of `term` (which must not be lower than the current one), knowing
+    /// `leader` if given.
+    fn become_follower(&mut self, term: Term, leader: Option<ServerId>) -> Result<()> {
+        let current_term = self.current_term();
+        assert!(
+            term >= current_term,
+            "{}: become_follower to older term {term}",
+            self.who()
+        );
+        if term > current_term {
+            self.set_current_term(term)?;
+        }
+        if self.role == Role::Leader {
+            self.out.timers.push(TimerAction::Cancel(Timer::Heartbeat));
+        }
+        self.role = Role::Follower;
+        self.leader_id = leader;
+        self.votes_granted.clear();
+        self.votes_rejected.clear();
+        self.progress.clear();
+        self.reset_election_timer();
+        Ok(())
+    }
+
+    fn become_candidate(&mut self) -> Result<()> {
+        assert!(
+            self.role != Role::Leader,
+            "{}: a leader does not campaign",
+            self.who()
+        );
+        let term = self.current_term().next();
+        self.set_current_term(term)?;
+        // §5.2: vote for ourselves, durably before any vote request goes out.
+        self.log.set_voted_for(Some(self.id))?;
+        self.hard_state_unsynced = true;
+        self.role = Role::Candidate;
+        self.leader_id = None;
+        self.votes_granted.clear();
+        self.votes_rejected.clear();
+        self.votes_granted.insert(self.id);
+        self.reset_election_timer();
+        Ok(())
+    }
+
+    fn become_leader(&mut self) -> Result<()> {
+        assert_eq!(
+            self.role,
+            Role::Candidate,
+            "{}: only candidates win",
+            self.who()
+        );
+        assert_eq!(
+            self.log.voted_for(),
+            Some(self.id),
+            "{}: a leader voted for itself",
+            self.who()
+        );
+        self.role = Role::Leader;
+        self.leader_id = Some(self.id);
+        self.votes_granted.clear();
+        self.votes_rejected.clear();
+        self.out.timers.push(TimerAction::Cancel(Timer::Election));
+        self.out.timers.push(TimerAction::Set {
+            timer: Timer::Heartbeat,
+            after: self.config.heartbeat_interval,
+        });
+        // §8: a no-op of the new term; once it commits, everything before it is committed too
+        // (§5.4.2) and the leader knows its commit index is current.
+        let noop_index = self.log.latest_log_index().next();
+        let term = self.current_term();
+        self.append_to_own_log(&[crate::log::Entry::noop(term)])?;
+        log::info!("{}: became leader; no-op at {noop_index}", self.who());
+        self.progress = self
+            .peers
+            .iter()
+            .map(|&peer| (peer, Progress::new(noop_index)))
+            .collect();
+        for peer in self.peers.clone() {
+            self.send_appends(peer)?;
+        }
+        // A single-server cluster commits as soon as its own write is durable.
+        self.advance_commit_index()
+    }
+
+    // ---- helpers ----
+
+    fn set_current_term(&mut self, term: Term) -> Result<()> {
+        self.log.set_current_term(term)?;
+        self.hard_state_unsynced = true;
+        // A proposal pending from an older term can no longer be appended by us; it is kept until
+        // its index is applied, when we learn whether it survived.
+        Ok(())
+    }
+
+    /// Appends entries at the end of our own log (as leader, or after a follower's checks).
+    fn append_to_own_log(&mut self, entries: &[crate::log::Entry]) -> Result<(), LogError> {
+        let from = self.log.latest_log_index().next();
+        self.log.append_entries(from, entries)?;
+        if !entries.is_empty() {
+            self.entries_unsynced = true;
+        }
+        Ok(())
+    }
+
+    /// Queues `message` for `to`, withholding it until the next sync if it depends on unsynced
+    /// state: every message after a term or vote change (§5.2: the vote is durable before the
+    /// reply), and every acknowledgement after an entry change (§5.3: entries are durable before
+    /// the leader counts them). A leader's own appends may go at once (thesis §10.2.1).
+    fn send(&mut self, to: ServerId, message: Message) {
+        let leader_append =
+            self.role == Role::Leader && matches!(message, Message::AppendEntries(_));
+        let must_wait = self.hard_state_unsynced || (self.entries_unsynced && !leader_append);
+        let envelope = Envelope { to, message };
+        if must_wait {
+            self.withheld.push(envelope);
+        } else {
+            self.out.messages.push(envelope);
+        }
+    }
+
+    fn reset_election_timer(&mut self) {
+        let after = self.random_election_timeout();
+        self.out.timers.push(TimerAction::Set {
+            timer: Timer::Election,
+            after,
+        });
+    }
+
+    fn take_actions(&mut self) -> Actions {
+        let mut actions = std::mem::take(&mut self.out);
+        actions.sync_required = self.hard_state_unsynced || self.entries_unsynced;
+        actions
+    }
+
+    fn check_invariants(&mut self) {
+        let snapshot = invariants::State {
+            role: self.role,
+            current_term: self.current_term(),
+            voted_for: self.log.voted_for(),
+            leader_id: self.leader_id,
+            commit_index: self.commit_index,
+            last_applied: self.last_applied,
+            durable_index: self.durable_index,
+            last_log_index: self.log.latest_log_index(),
+        };
+        invariants::check(self.id, &snapshot, &self.progress, &mut self.observed);
+    }
+
+    /// "n2 t7 follower", the prefix of every log line.
+    fn who(&self) -> String {
+        let role = match self.role {
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        };
+        format!("{} t{} {role}", self.id, self.current_term())
+    }
+}
+
+impl<L: PersistentLog + std::fmt::Debug, M: StateMachine> std::fmt::Debug for Consensus<L, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consensus")
+            .field("id", &self.id)
+            .field("role", &self.role)
+            .field("current_term", &self.current_term())
+            .field("commit_index", &self.commit_index)
+            .field("last_applied", &self.last_applied)
+            .field("log", &self.log)
+            .finish_non_exhaustive()
+    }
+}

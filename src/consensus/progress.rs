@@ -1,0 +1,206 @@
+//! Owns what the leader knows of each follower (§5.3): its match and next index and how
+//! replication to it proceeds. Choosing what to send is `replication.rs`'s job.
+//!
+//! A follower is in one of two states. **Probe**: the leader does not know where the follower's
+//! log ends; it sends one append at a time and waits for the answer (or the next heartbeat) before
+//! sending another. **Replicate**: the follower's log is known to match up to `match_index`; the
+//! leader streams appends optimistically, advancing `next_index` as it sends, with at most
+//! `in_flight_appends_max` unacknowledged at once (pipelining).
+
+use crate::types::LogIndex;
+use std::collections::VecDeque;
+
+/// How the leader currently replicates to one follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicationState {
+    /// One append at a time until a success reveals where the logs match.
+    Probe {
+        /// An append is outstanding: wait for its answer or the next heartbeat.
+        paused: bool,
+    },
+    /// Appends stream ahead of acknowledgements, bounded by the in-flight window.
+    Replicate,
+}
+
+/// The leader's view of one follower.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Highest index known to be stored on the follower (from its acknowledgements only).
+    /// 0 = nothing known. Monotonic within a term. Invariant: `match_index < next_index`.
+    pub match_index: LogIndex,
+    /// Index of the next entry to send. Invariant: `match_index < next_index`.
+    pub next_index: LogIndex,
+    /// Probe or Replicate.
+    pub state: ReplicationState,
+    /// Last index of each append sent and not yet acknowledged, oldest first (Replicate only).
+    in_flight: VecDeque<LogIndex>,
+    /// Whether an acknowledgement advanced `match_index` since the last heartbeat, used to detect
+    /// lost appends when the window stays full.
+    acked_since_heartbeat: bool,
+}
+
+impl Progress {
+    /// A follower a new leader knows nothing about: probe from `next_index`.
+    pub fn new(next_index: LogIndex) -> Self {
+        assert!(!next_index.is_zero(), "next_index starts at 1 or later");
+        Progress {
+            match_index: LogIndex(0),
+            next_index,
+            state: ReplicationState::Probe { paused: false },
+            in_flight: VecDeque::new(),
+            acked_since_heartbeat: false,
+        }
+    }
+
+    /// Whether the leader may send this follower an append now.
+    pub fn can_send(&self, last_log_index: LogIndex, in_flight_appends_max: usize) -> bool {
+        match self.state {
+            ReplicationState::Probe { paused } => !paused,
+            ReplicationState::Replicate => {
+                self.next_index <= last_log_index && self.in_flight.len() < in_flight_appends_max
+            }
+        }
+    }
+
+    /// Records that an append ending at `last_index` was sent.
+    pub fn on_sent(&mut self, last_index: LogIndex) {
+        match self.state {
+            ReplicationState::Probe { .. } => {
+                self.state = ReplicationState::Probe { paused: true };
+            }
+            ReplicationState::Replicate => {
+                self.next_index = last_index.next();
+                self.in_flight.push_back(last_index);
+            }
+        }
+        self.check();
+    }
+
+    /// Applies a successful acknowledgement up to `match_index`. Returns whether it taught the
+    /// leader anything new (a stale or duplicate acknowledgement returns false).
+    pub fn on_success(&mut self, match_index: LogIndex) -> bool {
+        let advanced = match_index > self.match_index;
+        if advanced {
+            self.match_index = match_index;
+            self.acked_since_heartbeat = true;
+        }
+        if self.next_index <= self.match_index {
+            self.next_index = self.match_index.next();
+        }
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|&end| end <= match_index)
+        {
+            self.in_flight.pop_front();
+        }
+        if let ReplicationState::Probe { .. } = self.state {
+            // The logs match up to match_index: stream from here on.
+            self.state = ReplicationState::Replicate;
+            self.next_index = self.match_index.next();
+            self.in_flight.clear();
+        }
+        self.check();
+        advanced
+    }
+
+    /// Falls back to probing from `next_index` (clamped above the match index) after a rejection,
+    /// a reconnection or a stall.
+    pub fn become_probe(&mut self, next_index: LogIndex) {
+        self.next_index = next_index.max(self.match_index.next());
+        self.state = ReplicationState::Probe { paused: false };
+        self.in_flight.clear();
+        self.check();
+    }
+
+    /// Called every heartbeat interval. Unpauses a probe; in Replicate, a full window with no
+    /// acknowledgement for a whole interval means appends were lost, so probe again from the
+    /// match index. Returns whether the follower was sent back to probing.
+    pub fn on_heartbeat(&mut self, in_flight_appends_max: usize) -> bool {
+        let stalled = self.state == ReplicationState::Replicate
+            && !self.in_flight.is_empty()
+            && (!self.acked_since_heartbeat || self.in_flight.len() >= in_flight_appends_max);
+        self.acked_since_heartbeat = false;
+        match self.state {
+            ReplicationState::Probe { .. } => {
+                self.state = ReplicationState::Probe { paused: false };
+                false
+            }
+            ReplicationState::Replicate if stalled => {
+                self.become_probe(self.match_index.next());
+                true
+            }
+            ReplicationState::Replicate => false,
+        }
+    }
+
+    /// Number of appends awaiting acknowledgement.
+    pub fn in_flight_count(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn check(&self) {
+        assert!(
+            self.match_index < self.next_index,
+            "progress invariant: match_index {} < next_index {}",
+            self.match_index,
+            self.next_index
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_sends_one_then_pauses() {
+        let mut progress = Progress::new(LogIndex(5));
+        assert!(progress.can_send(LogIndex(5), 4));
+        progress.on_sent(LogIndex(5));
+        assert!(!progress.can_send(LogIndex(5), 4));
+        progress.on_heartbeat(4);
+        assert!(progress.can_send(LogIndex(5), 4));
+    }
+
+    #[test]
+    fn success_switches_to_replicate_and_window_bounds_sends() {
+        let mut progress = Progress::new(LogIndex(1));
+        progress.on_sent(LogIndex(1));
+        assert!(progress.on_success(LogIndex(1)));
+        assert_eq!(progress.state, ReplicationState::Replicate);
+        for end in 2..=3 {
+            assert!(progress.can_send(LogIndex(10), 2));
+            progress.on_sent(LogIndex(end));
+        }
+        assert!(!progress.can_send(LogIndex(10), 2), "window of 2 is full");
+        assert_eq!(progress.next_index, LogIndex(4));
+        assert!(progress.on_success(LogIndex(2)));
+        assert_eq!(progress.in_flight_count(), 1);
+        assert!(
+            !progress.on_success(LogIndex(2)),
+            "duplicate ack teaches nothing"
+        );
+    }
+
+    #[test]
+    fn stalled_window_falls_back_to_probe() {
+        let mut progress = Progress::new(LogIndex(1));
+        progress.on_sent(LogIndex(1));
+        progress.on_success(LogIndex(1));
+        progress.on_sent(LogIndex(3));
+        assert!(!progress.on_heartbeat(4), "acked during this interval");
+        assert!(progress.on_heartbeat(4), "no ack for a whole interval");
+        assert_eq!(progress.next_index, LogIndex(2));
+        assert_eq!(progress.state, ReplicationState::Probe { paused: false });
+    }
+
+    #[test]
+    fn probe_never_goes_below_match() {
+        let mut progress = Progress::new(LogIndex(1));
+        progress.on_sent(LogIndex(1));
+        progress.on_success(LogIndex(6));
+        progress.become_probe(LogIndex(2));
+        assert_eq!(progress.next_index, LogIndex(7));
+    }
+}

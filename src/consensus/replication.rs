@@ -1,0 +1,456 @@
+//! Log replication (§5.3) and commitment (§5.4.2): proposals, AppendEntries out and in, the
+//! consistency check with its conflict hint, the commit index, and applying committed entries.
+
+use super::progress::ReplicationState;
+use super::quorum;
+use super::{
+    AppendEntries, AppendEntriesResponse, BrokenRule, ClientReply, Consensus, Message, ProposalId,
+    ProposalOutcome, Role, Timer, TimerAction,
+};
+use crate::error::Result;
+use crate::log::{Entry, EntryKind, PersistentLog};
+use crate::state_machine::StateMachine;
+use crate::types::{LogIndex, ServerId, Term};
+
+/// How many committed entries are read from the log at a time while applying.
+const APPLY_BATCH_BYTES_MAX: u64 = 4 << 20;
+
+impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
+    /// §5.3: the leader appends the command to its own log and replicates it; anyone else
+    /// answers with the leader it knows, appending nothing.
+    pub(super) fn propose(&mut self, id: ProposalId, command: Vec<u8>) -> Result<()> {
+        if self.role != Role::Leader {
+            self.out.replies.push(ClientReply {
+                id,
+                outcome: ProposalOutcome::NotLeader {
+                    leader: self.leader_id,
+                },
+            });
+            return Ok(());
+        }
+        let term = self.current_term();
+        let index = self.log.latest_log_index().next();
+        self.append_to_own_log(&[Entry::command(term, command)])?;
+        self.pending_proposals.insert((index, term), id);
+        for peer in self.peers.clone() {
+            self.send_appends(peer)?;
+        }
+        // One voter: the entry commits once durable, which `sync` reports.
+        Ok(())
+    }
+
+    /// Sends `peer` as many appends as its progress allows: one while probing, up to the
+    /// in-flight window while replicating (pipelining), each batching up to the entry and byte
+    /// limits.
+    pub(super) fn send_appends(&mut self, peer: ServerId) -> Result<()> {
+        loop {
+            let last_log_index = self.log.latest_log_index();
+            let Some(progress) = self.progress.get(&peer) else {
+                return Ok(());
+            };
+            if !progress.can_send(last_log_index, self.config.in_flight_appends_max) {
+                return Ok(());
+            }
+            let next_index = progress.next_index;
+            let probing = matches!(progress.state, ReplicationState::Probe { .. });
+            let prev_log_index = next_index
+                .prev()
+                .expect("progress invariant: next_index >= 1");
+            let prev_log_term = self.term_at(prev_log_index)?;
+            let until = next_index
+                .checked_add(self.config.append_entries_max)
+                .unwrap_or(LogIndex(u64::MAX))
+                .min(last_log_index.next());
+            let entries = self
+                .log
+                .entries(next_index, until, self.config.append_bytes_max)?;
+            let last_sent = prev_log_index
+                .checked_add(entries.len() as u64)
+                .expect("entries come from our own log");
+            let message = Message::AppendEntries(AppendEntries {
+                term: self.current_term(),
+                leader_id: self.id,
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit: self.commit_index,
+            });
+            self.send(peer, message);
+            if let Some(progress) = self.progress.get_mut(&peer) {
+                progress.on_sent(last_sent);
+            }
+            if probing {
+                return Ok(());
+            }
+        }
+    }
+
+    /// §5.2: the leader heartbeats every follower each interval. A heartbeat carries no entries,
+    /// checks the log only at the follower's known match index (so it cannot fail spuriously) and
+    /// a commit index no larger than what that follower holds. Probing followers get a fresh
+    /// probe instead, which doubles as the heartbeat.
+    pub(super) fn on_heartbeat_timeout(&mut self) -> Result<()> {
+        if self.role != Role::Leader {
+            return Ok(());
+        }
+        self.out.timers.push(TimerAction::Set {
+            timer: Timer::Heartbeat,
+            after: self.config.heartbeat_interval,
+        });
+        let window = self.config.in_flight_appends_max;
+        for peer in self.peers.clone() {
+            let Some(progress) = self.progress.get_mut(&peer) else {
+                continue;
+            };
+            let stalled = progress.on_heartbeat(window);
+            let state = progress.state;
+            let match_index = progress.match_index;
+            if stalled {
+                log::debug!("{}: appends to {peer} stalled; probing again", self.who());
+            }
+            if let ReplicationState::Probe { .. } = state {
+                self.send_appends(peer)?;
+                continue;
+            }
+            let prev_log_term = self.term_at(match_index)?;
+            let message = Message::AppendEntries(AppendEntries {
+                term: self.current_term(),
+                leader_id: self.id,
+                prev_log_index: match_index,
+                prev_log_term,
+                entries: Vec::new(),
+                leader_commit: self.commit_index.min(match_index),
+            });
+            self.send(peer, message);
+            self.send_appends(peer)?;
+        }
+        Ok(())
+    }
+
+    /// §5.3: the receiver's side of AppendEntries, the terms already equal.
+    pub(super) fn handle_append_entries(
+        &mut self,
+        from: ServerId,
+        request: AppendEntries,
+    ) -> Result<()> {
+        if request.leader_id != from {
+            log::warn!(
+                "{}: ignored AppendEntries from {from} naming leader {}",
+                self.who(),
+                request.leader_id
+            );
+            return Ok(());
+        }
+        if self.role == Role::Leader {
+            // Two leaders in one term would break election safety (§5.2); only a faulty peer
+            // can cause this, so drop its message rather than crash.
+            log::error!(
+                "{}: ignored AppendEntries from {from} claiming to lead our own term",
+                self.who()
+            );
+            return Ok(());
+        }
+        let term = self.current_term();
+        if self.role == Role::Candidate || self.leader_id.is_none() {
+            // §5.2: a candidate that hears from a leader of its term accepts it.
+            self.become_follower(term, Some(from))?;
+        } else {
+            self.reset_election_timer();
+        }
+        let Some(last_new_index) = request
+            .prev_log_index
+            .checked_add(request.entries.len() as u64)
+        else {
+            log::warn!(
+                "{}: ignored AppendEntries from {from}: index overflow",
+                self.who()
+            );
+            return Ok(());
+        };
+        let our_last_index = self.log.latest_log_index();
+        // §5.3 consistency check on the entry before the new ones.
+        if request.prev_log_index > our_last_index {
+            self.reply_append(from, false, LogIndex(0), Term(0), our_last_index.next());
+            return Ok(());
+        }
+        let our_prev_term = self.term_at(request.prev_log_index)?;
+        if our_prev_term != request.prev_log_term {
+            if request.prev_log_index <= self.commit_index {
+                log::error!(
+                    "{}: AppendEntries from {from} disagrees at committed index {}",
+                    self.who(),
+                    request.prev_log_index
+                );
+                return Ok(());
+            }
+            // The hint: the first index we hold of the conflicting term, so the leader can skip
+            // the whole term in one round trip.
+            let conflict_index = self.first_index_of_term(request.prev_log_index, our_prev_term)?;
+            log::debug!(
+                "{}: rejected AppendEntries from {from}: prev_log_term {} != {} at {}",
+                self.who(),
+                request.prev_log_term,
+                our_prev_term,
+                request.prev_log_index
+            );
+            self.reply_append(from, false, LogIndex(0), our_prev_term, conflict_index);
+            return Ok(());
+        }
+        // §5.3: skip entries we already hold; truncate only at a real conflict, so a delayed
+        // shorter append can never delete entries a longer one added.
+        let mut new_entries = request.entries.as_slice();
+        let mut index = request.prev_log_index.next();
+        while let Some((entry, rest)) = new_entries.split_first() {
+            match self.log.term(index)? {
+                Some(term) if term == entry.term => {
+                    new_entries = rest;
+                    index = index.next();
+                }
+                Some(_) => {
+                    if index <= self.commit_index {
+                        log::error!(
+                            "{}: AppendEntries from {from} conflicts at committed index {index}",
+                            self.who()
+                        );
+                        return Ok(());
+                    }
+                    log::debug!("{}: truncating conflicting suffix from {index}", self.who());
+                    self.log.truncate_suffix(index)?;
+                    self.entries_unsynced = true;
+                    self.durable_index = self.durable_index.min(index.prev().unwrap_or_default());
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !new_entries.is_empty() {
+            self.append_to_own_log(new_entries)?;
+        }
+        // §5.3: commit what the leader committed, but only as far as this request verified our
+        // log; entries past it may still be an old leader's.
+        let commit_to = request.leader_commit.min(last_new_index);
+        if commit_to > self.commit_index {
+            self.commit_index = commit_to;
+            self.apply_committed()?;
+        }
+        self.reply_append(from, true, last_new_index, Term(0), LogIndex(0));
+        Ok(())
+    }
+
+    fn reply_append(
+        &mut self,
+        to: ServerId,
+        success: bool,
+        match_index: LogIndex,
+        conflict_term: Term,
+        conflict_index: LogIndex,
+    ) {
+        let message = Message::AppendEntriesResponse(AppendEntriesResponse {
+            term: self.current_term(),
+            success,
+            match_index,
+            conflict_term,
+            conflict_index,
+            last_log_index: self.log.latest_log_index(),
+        });
+        self.send(to, message);
+    }
+
+    /// §5.3: the leader's side of an answer of its own term.
+    pub(super) fn handle_append_entries_response(
+        &mut self,
+        from: ServerId,
+        response: AppendEntriesResponse,
+    ) -> Result<()> {
+        if self.role != Role::Leader {
+            return Ok(());
+        }
+        let last_log_index = self.log.latest_log_index();
+        if response.success {
+            if response.match_index > last_log_index {
+                log::warn!(
+                    "{}: ignored ack from {from} for index {} past our last {last_log_index}",
+                    self.who(),
+                    response.match_index
+                );
+                return Ok(());
+            }
+            let advanced = match self.progress.get_mut(&from) {
+                Some(progress) => progress.on_success(response.match_index),
+                None => return Ok(()),
+            };
+            if advanced {
+                self.advance_commit_index()?;
+            }
+        } else {
+            let next_index = self.next_index_after_conflict(&response)?;
+            let Some(progress) = self.progress.get_mut(&from) else {
+                return Ok(());
+            };
+            let stale = response.conflict_index.is_zero()
+                || (progress.state == ReplicationState::Replicate
+                    && response.conflict_index <= progress.match_index);
+            if stale {
+                // A reordered rejection: the follower has since acknowledged more than it talks
+                // about. (A rejection that is stale for a probing follower only costs a resend.)
+                return Ok(());
+            }
+            progress.become_probe(next_index);
+            log::debug!(
+                "{}: {from} rejected; probing from {next_index} (hint {}@{})",
+                self.who(),
+                response.conflict_term,
+                response.conflict_index
+            );
+        }
+        self.send_appends(from)
+    }
+
+    /// Fast back-tracking (§5.3): if we hold entries of the follower's conflicting term, resume
+    /// after our last one of that term; otherwise resume at the follower's first index of it.
+    /// One round trip per term instead of per index.
+    fn next_index_after_conflict(&self, response: &AppendEntriesResponse) -> Result<LogIndex> {
+        let last_log_index = self.log.latest_log_index();
+        let hint = response.conflict_index.min(last_log_index.next());
+        if response.conflict_term.is_zero() {
+            return Ok(hint.max(LogIndex(1)));
+        }
+        match self.last_index_of_term(response.conflict_term)? {
+            Some(index) => Ok(index.next()),
+            None => Ok(hint.max(LogIndex(1))),
+        }
+    }
+
+    /// The last index of our log holding an entry of `term`, if any. Terms never decrease along
+    /// a log, so this is a binary search.
+    fn last_index_of_term(&self, term: Term) -> Result<Option<LogIndex>> {
+        let mut low = self.log.first_log_index();
+        let mut high = self.log.latest_log_index();
+        let mut found = None;
+        while low <= high {
+            let middle = LogIndex(low.0 + (high.0 - low.0) / 2);
+            let middle_term = self.term_at(middle)?;
+            if middle_term <= term {
+                if middle_term == term {
+                    found = Some(middle);
+                }
+                low = middle.next();
+            } else {
+                match middle.prev() {
+                    Some(below) => high = below,
+                    None => break,
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The first index, at or before `index`, of the run of `term` entries that contains `index`.
+    fn first_index_of_term(&self, index: LogIndex, term: Term) -> Result<LogIndex> {
+        let mut first = index;
+        while first > self.log.first_log_index() {
+            let before = first.prev().expect("above the first index");
+            if self.term_at(before)? != term {
+                break;
+            }
+            first = before;
+        }
+        Ok(first)
+    }
+
+    /// §5.3, §5.4.2: the leader commits the highest index a majority holds (its own log counted
+    /// only once durable), but only if that entry is of the current term; earlier entries then
+    /// commit with it. Counting replicas of an earlier term's entry is unsafe (Figure 8).
+    pub(super) fn advance_commit_index(&mut self) -> Result<()> {
+        if self.role != Role::Leader {
+            return Ok(());
+        }
+        let mut match_indexes: Vec<LogIndex> = self
+            .progress
+            .values()
+            .map(|progress| progress.match_index)
+            .collect();
+        match_indexes.push(self.durable_index);
+        let majority_index = quorum::committed_index(&mut match_indexes);
+        if majority_index <= self.commit_index {
+            return Ok(());
+        }
+        let current_term_rule =
+            self.config.testing_broken_rule != Some(BrokenRule::CommitPreviousTermByCount);
+        if current_term_rule && self.term_at(majority_index)? != self.current_term() {
+            return Ok(());
+        }
+        self.commit_index = majority_index;
+        self.apply_committed()?;
+        // Followers learn the new commit index with the next append or heartbeat; appends waiting
+        // for window room go now.
+        for peer in self.peers.clone() {
+            self.send_appends(peer)?;
+        }
+        Ok(())
+    }
+
+    /// Applies every committed entry not yet applied, in order, answering the proposals this
+    /// server made for them.
+    pub(super) fn apply_committed(&mut self) -> Result<()> {
+        while self.last_applied < self.commit_index {
+            let from = self.last_applied.next();
+            let entries =
+                self.log
+                    .entries(from, self.commit_index.next(), APPLY_BATCH_BYTES_MAX)?;
+            assert!(
+                !entries.is_empty(),
+                "{}: committed entry {from} missing from the log",
+                self.who()
+            );
+            for entry in entries {
+                let index = self.last_applied.next();
+                let result = match entry.kind {
+                    EntryKind::Command => Some(self.state_machine.apply(&entry.data)),
+                    EntryKind::Noop => None,
+                };
+                self.last_applied = index;
+                self.resolve_proposals(index, entry.term, result);
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers proposals at or below `index`: the one whose term matches was applied; any other
+    /// there was replaced by a different leader's entry.
+    fn resolve_proposals(&mut self, index: LogIndex, term: Term, mut result: Option<Vec<u8>>) {
+        while let Some((&(pending_index, pending_term), _)) =
+            self.pending_proposals.first_key_value()
+        {
+            if pending_index > index {
+                break;
+            }
+            let Some(((_, _), id)) = self.pending_proposals.pop_first() else {
+                break;
+            };
+            let same_entry = pending_index == index && pending_term == term;
+            let outcome = match result.take().filter(|_| same_entry) {
+                Some(result) => ProposalOutcome::Applied { index, result },
+                None => ProposalOutcome::Dropped {
+                    index: pending_index,
+                },
+            };
+            self.out.replies.push(ClientReply { id, outcome });
+        }
+    }
+
+    /// The term of our entry at `index` (0 at index 0).
+    ///
+    /// # Panics
+    /// If the log lacks the entry: callers check the index against our own log first.
+    pub(super) fn term_at(&self, index: LogIndex) -> Result<Term> {
+        match self.log.term(index)? {
+            Some(term) => Ok(term),
+            None => panic!(
+                "{}: no entry at {index} (last {})",
+                self.who(),
+                self.log.latest_log_index()
+            ),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The crate's error type: one `Error` with nested area enums, each variant naming the value,
+//! limit, index or file a user needs to act on.
+
+use crate::types::{LogIndex, Term};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong in mioraft.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The persistent log refused or failed an operation.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A configuration was rejected at construction.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Errors of a [`PersistentLog`](crate::log::PersistentLog).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// An append did not start right after the last entry.
+    #[error("append must start at index {expected} (after the last entry), not at {index}")]
+    NonContiguousAppend {
+        /// Where the caller tried to append.
+        index: LogIndex,
+        /// `latest_log_index + 1`.
+        expected: LogIndex,
+    },
+    /// A truncation point lies outside the entries the log holds.
+    #[error("cannot truncate at index {index}: the log holds indexes {first} to {latest}")]
+    TruncateOutOfRange {
+        /// Requested first index to remove.
+        index: LogIndex,
+        /// First index held.
+        first: LogIndex,
+        /// Last index held.
+        latest: LogIndex,
+    },
+    /// A read asked for an entry that compaction has discarded.
+    #[error("entry {index} was compacted; the log starts at index {first}")]
+    Compacted {
+        /// Requested index.
+        index: LogIndex,
+        /// First index still held.
+        first: LogIndex,
+    },
+    /// A term was set lower than the current one: terms never fall (§5.1).
+    #[error("term cannot move back from {current} to {requested}")]
+    TermWentBack {
+        /// The term the log holds.
+        current: Term,
+        /// The smaller term asked for.
+        requested: Term,
+    },
+    /// The storage medium failed.
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored data failed validation.
+    #[error("corrupt log file {path} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset of the damage.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// A [`Config`](crate::consensus::Config) that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The election timeout range is empty or inverted.
+    #[error("election timeout minimum {min:?} must be below its maximum {max:?}")]
+    ElectionTimeoutRange {
+        /// Configured minimum.
+        min: Duration,
+        /// Configured maximum.
+        max: Duration,
+    },
+    /// Heartbeats would not arrive before followers time out.
+    #[error(
+        "heartbeat interval {heartbeat:?} must be below the election timeout minimum {election_min:?}"
+    )]
+    HeartbeatTooSlow {
+        /// Configured heartbeat interval.
+        heartbeat: Duration,
+        /// Configured election timeout minimum.
+        election_min: Duration,
+    },
+    /// A limit that must be at least one was zero.
+    #[error("{name} must be at least 1")]
+    ZeroLimit {
+        /// The config field.
+        name: &'static str,
+    },
+    /// The voter set does not contain this server, or contains the reserved id 0.
+    #[error("voting members {voters:?} must contain this server {id} and never the reserved id 0")]
+    Membership {
+        /// This server.
+        id: u64,
+        /// The configured voters.
+        voters: Vec<u64>,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

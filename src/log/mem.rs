@@ -1,0 +1,265 @@
+//! Owns [`MemLog`], the in-memory [`PersistentLog`]: a vector of entries with the current term and
+//! vote beside it, for tests, ephemeral clusters and as the building block of the simulator's
+//! crash-modelling log (`sim::SimLog`). Durability across process restarts is `FileLog`'s job.
+
+use crate::error::LogError;
+use crate::log::{Entry, PersistentLog};
+use crate::types::{LogIndex, ServerId, Term};
+
+/// A [`PersistentLog`] held entirely in memory.
+///
+/// Memory is "durable" for the life of the process: every write is visible and kept as soon as
+/// the call returns, so [`sync`](PersistentLog::sync) has nothing to do. Nothing survives the
+/// process. The log is never compacted, so its first index is always 1.
+///
+/// # Examples
+/// ```
+/// use mioraft::log::{Entry, MemLog, PersistentLog};
+/// use mioraft::types::{LogIndex, Term};
+///
+/// # fn main() -> Result<(), mioraft::error::LogError> {
+/// let mut log = MemLog::new();
+/// log.set_current_term(Term(1))?;
+/// log.append_entries(LogIndex(1), &[Entry::noop(Term(1)), Entry::command(Term(1), b"x".to_vec())])?;
+/// assert_eq!(log.latest_log_index(), LogIndex(2));
+/// assert_eq!(log.term(LogIndex(2))?, Some(Term(1)));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemLog {
+    /// The latest term seen; 0 on first boot. Only grows (§5.1).
+    current_term: Term,
+    /// The vote cast in `current_term`, `None` if none. Cleared whenever the term grows.
+    voted_for: Option<ServerId>,
+    /// The entries; `entries[0]` holds index 1.
+    /// Invariant: `entries.len()` is the latest log index.
+    entries: Vec<Entry>,
+}
+
+impl MemLog {
+    /// An empty log at term 0 with no vote.
+    pub fn new() -> Self {
+        MemLog::default()
+    }
+
+    /// The position in `entries` of `index`, or `None` if the log holds no entry there (index 0
+    /// or past the end).
+    fn position(&self, index: LogIndex) -> Option<usize> {
+        let position = usize::try_from(index.0.checked_sub(1)?).ok()?;
+        (position < self.entries.len()).then_some(position)
+    }
+}
+
+impl PersistentLog for MemLog {
+    fn current_term(&self) -> Term {
+        self.current_term
+    }
+
+    fn set_current_term(&mut self, term: Term) -> Result<(), LogError> {
+        if term < self.current_term {
+            return Err(LogError::TermWentBack {
+                current: self.current_term,
+                requested: term,
+            });
+        }
+        // §5.1: a vote belongs to one term. Setting the same term again keeps it, or a server
+        // could vote twice in one term.
+        if term > self.current_term {
+            self.current_term = term;
+            self.voted_for = None;
+        }
+        Ok(())
+    }
+
+    fn voted_for(&self) -> Option<ServerId> {
+        self.voted_for
+    }
+
+    fn set_voted_for(&mut self, candidate: Option<ServerId>) -> Result<(), LogError> {
+        self.voted_for = candidate;
+        Ok(())
+    }
+
+    fn latest_log_index(&self) -> LogIndex {
+        LogIndex(self.entries.len() as u64)
+    }
+
+    fn latest_log_term(&self) -> Term {
+        self.entries.last().map_or(Term(0), |entry| entry.term)
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Option<Term>, LogError> {
+        if index.is_zero() {
+            return Ok(Some(Term(0)));
+        }
+        Ok(self
+            .position(index)
+            .and_then(|position| self.entries.get(position))
+            .map(|entry| entry.term))
+    }
+
+    fn entry(&self, index: LogIndex) -> Result<Option<Entry>, LogError> {
+        Ok(self
+            .position(index)
+            .and_then(|position| self.entries.get(position))
+            .cloned())
+    }
+
+    fn entries(
+        &self,
+        from: LogIndex,
+        until: LogIndex,
+        bytes_max: u64,
+    ) -> Result<Vec<Entry>, LogError> {
+        let first = self.first_log_index();
+        if from < first {
+            return Err(LogError::Compacted { index: from, first });
+        }
+        let Some(start) = self.position(from) else {
+            return Ok(Vec::new());
+        };
+        let mut found = Vec::new();
+        let mut total_bytes: u64 = 0;
+        for (entry, index) in self.entries.iter().skip(start).zip(from.0..) {
+            if index >= until.0 {
+                break;
+            }
+            total_bytes = total_bytes.saturating_add(entry.size_bytes());
+            // The first entry goes out even over budget, so a caller always makes progress.
+            if !found.is_empty() && total_bytes > bytes_max {
+                break;
+            }
+            found.push(entry.clone());
+        }
+        Ok(found)
+    }
+
+    fn append_entries(&mut self, from: LogIndex, entries: &[Entry]) -> Result<(), LogError> {
+        let expected = self.latest_log_index().next();
+        if from != expected {
+            return Err(LogError::NonContiguousAppend {
+                index: from,
+                expected,
+            });
+        }
+        self.entries.extend_from_slice(entries);
+        Ok(())
+    }
+
+    fn truncate_suffix(&mut self, from: LogIndex) -> Result<(), LogError> {
+        let first = self.first_log_index();
+        let latest = self.latest_log_index();
+        if from < first || from > latest.next() {
+            return Err(LogError::TruncateOutOfRange {
+                index: from,
+                first,
+                latest,
+            });
+        }
+        // `from - first` entries stay; it is at most `entries.len()`, so it fits a usize.
+        let keep_count = usize::try_from(from.distance_from(first)).unwrap_or(self.entries.len());
+        self.entries.truncate(keep_count);
+        Ok(())
+    }
+
+    /// Does nothing: memory is "durable" for the life of the process.
+    fn sync(&mut self) -> Result<(), LogError> {
+        Ok(())
+    }
+}
+
+crate::persistent_log_conformance!(conformance_tests, MemLog::new());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_of_terms(terms: &[u64]) -> MemLog {
+        let mut log = MemLog::new();
+        let entries: Vec<Entry> = terms
+            .iter()
+            .map(|&term| Entry::command(Term(term), vec![term as u8]))
+            .collect();
+        log.append_entries(LogIndex(1), &entries)
+            .expect("append to an empty MemLog at index 1");
+        log
+    }
+
+    #[test]
+    fn new_is_default_and_empty() {
+        let log = MemLog::new();
+        assert_eq!(log, MemLog::default());
+        assert_eq!(log.latest_log_index(), LogIndex(0));
+        assert_eq!(log.first_log_index(), LogIndex(1));
+    }
+
+    #[test]
+    fn entries_from_index_zero_is_compacted() {
+        let log = log_of_terms(&[1, 1]);
+        let result = log.entries(LogIndex(0), LogIndex(3), u64::MAX);
+        assert!(
+            matches!(
+                result,
+                Err(LogError::Compacted {
+                    index: LogIndex(0),
+                    first: LogIndex(1)
+                })
+            ),
+            "got {result:?}"
+        );
+    }
+
+    #[test]
+    fn entries_budget_counts_overhead() {
+        let log = log_of_terms(&[1, 2, 3]);
+        // Each entry is 1 data byte plus the overhead.
+        let one_bytes = 1 + Entry::OVERHEAD_BYTES;
+        let found = log
+            .entries(LogIndex(1), LogIndex(4), 2 * one_bytes)
+            .expect("read");
+        assert_eq!(found.len(), 2);
+        let found = log
+            .entries(LogIndex(1), LogIndex(4), 2 * one_bytes - 1)
+            .expect("read");
+        assert_eq!(found.len(), 1);
+    }
+
+    #[test]
+    fn same_term_keeps_vote_but_higher_clears_it() {
+        let mut log = MemLog::new();
+        log.set_current_term(Term(2)).expect("term");
+        log.set_voted_for(Some(ServerId(4))).expect("vote");
+        log.set_current_term(Term(2)).expect("same term");
+        assert_eq!(log.voted_for(), Some(ServerId(4)));
+        log.set_current_term(Term(3)).expect("higher term");
+        assert_eq!(log.voted_for(), None);
+    }
+
+    #[test]
+    fn failed_truncate_reports_bounds() {
+        let mut log = log_of_terms(&[1, 1, 2]);
+        let result = log.truncate_suffix(LogIndex(5));
+        assert!(
+            matches!(
+                result,
+                Err(LogError::TruncateOutOfRange {
+                    index: LogIndex(5),
+                    first: LogIndex(1),
+                    latest: LogIndex(3)
+                })
+            ),
+            "got {result:?}"
+        );
+        assert_eq!(log, log_of_terms(&[1, 1, 2]));
+    }
+
+    #[test]
+    fn clones_are_independent() {
+        let original = log_of_terms(&[1, 2]);
+        let mut copy = original.clone();
+        copy.truncate_suffix(LogIndex(1)).expect("truncate");
+        assert_eq!(original.latest_log_index(), LogIndex(2));
+        assert_eq!(copy.latest_log_index(), LogIndex(0));
+    }
+}

@@ -1,0 +1,179 @@
+//! Durable Raft state: the [`PersistentLog`] trait and its contract (DESIGN.md §3), the in-memory
+//! [`MemLog`], and a [`conformance`] suite every implementation must pass.
+//!
+//! The log holds what Raft requires to survive a crash (Figure 2, "persistent state on all
+//! servers"): the current term, the vote cast in it, and the entries. Writes may be buffered;
+//! [`PersistentLog::sync`] is the durability point, so many writes can share one fsync (group
+//! commit). The consensus core decides when a sync must precede a message; the log only promises
+//! that after `sync` returns, every earlier write survives a crash, and that a crash before it
+//! loses at most a suffix of the writes made since the previous sync, in the order they were made.
+
+pub mod conformance;
+mod mem;
+
+pub use mem::MemLog;
+
+use crate::error::LogError;
+use crate::types::{LogIndex, ServerId, Term};
+
+/// What an entry carries. The core gives meaning to the kinds; applications see only commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EntryKind {
+    /// The empty entry a new leader appends at the start of its term (§8): committing it commits
+    /// every earlier entry and tells the leader its commit index is current.
+    Noop,
+    /// An application command, handed to [`StateMachine::apply`](crate::StateMachine::apply)
+    /// once committed.
+    Command,
+}
+
+impl EntryKind {
+    /// A stable one-byte code for storage and the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            EntryKind::Noop => 0,
+            EntryKind::Command => 1,
+        }
+    }
+
+    /// The kind for a code from [`EntryKind::code`], or `None` for an unknown code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(EntryKind::Noop),
+            1 => Some(EntryKind::Command),
+            _ => None,
+        }
+    }
+}
+
+/// One log entry: the term of the leader that created it, its kind and its bytes (§5.3).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Entry {
+    /// Term in which a leader appended this entry.
+    pub term: Term,
+    /// What the entry carries.
+    pub kind: EntryKind,
+    /// The command bytes (empty for a no-op).
+    pub data: Vec<u8>,
+}
+
+impl Entry {
+    /// Fixed per-entry overhead counted by byte budgets, on top of the data.
+    pub const OVERHEAD_BYTES: u64 = 16;
+
+    /// An application command of `term`.
+    pub fn command(term: Term, data: impl Into<Vec<u8>>) -> Self {
+        Entry {
+            term,
+            kind: EntryKind::Command,
+            data: data.into(),
+        }
+    }
+
+    /// The no-op a leader of `term` appends on election (§8).
+    pub fn noop(term: Term) -> Self {
+        Entry {
+            term,
+            kind: EntryKind::Noop,
+            data: Vec::new(),
+        }
+    }
+
+    /// What this entry counts against a byte budget: its data plus [`Entry::OVERHEAD_BYTES`].
+    pub fn size_bytes(&self) -> u64 {
+        self.data.len() as u64 + Self::OVERHEAD_BYTES
+    }
+}
+
+/// Durable storage for a Raft server's term, vote and log (DESIGN.md §3).
+///
+/// # Contract
+/// * Indexes are 1-based and contiguous from [`first_log_index`](Self::first_log_index) to
+///   [`latest_log_index`](Self::latest_log_index); an empty log has
+///   `latest_log_index() == first_log_index() - 1`.
+/// * Reads see every write made so far, synced or not.
+/// * After [`sync`](Self::sync) returns `Ok`, every earlier write survives a crash. A crash before
+///   that may lose a suffix of the unsynced writes (in the order they were made), never an earlier
+///   one, and never invents or corrupts data.
+/// * An `Err` from any method means the storage can no longer be trusted: the server stops.
+///
+/// Implementations run [`conformance`]'s suite, as `MemLog` does:
+/// `mioraft::persistent_log_conformance!(my_log_tests, MyLog::new());`.
+pub trait PersistentLog {
+    /// The latest term this server has seen (0 on first boot).
+    fn current_term(&self) -> Term;
+
+    /// Moves to a new term and clears the vote, since a vote belongs to one term (§5.1).
+    ///
+    /// # Errors
+    /// [`LogError::TermWentBack`] if `term` is lower than the current term; storage errors.
+    fn set_current_term(&mut self, term: Term) -> Result<(), LogError>;
+
+    /// The candidate this server voted for in the current term, if any.
+    fn voted_for(&self) -> Option<ServerId>;
+
+    /// Records the vote of the current term.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn set_voted_for(&mut self, candidate: Option<ServerId>) -> Result<(), LogError>;
+
+    /// The first index the log still holds: 1 unless a prefix was compacted away (§7).
+    fn first_log_index(&self) -> LogIndex {
+        LogIndex(1)
+    }
+
+    /// The index of the last entry, or `first_log_index() - 1` when empty (0 for a new log).
+    fn latest_log_index(&self) -> LogIndex;
+
+    /// The term of the last entry, or 0 when the log is empty.
+    fn latest_log_term(&self) -> Term;
+
+    /// The term of the entry at `index`: `Some(Term(0))` at index 0, `None` past the end.
+    ///
+    /// # Errors
+    /// [`LogError::Compacted`] below the first index; storage errors.
+    fn term(&self, index: LogIndex) -> Result<Option<Term>, LogError>;
+
+    /// The entry at `index`, or `None` past the end (or at index 0).
+    ///
+    /// # Errors
+    /// [`LogError::Compacted`] below the first index; storage errors.
+    fn entry(&self, index: LogIndex) -> Result<Option<Entry>, LogError>;
+
+    /// The entries from `from` up to but not including `until`, stopping early at the end of the
+    /// log or before their total [`Entry::size_bytes`] would pass `bytes_max`. The first entry is
+    /// returned even when it alone passes the budget, so a caller always makes progress.
+    ///
+    /// # Errors
+    /// [`LogError::Compacted`] if `from` is below the first index; storage errors.
+    fn entries(
+        &self,
+        from: LogIndex,
+        until: LogIndex,
+        bytes_max: u64,
+    ) -> Result<Vec<Entry>, LogError>;
+
+    /// Appends `entries` so that the first lands at `from`, which must be
+    /// `latest_log_index() + 1`. The original trait's name, now strict: remove a conflicting
+    /// suffix first with [`truncate_suffix`](Self::truncate_suffix).
+    ///
+    /// # Errors
+    /// [`LogError::NonContiguousAppend`]; storage errors.
+    fn append_entries(&mut self, from: LogIndex, entries: &[Entry]) -> Result<(), LogError>;
+
+    /// Removes every entry at `from` and after (§5.3: a follower drops a conflicting suffix).
+    /// `from` may be `latest_log_index() + 1` (nothing to remove).
+    ///
+    /// # Errors
+    /// [`LogError::TruncateOutOfRange`] if `from` is below the first index or past the end + 1;
+    /// storage errors.
+    fn truncate_suffix(&mut self, from: LogIndex) -> Result<(), LogError>;
+
+    /// Makes every earlier write durable (the durability point; one call may cover many writes).
+    ///
+    /// # Errors
+    /// Storage errors: the server must stop rather than retry and carry on.
+    fn sync(&mut self) -> Result<(), LogError>;
+}

@@ -1,0 +1,150 @@
+//! Fault knobs: how unreliable the simulated network and disks are, and how often servers crash
+//! and links are cut. One seed sets every knob, so a seed alone replays a run.
+
+use rand::Rng;
+use std::fmt;
+
+/// How unreliable a simulated cluster is. All times are virtual microseconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultConfig {
+    /// Chance that a message is lost.
+    pub drop_probability: f64,
+    /// Chance that a message is delivered twice.
+    pub duplicate_probability: f64,
+    /// Shortest network delay.
+    pub delay_min_us: u64,
+    /// Longest network delay; different delays reorder messages on a link.
+    pub delay_max_us: u64,
+    /// Longest time a sync takes (disk latency), drawn uniformly from 0.
+    pub sync_delay_max_us: u64,
+    /// Mean time between fault actions (crash, restart, partition, heal); 0 disables them.
+    pub fault_interval_mean_us: u64,
+    /// Relative weight of crashing a server when a fault action is due.
+    pub crash_weight: u32,
+    /// Relative weight of cutting the network into two sides.
+    pub partition_weight: u32,
+    /// Chance that a newly elected leader is cut off from everyone shortly after its election
+    /// (leader churn: the setting of Figure 8).
+    pub isolate_new_leader_probability: f64,
+}
+
+impl FaultConfig {
+    /// A perfect network and disk: zero delays, no loss, no crashes.
+    pub fn none() -> Self {
+        FaultConfig {
+            drop_probability: 0.0,
+            duplicate_probability: 0.0,
+            delay_min_us: 0,
+            delay_max_us: 0,
+            sync_delay_max_us: 0,
+            fault_interval_mean_us: 0,
+            crash_weight: 0,
+            partition_weight: 0,
+            isolate_new_leader_probability: 0.0,
+        }
+    }
+
+    /// A network with realistic delays and nothing else wrong.
+    pub fn reliable() -> Self {
+        FaultConfig {
+            delay_min_us: 200,
+            delay_max_us: 2_000,
+            sync_delay_max_us: 1_000,
+            ..Self::none()
+        }
+    }
+
+    /// Every fault kind, each at a strength drawn from `rng`.
+    pub fn random(rng: &mut impl Rng) -> Self {
+        let delay_min_us = rng.gen_range(0..2_000);
+        FaultConfig {
+            drop_probability: rng.gen_range(0.0..0.2),
+            duplicate_probability: rng.gen_range(0.0..0.1),
+            delay_min_us,
+            delay_max_us: delay_min_us + rng.gen_range(1..40_000),
+            sync_delay_max_us: rng.gen_range(1..20_000),
+            fault_interval_mean_us: rng.gen_range(100_000..1_000_000),
+            crash_weight: rng.gen_range(1..4),
+            partition_weight: rng.gen_range(1..4),
+            isolate_new_leader_probability: rng.gen_range(0.1..0.9),
+        }
+    }
+
+    /// Whether any fault is switched on.
+    pub fn any(&self) -> bool {
+        self.drop_probability > 0.0
+            || self.duplicate_probability > 0.0
+            || self.fault_interval_mean_us > 0
+    }
+}
+
+impl fmt::Display for FaultConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "drop {:.3}, duplicate {:.3}, delay {}..{} us, sync delay <= {} us, fault every ~{} us \
+             (crash weight {}, partition weight {}), isolate new leader {:.2}",
+            self.drop_probability,
+            self.duplicate_probability,
+            self.delay_min_us,
+            self.delay_max_us,
+            self.sync_delay_max_us,
+            self.fault_interval_mean_us,
+            self.crash_weight,
+            self.partition_weight,
+            self.isolate_new_leader_probability
+        )
+    }
+}
+
+/// Counts of faults that actually fired, so a quiet simulator cannot pass by accident.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Messages sent by servers.
+    pub messages_sent: u64,
+    /// Messages lost by the network.
+    pub messages_dropped: u64,
+    /// Extra copies delivered.
+    pub messages_duplicated: u64,
+    /// Messages delivered after one sent later on the same link.
+    pub messages_reordered: u64,
+    /// Messages lost because the link was cut.
+    pub messages_partitioned: u64,
+    /// Messages that reached a crashed server.
+    pub messages_to_crashed: u64,
+    /// Server crashes.
+    pub crashes: u64,
+    /// Server restarts.
+    pub restarts: u64,
+    /// Unsynced log writes lost in crashes.
+    pub unsynced_writes_lost: u64,
+    /// Network partitions made.
+    pub partitions: u64,
+    /// Newly elected leaders cut off shortly after their election.
+    pub leaders_isolated: u64,
+    /// Heals of partitions.
+    pub heals: u64,
+}
+
+impl fmt::Display for FaultCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sent {}, dropped {}, duplicated {}, reordered {}, partitioned {}, to crashed {}, \
+             crashes {}, restarts {}, unsynced writes lost {}, partitions {}, leaders isolated {}, \
+             heals {}",
+            self.messages_sent,
+            self.messages_dropped,
+            self.messages_duplicated,
+            self.messages_reordered,
+            self.messages_partitioned,
+            self.messages_to_crashed,
+            self.crashes,
+            self.restarts,
+            self.unsynced_writes_lost,
+            self.partitions,
+            self.leaders_isolated,
+            self.heals
+        )
+    }
+}

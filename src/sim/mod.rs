@@ -1,0 +1,950 @@
+//! The deterministic cluster simulator (DESIGN.md §6.1): many [`Consensus`] servers in one
+//! thread, a virtual clock, a network that drops, duplicates, delays, reorders and partitions,
+//! disks whose unsynced writes a crash may lose, and simulated clients proposing commands. After
+//! every event the [`Checker`] verifies the Raft invariants. Everything random comes from one
+//! seed, so a seed replays a run exactly.
+//!
+//! # Examples
+//! ```
+//! use mioraft::sim::{SimConfig, Simulation};
+//!
+//! let mut simulation = Simulation::new(SimConfig::quiet(3), 1);
+//! let leader = simulation.run_until_leader()?;
+//! let index = simulation.propose_and_wait(leader, b"put x 1")?;
+//! simulation.run_until_applied_everywhere(index)?;
+//! # Ok::<(), mioraft::sim::SimFailure>(())
+//! ```
+
+mod checker;
+mod clock;
+mod faults;
+mod network;
+pub mod sim_log;
+
+pub use checker::{entry_digest, Checker};
+pub use clock::{micros, Clock, Micros};
+pub use faults::{FaultConfig, FaultCounts};
+pub use network::{Fate, Network};
+pub use sim_log::SimLog;
+
+use crate::consensus::{
+    Actions, Config, Consensus, Event, Message, ProposalId, ProposalOutcome, Role, Timer,
+    TimerAction,
+};
+use crate::state_machine::KvStateMachine;
+use crate::types::{LogIndex, ServerId};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+use std::time::Duration;
+
+/// A simulated server: the core with its crash-aware log and the KV test state machine.
+pub type SimNode = Consensus<SimLog, KvStateMachine>;
+
+/// How a simulated cluster is built and how unreliable it is.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Number of servers, ids 1..=node_count.
+    pub node_count: usize,
+    /// The core configuration every server uses.
+    pub core: Config,
+    /// Network, disk and crash faults.
+    pub faults: FaultConfig,
+    /// Simulated clients proposing commands continuously once started.
+    pub client_count: usize,
+    /// How long a client waits for a reply before retrying elsewhere (virtual).
+    pub client_timeout: Duration,
+    /// Run the [`Checker`] after every event (switch off only to measure the core's speed).
+    pub check_invariants: bool,
+}
+
+impl SimConfig {
+    /// `node_count` servers on a reliable network with small delays, no clients.
+    pub fn quiet(node_count: usize) -> Self {
+        SimConfig {
+            node_count,
+            core: Config::default(),
+            faults: FaultConfig::reliable(),
+            client_count: 0,
+            client_timeout: Duration::from_secs(1),
+            check_invariants: true,
+        }
+    }
+
+    /// Every fault kind at strengths drawn from `rng`, with batching and pipelining limits drawn
+    /// too, and a few clients.
+    pub fn random(node_count: usize, rng: &mut impl Rng) -> Self {
+        let core = Config {
+            // One-entry appends in a third of the runs, so a follower can hold an earlier term's
+            // entry without the new leader's no-op (the setting of Figure 8).
+            append_entries_max: if rng.gen_bool(0.35) {
+                1
+            } else {
+                rng.gen_range(2..=16)
+            },
+            in_flight_appends_max: rng.gen_range(1..=8),
+            append_bytes_max: rng.gen_range(64..=4096),
+            ..Config::default()
+        };
+        SimConfig {
+            node_count,
+            core,
+            faults: FaultConfig::random(rng),
+            client_count: rng.gen_range(1..=6),
+            client_timeout: Duration::from_millis(rng.gen_range(300..=1500)),
+            check_invariants: true,
+        }
+    }
+}
+
+impl fmt::Display for SimConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} servers, {} clients (timeout {:?}), append {} entries/{} bytes max, {} in flight; {}",
+            self.node_count,
+            self.client_count,
+            self.client_timeout,
+            self.core.append_entries_max,
+            self.core.append_bytes_max,
+            self.core.in_flight_appends_max,
+            self.faults
+        )
+    }
+}
+
+/// A failed run: what broke, when, and how to replay it.
+#[derive(Debug, Clone)]
+pub struct SimFailure {
+    /// The seed that replays the run.
+    pub seed: u64,
+    /// Virtual time of the failure.
+    pub time_us: Micros,
+    /// What went wrong.
+    pub reason: String,
+    /// The knobs the seed chose.
+    pub config: String,
+    /// The faults that fired before the failure.
+    pub counts: FaultCounts,
+}
+
+impl fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "simulation seed {} failed at {} us: {}\n  config: {}\n  faults: {}\n  replay: \
+             MIORAFT_SEED={} cargo test --release --test simulation replay_seed -- --nocapture",
+            self.seed, self.time_us, self.reason, self.config, self.counts, self.seed
+        )
+    }
+}
+
+impl std::error::Error for SimFailure {}
+
+/// What a successful randomized run did.
+#[derive(Debug, Clone)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// Faults that fired.
+    pub counts: FaultCounts,
+    /// Entries committed cluster-wide.
+    pub committed: u64,
+    /// Client proposals acknowledged as applied.
+    pub acknowledged: u64,
+    /// Virtual time simulated.
+    pub time_us: Micros,
+}
+
+#[derive(Debug)]
+enum SimEvent {
+    Deliver {
+        from: ServerId,
+        to: ServerId,
+        message: Message,
+        sequence: u64,
+    },
+    Timer {
+        node: ServerId,
+        timer: Timer,
+        generation: u64,
+    },
+    Sync {
+        node: ServerId,
+        incarnation: u64,
+    },
+    ClientSend {
+        client: usize,
+    },
+    ClientTimeout {
+        client: usize,
+        attempt: u64,
+    },
+    Fault,
+    IsolateLeader {
+        node: ServerId,
+        term: crate::types::Term,
+    },
+    Restart {
+        node: ServerId,
+    },
+}
+
+/// One server's slot: running, or crashed with the log a restart will find.
+struct Slot {
+    node: Option<SimNode>,
+    crashed_log: Option<SimLog>,
+    incarnation: u64,
+    timer_generations: [u64; 2],
+    sync_scheduled: bool,
+    /// The term this server was last seen leading, to notice new leaders.
+    led_term: Option<crate::types::Term>,
+}
+
+#[derive(Debug, Clone)]
+struct SimClient {
+    leader_guess: ServerId,
+    attempt: u64,
+    outstanding: Option<ProposalId>,
+    acknowledged: u64,
+}
+
+/// Proposal ids at or above this belong to simulated clients; below, to direct `propose` calls.
+const CLIENT_ID_BASE: u64 = 1 << 40;
+/// How long to wait for a reply before giving up in the `run_until_*` helpers (virtual).
+const WAIT_BUDGET: Duration = Duration::from_secs(60);
+
+/// A simulated cluster. See the module documentation.
+pub struct Simulation {
+    seed: u64,
+    config: SimConfig,
+    rng: ChaCha8Rng,
+    clock: Clock<SimEvent>,
+    slots: Vec<Slot>,
+    voters: Vec<ServerId>,
+    network: Network,
+    checker: Checker,
+    counts: FaultCounts,
+    clients: Vec<SimClient>,
+    direct_replies: HashMap<ProposalId, ProposalOutcome>,
+    next_direct_id: u64,
+    faults_active: bool,
+    failure: Option<String>,
+}
+
+impl Simulation {
+    /// Builds and starts a cluster of `config.node_count` servers; `seed` drives everything random.
+    ///
+    /// # Panics
+    /// If `config.core` is invalid.
+    pub fn new(config: SimConfig, seed: u64) -> Self {
+        let voters: Vec<ServerId> = (1..=config.node_count as u64).map(ServerId).collect();
+        let mut simulation = Simulation {
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            clock: Clock::default(),
+            slots: Vec::new(),
+            voters: voters.clone(),
+            network: Network::default(),
+            checker: Checker::new(),
+            counts: FaultCounts::default(),
+            clients: Vec::new(),
+            direct_replies: HashMap::new(),
+            next_direct_id: 1,
+            faults_active: false,
+            failure: None,
+            config,
+        };
+        for &id in &voters {
+            simulation.slots.push(Slot {
+                node: None,
+                crashed_log: Some(SimLog::new()),
+                incarnation: 0,
+                timer_generations: [0; 2],
+                sync_scheduled: false,
+                led_term: None,
+            });
+            simulation.boot(id);
+        }
+        simulation
+    }
+
+    /// The seed this simulation was built from.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The current virtual time.
+    pub fn now_us(&self) -> Micros {
+        self.clock.now()
+    }
+
+    /// Faults that fired so far.
+    pub fn counts(&self) -> &FaultCounts {
+        &self.counts
+    }
+
+    /// Entries committed cluster-wide so far.
+    pub fn committed_count(&self) -> u64 {
+        self.checker.committed_count()
+    }
+
+    /// Client proposals acknowledged as applied so far.
+    pub fn acknowledged_count(&self) -> u64 {
+        self.clients.iter().map(|client| client.acknowledged).sum()
+    }
+
+    /// Every server id.
+    pub fn ids(&self) -> &[ServerId] {
+        &self.voters
+    }
+
+    /// A running server, or `None` if it is crashed.
+    pub fn node(&self, id: ServerId) -> Option<&SimNode> {
+        self.slot_index(id)
+            .and_then(|index| self.slots[index].node.as_ref())
+    }
+
+    /// The leader with the highest term among running servers.
+    pub fn leader(&self) -> Option<ServerId> {
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.node.as_ref())
+            .filter(|node| node.role() == Role::Leader)
+            .max_by_key(|node| node.current_term())
+            .map(|node| node.id())
+    }
+
+    /// Starts the simulated clients (each proposes, waits for its reply, and proposes again).
+    pub fn start_clients(&mut self) {
+        for client in 0..self.config.client_count {
+            let leader_guess = *self.voters.choose(&mut self.rng).expect("servers");
+            self.clients.push(SimClient {
+                leader_guess,
+                attempt: 0,
+                outstanding: None,
+                acknowledged: 0,
+            });
+            self.clock.schedule(0, SimEvent::ClientSend { client });
+        }
+    }
+
+    /// Starts injecting crashes, restarts, partitions and heals at the configured rate.
+    pub fn start_faults(&mut self) {
+        if self.config.faults.fault_interval_mean_us > 0 && !self.faults_active {
+            self.faults_active = true;
+            let after = self.fault_interval();
+            self.clock.schedule(after, SimEvent::Fault);
+        }
+    }
+
+    /// Stops every fault: no more loss, duplication, crashes or partitions; crashed servers
+    /// restart. Delays (and so reordering) remain.
+    pub fn heal_all(&mut self) {
+        self.faults_active = false;
+        self.config.faults.drop_probability = 0.0;
+        self.config.faults.duplicate_probability = 0.0;
+        if self.network.is_partitioned() {
+            self.network.heal();
+            self.counts.heals += 1;
+        }
+        for id in self.voters.clone() {
+            if self.node(id).is_none() {
+                self.restart(id);
+            }
+        }
+    }
+
+    /// Cuts `isolated` off from the others.
+    pub fn partition(&mut self, isolated: &[ServerId]) {
+        self.network.partition(isolated);
+        self.counts.partitions += 1;
+    }
+
+    /// Reconnects every link.
+    pub fn heal_network(&mut self) {
+        self.network.heal();
+        self.counts.heals += 1;
+    }
+
+    /// Crashes a server: its volatile state and a random part of its unsynced writes are lost.
+    pub fn crash(&mut self, id: ServerId) {
+        let Some(index) = self.slot_index(id) else {
+            return;
+        };
+        let Some(node) = self.slots[index].node.take() else {
+            return;
+        };
+        let (log, _state_machine) = node.into_parts();
+        let pending = log.pending_write_count();
+        let keep = self.rng.gen_range(0..=pending);
+        self.counts.crashes += 1;
+        self.counts.unsynced_writes_lost += (pending - keep) as u64;
+        let slot = &mut self.slots[index];
+        slot.crashed_log = Some(log.crash(keep));
+        slot.incarnation += 1;
+        slot.timer_generations = [slot.timer_generations[0] + 1, slot.timer_generations[1] + 1];
+        slot.sync_scheduled = false;
+        slot.led_term = None;
+        log::debug!("sim {}us: crashed {id}", self.clock.now());
+    }
+
+    /// Restarts a crashed server from what its log kept.
+    pub fn restart(&mut self, id: ServerId) {
+        if self.node(id).is_some() {
+            return;
+        }
+        self.counts.restarts += 1;
+        self.checker.on_restart(id);
+        self.boot(id);
+    }
+
+    /// Proposes `command` at server `id` directly (no client), returning the id to look for.
+    pub fn propose(&mut self, id: ServerId, command: &[u8]) -> ProposalId {
+        let proposal = ProposalId(self.next_direct_id);
+        self.next_direct_id += 1;
+        self.step_node(
+            id,
+            Event::ClientProposal {
+                id: proposal,
+                command: command.to_vec(),
+            },
+        );
+        proposal
+    }
+
+    /// Processes the next event. Returns `Ok(false)` when nothing is left to do.
+    ///
+    /// # Errors
+    /// The first invariant violation.
+    pub fn step(&mut self) -> Result<bool, SimFailure> {
+        let Some(event) = self.clock.pop() else {
+            return Ok(false);
+        };
+        self.handle(event);
+        match self.failure.take() {
+            Some(reason) => Err(self.failure(reason)),
+            None => Ok(true),
+        }
+    }
+
+    /// Runs for `duration` of virtual time.
+    ///
+    /// # Errors
+    /// The first invariant violation.
+    pub fn run_for(&mut self, duration: Duration) -> Result<(), SimFailure> {
+        let until = self.clock.now().saturating_add(micros(duration));
+        while self.clock.peek_time().is_some_and(|time| time <= until) {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Runs until `condition` holds, for at most `budget` of virtual time.
+    ///
+    /// # Errors
+    /// An invariant violation, or `what` if the budget ran out first.
+    pub fn run_until(
+        &mut self,
+        what: &str,
+        budget: Duration,
+        mut condition: impl FnMut(&Simulation) -> bool,
+    ) -> Result<(), SimFailure> {
+        let deadline = self.clock.now().saturating_add(micros(budget));
+        while !condition(self) {
+            if self.clock.now() > deadline || !self.step()? {
+                return Err(self.failure(format!("no progress: {what} within {budget:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until some running server is leader and returns it.
+    ///
+    /// # Errors
+    /// An invariant violation, or no leader within a minute of virtual time.
+    pub fn run_until_leader(&mut self) -> Result<ServerId, SimFailure> {
+        self.run_until("a leader is elected", WAIT_BUDGET, |sim| {
+            sim.leader().is_some()
+        })?;
+        Ok(self.leader().expect("just checked"))
+    }
+
+    /// Proposes `command`, starting at server `id` and following leader changes, until it is
+    /// applied; returns its index.
+    ///
+    /// # Errors
+    /// An invariant violation, or no commit within a minute of virtual time.
+    pub fn propose_and_wait(
+        &mut self,
+        id: ServerId,
+        command: &[u8],
+    ) -> Result<LogIndex, SimFailure> {
+        let deadline = self.clock.now().saturating_add(micros(WAIT_BUDGET));
+        let mut target = id;
+        while self.clock.now() <= deadline {
+            let proposal = self.propose(target, command);
+            let attempt_deadline = self
+                .clock
+                .now()
+                .saturating_add(micros(Duration::from_secs(2)));
+            while !self.direct_replies.contains_key(&proposal)
+                && self.clock.now() <= attempt_deadline
+            {
+                if !self.step()? {
+                    break;
+                }
+            }
+            match self.direct_replies.remove(&proposal) {
+                Some(ProposalOutcome::Applied { index, .. }) => return Ok(index),
+                Some(ProposalOutcome::NotLeader {
+                    leader: Some(leader),
+                }) => target = leader,
+                _ => {
+                    self.run_for(Duration::from_millis(50))?;
+                    target = self.leader().unwrap_or(target);
+                }
+            }
+        }
+        Err(self.failure(format!(
+            "no progress: proposal {:?} not applied within {WAIT_BUDGET:?}",
+            String::from_utf8_lossy(command)
+        )))
+    }
+
+    /// Runs until every running server has applied `index`.
+    ///
+    /// # Errors
+    /// An invariant violation, or not applied everywhere within a minute of virtual time.
+    pub fn run_until_applied_everywhere(&mut self, index: LogIndex) -> Result<(), SimFailure> {
+        self.run_until(
+            &format!("every running server applies index {index}"),
+            WAIT_BUDGET,
+            |sim| {
+                sim.slots
+                    .iter()
+                    .filter_map(|slot| slot.node.as_ref())
+                    .all(|node| node.last_applied() >= index)
+            },
+        )
+    }
+
+    // ---- event handling ----
+
+    fn handle(&mut self, event: SimEvent) {
+        match event {
+            SimEvent::Deliver {
+                from,
+                to,
+                message,
+                sequence,
+            } => {
+                self.network
+                    .on_delivered(from, to, sequence, &mut self.counts);
+                if !self.network.connected(from, to) {
+                    // A link cut while the message was in flight loses it too.
+                    self.counts.messages_partitioned += 1;
+                    return;
+                }
+                if self.node(to).is_none() {
+                    self.counts.messages_to_crashed += 1;
+                    return;
+                }
+                self.step_node(to, Event::Message { from, message });
+            }
+            SimEvent::Timer {
+                node,
+                timer,
+                generation,
+            } => {
+                let Some(index) = self.slot_index(node) else {
+                    return;
+                };
+                if self.slots[index].timer_generations[timer_slot(timer)] == generation {
+                    self.step_node(node, Event::Timeout(timer));
+                }
+            }
+            SimEvent::Sync { node, incarnation } => {
+                let Some(index) = self.slot_index(node) else {
+                    return;
+                };
+                let slot = &mut self.slots[index];
+                if slot.incarnation != incarnation {
+                    return;
+                }
+                slot.sync_scheduled = false;
+                let Some(consensus) = slot.node.as_mut() else {
+                    return;
+                };
+                let result = consensus.sync();
+                self.after_node_event(node, result);
+            }
+            SimEvent::ClientSend { client } => self.client_send(client),
+            SimEvent::ClientTimeout { client, attempt } => {
+                let state = &mut self.clients[client];
+                if state.attempt == attempt && state.outstanding.is_some() {
+                    state.outstanding = None;
+                    state.leader_guess = *self.voters.choose(&mut self.rng).expect("servers");
+                    self.clock.schedule(0, SimEvent::ClientSend { client });
+                }
+            }
+            SimEvent::Fault => self.inject_fault(),
+            SimEvent::IsolateLeader { node, term } => {
+                let still_leading = self
+                    .node(node)
+                    .is_some_and(|n| n.role() == Role::Leader && n.current_term() == term);
+                if self.faults_active && still_leading {
+                    self.counts.leaders_isolated += 1;
+                    self.partition(&[node]);
+                }
+            }
+            SimEvent::Restart { node } => {
+                if self.faults_active {
+                    self.restart(node);
+                }
+            }
+        }
+    }
+
+    fn step_node(&mut self, id: ServerId, event: Event) {
+        let Some(index) = self.slot_index(id) else {
+            return;
+        };
+        let Some(node) = self.slots[index].node.as_mut() else {
+            return;
+        };
+        let result = node.step(event);
+        self.after_node_event(id, result);
+    }
+
+    fn after_node_event(&mut self, id: ServerId, result: crate::Result<Actions>) {
+        let actions = match result {
+            Ok(actions) => actions,
+            Err(error) => {
+                self.failure
+                    .get_or_insert(format!("{id} failed on its log: {error}"));
+                return;
+            }
+        };
+        if self.config.check_invariants {
+            let index = self.slot_index(id).expect("known server");
+            if let Some(node) = self.slots[index].node.as_mut() {
+                if let Err(reason) = self.checker.check(node) {
+                    self.failure.get_or_insert(reason);
+                }
+            }
+            let logs = self
+                .slots
+                .iter()
+                .zip(&self.voters)
+                .filter_map(|(slot, &id)| {
+                    let log = match &slot.node {
+                        Some(node) => Some(node.log()),
+                        None => slot.crashed_log.as_ref(),
+                    };
+                    log.map(|log| (id, log))
+                });
+            if let Err(reason) = self.checker.check_committed_entry_is_safe(logs) {
+                self.failure.get_or_insert(reason);
+            }
+        }
+        self.notice_new_leader(id);
+        self.carry_out(id, actions);
+    }
+
+    /// Leader churn: with the configured chance, cut a new leader off shortly after it won, often
+    /// before its first entries reach anyone.
+    fn notice_new_leader(&mut self, id: ServerId) {
+        let index = self.slot_index(id).expect("known server");
+        let Some(node) = self.slots[index].node.as_ref() else {
+            return;
+        };
+        let leading = (node.role() == Role::Leader).then(|| node.current_term());
+        let is_new = leading.is_some() && leading != self.slots[index].led_term;
+        self.slots[index].led_term = leading;
+        let probability = self.config.faults.isolate_new_leader_probability;
+        if let (true, Some(term)) = (is_new && self.faults_active && probability > 0.0, leading) {
+            if self.rng.gen_bool(probability) {
+                let delay_max = self.config.faults.delay_max_us.max(1) * 2;
+                let after = self.rng.gen_range(0..=delay_max);
+                self.clock
+                    .schedule(after, SimEvent::IsolateLeader { node: id, term });
+            }
+        }
+    }
+
+    fn carry_out(&mut self, id: ServerId, actions: Actions) {
+        let index = self.slot_index(id).expect("known server");
+        for envelope in actions.messages {
+            let (fate, sequence) = self.network.send(
+                id,
+                envelope.to,
+                &self.config.faults,
+                &mut self.rng,
+                &mut self.counts,
+            );
+            if let Fate::Deliver(delays) = fate {
+                for delay in delays {
+                    self.clock.schedule(
+                        delay,
+                        SimEvent::Deliver {
+                            from: id,
+                            to: envelope.to,
+                            message: envelope.message.clone(),
+                            sequence,
+                        },
+                    );
+                }
+            }
+        }
+        for timer_action in actions.timers {
+            let (timer, after) = match timer_action {
+                TimerAction::Set { timer, after } => (timer, Some(after)),
+                TimerAction::Cancel(timer) => (timer, None),
+            };
+            let slot = &mut self.slots[index];
+            slot.timer_generations[timer_slot(timer)] += 1;
+            let generation = slot.timer_generations[timer_slot(timer)];
+            if let Some(after) = after {
+                self.clock.schedule(
+                    micros(after),
+                    SimEvent::Timer {
+                        node: id,
+                        timer,
+                        generation,
+                    },
+                );
+            }
+        }
+        for reply in actions.replies {
+            self.route_reply(reply.id, reply.outcome);
+        }
+        if actions.sync_required && !self.slots[index].sync_scheduled {
+            self.slots[index].sync_scheduled = true;
+            let delay = match self.config.faults.sync_delay_max_us {
+                0 => 0,
+                max => self.rng.gen_range(0..=max),
+            };
+            let incarnation = self.slots[index].incarnation;
+            self.clock.schedule(
+                delay,
+                SimEvent::Sync {
+                    node: id,
+                    incarnation,
+                },
+            );
+        }
+    }
+
+    fn route_reply(&mut self, proposal: ProposalId, outcome: ProposalOutcome) {
+        if proposal.0 < CLIENT_ID_BASE {
+            self.direct_replies.insert(proposal, outcome);
+            return;
+        }
+        let client = ((proposal.0 - CLIENT_ID_BASE) >> 20) as usize;
+        let Some(state) = self.clients.get_mut(client) else {
+            return;
+        };
+        if state.outstanding != Some(proposal) {
+            return;
+        }
+        state.outstanding = None;
+        let after = match outcome {
+            ProposalOutcome::Applied { .. } => {
+                state.acknowledged += 1;
+                self.rng.gen_range(0..1_000)
+            }
+            ProposalOutcome::NotLeader { leader } => {
+                state.leader_guess = match leader {
+                    Some(leader) => leader,
+                    None => *self.voters.choose(&mut self.rng).expect("servers"),
+                };
+                if leader.is_some() {
+                    0
+                } else {
+                    self.rng.gen_range(1_000..20_000)
+                }
+            }
+            ProposalOutcome::Dropped { .. } => self.rng.gen_range(0..5_000),
+        };
+        self.clock.schedule(after, SimEvent::ClientSend { client });
+    }
+
+    fn client_send(&mut self, client: usize) {
+        let state = &mut self.clients[client];
+        if state.outstanding.is_some() {
+            return;
+        }
+        state.attempt += 1;
+        let attempt = state.attempt;
+        let proposal = ProposalId(CLIENT_ID_BASE + ((client as u64) << 20) + (attempt & 0xf_ffff));
+        state.outstanding = Some(proposal);
+        let target = state.leader_guess;
+        let command = format!("put k{} c{client}-{attempt}", client % 3).into_bytes();
+        let timeout = micros(self.config.client_timeout);
+        self.clock
+            .schedule(timeout, SimEvent::ClientTimeout { client, attempt });
+        self.step_node(
+            target,
+            Event::ClientProposal {
+                id: proposal,
+                command,
+            },
+        );
+    }
+
+    fn inject_fault(&mut self) {
+        if !self.faults_active {
+            return;
+        }
+        let faults = &self.config.faults;
+        let heal_weight = if self.network.is_partitioned() {
+            faults.partition_weight
+        } else {
+            0
+        };
+        let total = faults.crash_weight + faults.partition_weight + heal_weight;
+        if total > 0 {
+            let mut pick = self.rng.gen_range(0..total);
+            if pick < faults.crash_weight {
+                // Half the crashes hit the leader: leader churn is where the subtle rules
+                // (§5.4.1, §5.4.2, Figure 8) matter.
+                let random = *self.voters.choose(&mut self.rng).expect("servers");
+                let id = match self.leader() {
+                    Some(leader) if self.rng.gen_bool(0.5) => leader,
+                    _ => random,
+                };
+                self.crash(id);
+                let down_for = self.rng.gen_range(10_000..2_000_000);
+                self.clock
+                    .schedule(down_for, SimEvent::Restart { node: id });
+            } else {
+                pick -= faults.crash_weight;
+                if pick < faults.partition_weight {
+                    let mut shuffled = self.voters.clone();
+                    shuffled.shuffle(&mut self.rng);
+                    let cut = self.rng.gen_range(1..shuffled.len().max(2));
+                    self.partition(&shuffled[..cut.min(shuffled.len())]);
+                } else {
+                    self.heal_network();
+                }
+            }
+        }
+        let after = self.fault_interval();
+        self.clock.schedule(after, SimEvent::Fault);
+    }
+
+    fn fault_interval(&mut self) -> Micros {
+        let mean = self.config.faults.fault_interval_mean_us.max(1);
+        self.rng.gen_range(1..=2 * mean)
+    }
+
+    fn boot(&mut self, id: ServerId) {
+        let index = self.slot_index(id).expect("known server");
+        let log = self.slots[index]
+            .crashed_log
+            .take()
+            .expect("a crashed server keeps its log");
+        let rng_seed = self.rng.gen();
+        let mut node = Consensus::new(
+            id,
+            self.voters.clone(),
+            log,
+            KvStateMachine::new(),
+            self.config.core.clone(),
+            rng_seed,
+        )
+        .expect("the simulation's configuration is valid");
+        let actions = node.start();
+        self.slots[index].node = Some(node);
+        self.after_node_event(id, Ok(actions));
+    }
+
+    fn slot_index(&self, id: ServerId) -> Option<usize> {
+        let index = usize::try_from(id.0).ok()?.checked_sub(1)?;
+        (index < self.slots.len()).then_some(index)
+    }
+
+    fn failure(&self, reason: String) -> SimFailure {
+        SimFailure {
+            seed: self.seed,
+            time_us: self.clock.now(),
+            reason,
+            config: self.config.to_string(),
+            counts: self.counts.clone(),
+        }
+    }
+}
+
+fn timer_slot(timer: Timer) -> usize {
+    match timer {
+        Timer::Election => 0,
+        Timer::Heartbeat => 1,
+    }
+}
+
+/// How long the faulty phase of [`run_random`] lasts (virtual).
+pub const FAULT_PHASE: Duration = Duration::from_secs(10);
+
+/// One randomized run: a cluster of `node_count` with every fault kind at strengths chosen by
+/// `seed` and clients proposing throughout; then every fault heals, and the cluster must elect a
+/// leader, commit a new entry and apply it on every server. Invariants are checked after every
+/// event; a panic inside the core is reported as a failure of the seed.
+///
+/// # Errors
+/// The seed, its knobs and what broke.
+pub fn run_random(seed: u64, node_count: usize) -> Result<SimReport, SimFailure> {
+    run_random_with(seed, node_count, |_| {})
+}
+
+/// [`run_random`], letting `adjust` change the drawn configuration first (e.g. to break a rule).
+///
+/// # Errors
+/// The seed, its knobs and what broke.
+pub fn run_random_with(
+    seed: u64,
+    node_count: usize,
+    adjust: impl FnOnce(&mut SimConfig),
+) -> Result<SimReport, SimFailure> {
+    let mut knobs_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_fa17);
+    let mut config = SimConfig::random(node_count, &mut knobs_rng);
+    adjust(&mut config);
+    let description = config.to_string();
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut simulation = Simulation::new(config, seed);
+        simulation.start_clients();
+        simulation.start_faults();
+        simulation.run_for(FAULT_PHASE)?;
+        simulation.heal_all();
+        let leader = simulation.run_until_leader()?;
+        let index = simulation.propose_and_wait(leader, b"put healed yes")?;
+        simulation.run_until_applied_everywhere(index)?;
+        Ok(SimReport {
+            seed,
+            counts: simulation.counts().clone(),
+            committed: simulation.committed_count(),
+            acknowledged: simulation.acknowledged_count(),
+            time_us: simulation.now_us(),
+        })
+    }));
+    match outcome {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(SimFailure {
+                seed,
+                time_us: 0,
+                reason: format!("panic: {message}"),
+                config: description,
+                counts: FaultCounts::default(),
+            })
+        }
+    }
+}
