@@ -591,8 +591,8 @@ pub fn many_entries<L: PersistentLog>(log: &mut L) {
     );
     for (entry, index) in all.iter().zip(1u64..) {
         assert_eq!(
-            entry.data,
-            index.to_le_bytes(),
+            entry.data.as_ref(),
+            index.to_le_bytes().as_slice(),
             "{property}: entries() out of place at {index}"
         );
     }

@@ -15,6 +15,7 @@ pub use mem::MemLog;
 
 use crate::error::LogError;
 use crate::types::{LogIndex, ServerId, Term};
+use bytes::Bytes;
 
 /// What an entry carries. The core gives meaning to the kinds; applications see only commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,8 +55,9 @@ pub struct Entry {
     pub term: Term,
     /// What the entry carries.
     pub kind: EntryKind,
-    /// The command bytes (empty for a no-op).
-    pub data: Vec<u8>,
+    /// The command bytes (empty for a no-op). Reference-counted, so the copies a leader sends
+    /// to each follower share one buffer.
+    pub data: Bytes,
 }
 
 impl Entry {
@@ -67,7 +69,7 @@ impl Entry {
         Entry {
             term,
             kind: EntryKind::Command,
-            data: data.into(),
+            data: Bytes::from(data.into()),
         }
     }
 
@@ -76,7 +78,7 @@ impl Entry {
         Entry {
             term,
             kind: EntryKind::Noop,
-            data: Vec::new(),
+            data: Bytes::new(),
         }
     }
 

@@ -128,7 +128,7 @@ pub struct SimFailure {
     /// The knobs the seed chose.
     pub config: String,
     /// The faults that fired before the failure.
-    pub counts: FaultCounts,
+    pub counts: Box<FaultCounts>,
 }
 
 impl fmt::Display for SimFailure {
@@ -874,7 +874,7 @@ impl Simulation {
             time_us: self.clock.now(),
             reason,
             config: self.config.to_string(),
-            counts: self.counts.clone(),
+            counts: Box::new(self.counts.clone()),
         }
     }
 }
@@ -909,7 +909,7 @@ pub fn run_random_with(
     node_count: usize,
     adjust: impl FnOnce(&mut SimConfig),
 ) -> Result<SimReport, SimFailure> {
-    let mut knobs_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_fa17);
+    let mut knobs_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005e_ed0f_fa17);
     let mut config = SimConfig::random(node_count, &mut knobs_rng);
     adjust(&mut config);
     let description = config.to_string();
@@ -943,7 +943,7 @@ pub fn run_random_with(
                 time_us: 0,
                 reason: format!("panic: {message}"),
                 config: description,
-                counts: FaultCounts::default(),
+                counts: Box::default(),
             })
         }
     }

@@ -1,0 +1,1404 @@
+//! Raft conformance: one test per scenario of CONFORMANCE.md, each citing the paper's § and the
+//! scenario's number.
+//!
+//! Scenarios 1–21 drive one [`Consensus`] by hand: they hand it messages, proposals and timeouts
+//! and read what it returns and what it holds. Scenarios 22–28 run a small cluster on an
+//! in-memory network (`Cluster`, below) that delivers messages until none are left; there is no
+//! clock, so every timeout in these tests is fired by the test itself.
+//!
+//! The vocabulary: `node`, `node_with_log` and `leader` make one server; `receive`, `fire`,
+//! `sync` and `propose` drive it; `append`, `ack`, `request_vote` and `vote` write the messages;
+//! `appends`, `append_responses`, `vote_requests` and `vote_responses` read what it sent.
+//! `cluster(n)`, `elect`, `time_out`, `heartbeat`, `propose`, `partition`, `isolate`, `heal` and
+//! `deliver_until_quiet` tell the cluster stories.
+//!
+//! Nothing here is random but the election timeouts, and every server's seed is its id, so
+//! every run replays the same.
+
+use mioraft::consensus::{
+    Actions, AppendEntries, AppendEntriesResponse, BrokenRule, ClientReply, Config, Consensus,
+    Envelope, Event, Message, ProposalId, ProposalOutcome, RequestVote, RequestVoteResponse, Timer,
+    TimerAction,
+};
+use mioraft::{
+    Entry, EntryKind, KvStateMachine, LogIndex, MemLog, PersistentLog, Role, ServerId,
+    StateMachine, Term,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+type Node = Consensus<MemLog, KvStateMachine>;
+
+/// A log position as (index, term): `(2, 1)` is t1@2.
+type Position = (u64, u64);
+
+/// Vote answers in arrival order, as (peer, granted).
+type Answers = &'static [(u64, bool)];
+
+/// What an append response says, as (success, conflict_term, conflict_index).
+type Verdict = (bool, u64, u64);
+
+// ---- one server ----
+
+fn voters(count: u64) -> Vec<ServerId> {
+    (1..=count).map(ServerId).collect()
+}
+
+/// Server `id` of voters `1..=voter_count`, started, with its id as its seed.
+fn build(id: u64, voter_count: u64, log: MemLog, config: Config) -> Node {
+    let mut node = Consensus::new(
+        ServerId(id),
+        voters(voter_count),
+        log,
+        KvStateMachine::new(),
+        config,
+        id,
+    )
+    .expect("a valid server");
+    let _ = node.start();
+    node
+}
+
+/// A fresh server: follower, term 0, empty log.
+fn node(id: u64, voter_count: u64) -> Node {
+    build(id, voter_count, MemLog::new(), Config::default())
+}
+
+/// A server recovered from a log at `current_term` holding entries of `terms` from index 1.
+fn node_with_log(id: u64, voter_count: u64, current_term: u64, terms: &[u64]) -> Node {
+    build(
+        id,
+        voter_count,
+        filled_log(current_term, terms),
+        Config::default(),
+    )
+}
+
+fn filled_log(current_term: u64, terms: &[u64]) -> MemLog {
+    let mut log = MemLog::new();
+    log.set_current_term(Term(current_term)).expect("set term");
+    log.append_entries(LogIndex(1), &entries_from(1, terms))
+        .expect("append");
+    log.sync().expect("sync");
+    log
+}
+
+/// Commands of `terms` placed from `first_index` on. Each names its index and term, so two logs
+/// holding the same (index, term) hold the same entry, as Log Matching demands (§5.3).
+fn entries_from(first_index: u64, terms: &[u64]) -> Vec<Entry> {
+    terms
+        .iter()
+        .zip(first_index..)
+        .map(|(&term, index)| Entry::command(Term(term), format!("put k{index} t{term}")))
+        .collect()
+}
+
+/// Wins an election by hand: the timeout fires, the self-vote is synced, peers grant in id
+/// order until it leads, and its no-op is synced.
+fn win_election(node: &mut Node) {
+    let _ = fire(node, Timer::Election);
+    let _ = sync(node);
+    let term = node.current_term().0;
+    let peers: Vec<u64> = node
+        .voters()
+        .iter()
+        .map(|voter| voter.0)
+        .filter(|&voter| voter != node.id().0)
+        .collect();
+    for peer in peers {
+        if node.role() == Role::Leader {
+            break;
+        }
+        let _ = receive(node, peer, vote(term, true));
+    }
+    let _ = sync(node);
+    assert_eq!(node.role(), Role::Leader, "won the election");
+}
+
+/// Server 1 of `voter_count`, leader of term 1, its no-op `t1@1` acknowledged by every follower
+/// and committed: every follower is caught up and replicating.
+fn leader(voter_count: u64) -> Node {
+    let mut leader = node(1, voter_count);
+    win_election(&mut leader);
+    for peer in 2..=voter_count {
+        let _ = receive(&mut leader, peer, ack(1, 1));
+    }
+    assert_eq!(leader.commit_index(), LogIndex(1), "the no-op committed");
+    leader
+}
+
+/// A follower, candidate or leader, of term 1, as server 1 of three.
+fn node_in_role(role: Role) -> Node {
+    match role {
+        Role::Follower => node_with_log(1, 3, 1, &[]),
+        Role::Candidate => {
+            let mut candidate = node(1, 3);
+            let _ = fire(&mut candidate, Timer::Election);
+            let _ = sync(&mut candidate);
+            candidate
+        }
+        Role::Leader => leader(3),
+    }
+}
+
+fn receive(node: &mut Node, from: u64, message: Message) -> Actions {
+    node.step(Event::Message {
+        from: ServerId(from),
+        message,
+    })
+    .expect("step")
+}
+
+/// Receives `message` and syncs, releasing whatever waited for durability.
+fn receive_and_sync(node: &mut Node, from: u64, message: Message) -> Actions {
+    let mut actions = receive(node, from, message);
+    actions.merge(sync(node));
+    actions
+}
+
+fn fire(node: &mut Node, timer: Timer) -> Actions {
+    node.step(Event::Timeout(timer)).expect("step")
+}
+
+fn sync(node: &mut Node) -> Actions {
+    node.sync().expect("sync")
+}
+
+fn propose(node: &mut Node, id: u64, command: &str) -> Actions {
+    node.step(Event::ClientProposal {
+        id: ProposalId(id),
+        command: command.as_bytes().to_vec(),
+    })
+    .expect("step")
+}
+
+/// The terms of the log, index 1 first.
+fn log_terms(node: &Node) -> Vec<u64> {
+    log_entries(node).iter().map(|entry| entry.term.0).collect()
+}
+
+fn log_entries(node: &Node) -> Vec<Entry> {
+    let log = node.log();
+    log.entries(LogIndex(1), log.latest_log_index().next(), u64::MAX)
+        .expect("read the log")
+}
+
+// ---- messages in ----
+
+fn append(
+    term: u64,
+    leader: u64,
+    (prev_log_index, prev_log_term): Position,
+    entries: Vec<Entry>,
+    leader_commit: u64,
+) -> Message {
+    Message::AppendEntries(AppendEntries {
+        term: Term(term),
+        leader_id: ServerId(leader),
+        prev_log_index: LogIndex(prev_log_index),
+        prev_log_term: Term(prev_log_term),
+        entries,
+        leader_commit: LogIndex(leader_commit),
+    })
+}
+
+/// A successful answer to an append, verifying the log up to `match_index`.
+fn ack(term: u64, match_index: u64) -> Message {
+    Message::AppendEntriesResponse(AppendEntriesResponse {
+        term: Term(term),
+        success: true,
+        match_index: LogIndex(match_index),
+        conflict_term: Term(0),
+        conflict_index: LogIndex(0),
+        last_log_index: LogIndex(match_index),
+    })
+}
+
+fn request_vote(term: u64, candidate: u64, last: Position) -> Message {
+    Message::RequestVote(vote_request_of(term, candidate, last))
+}
+
+fn vote_request_of(
+    term: u64,
+    candidate: u64,
+    (last_log_index, last_log_term): Position,
+) -> RequestVote {
+    RequestVote {
+        term: Term(term),
+        candidate_id: ServerId(candidate),
+        last_log_index: LogIndex(last_log_index),
+        last_log_term: Term(last_log_term),
+    }
+}
+
+fn vote(term: u64, vote_granted: bool) -> Message {
+    Message::RequestVoteResponse(RequestVoteResponse {
+        term: Term(term),
+        vote_granted,
+    })
+}
+
+// ---- messages out ----
+
+fn sent<T>(actions: &Actions, pick: impl Fn(&Message) -> Option<T>) -> Vec<(u64, T)> {
+    actions
+        .messages
+        .iter()
+        .filter_map(|envelope| pick(&envelope.message).map(|picked| (envelope.to.0, picked)))
+        .collect()
+}
+
+fn appends(actions: &Actions) -> Vec<(u64, AppendEntries)> {
+    sent(actions, |message| match message {
+        Message::AppendEntries(request) => Some(request.clone()),
+        _ => None,
+    })
+}
+
+fn append_responses(actions: &Actions) -> Vec<(u64, AppendEntriesResponse)> {
+    sent(actions, |message| match message {
+        Message::AppendEntriesResponse(response) => Some(response.clone()),
+        _ => None,
+    })
+}
+
+fn vote_requests(actions: &Actions) -> Vec<(u64, RequestVote)> {
+    sent(actions, |message| match message {
+        Message::RequestVote(request) => Some(request.clone()),
+        _ => None,
+    })
+}
+
+fn vote_responses(actions: &Actions) -> Vec<(u64, RequestVoteResponse)> {
+    sent(actions, |message| match message {
+        Message::RequestVoteResponse(response) => Some(response.clone()),
+        _ => None,
+    })
+}
+
+/// The only append response in `actions`, as (to, success, conflict_term, conflict_index).
+fn only_append_response(actions: &Actions) -> (u64, bool, u64, u64) {
+    let responses = append_responses(actions);
+    let [(to, response)] = responses.as_slice() else {
+        panic!("expected one append response, got {responses:?}");
+    };
+    (
+        *to,
+        response.success,
+        response.conflict_term.0,
+        response.conflict_index.0,
+    )
+}
+
+/// The only vote response in `actions`, as (to, term, granted).
+fn only_vote_response(actions: &Actions) -> (u64, u64, bool) {
+    let responses = vote_responses(actions);
+    let [(to, response)] = responses.as_slice() else {
+        panic!("expected one vote response, got {responses:?}");
+    };
+    (*to, response.term.0, response.vote_granted)
+}
+
+fn election_timeouts(actions: &Actions) -> Vec<Duration> {
+    actions
+        .timers
+        .iter()
+        .filter_map(|timer| match timer {
+            TimerAction::Set {
+                timer: Timer::Election,
+                after,
+            } => Some(*after),
+            _ => None,
+        })
+        .collect()
+}
+
+fn applied(index: u64, result: &str) -> ProposalOutcome {
+    ProposalOutcome::Applied {
+        index: LogIndex(index),
+        result: result.as_bytes().to_vec(),
+    }
+}
+
+// ---- an in-memory cluster ----
+
+/// Most messages one `deliver_until_quiet` may deliver before the test calls it a livelock.
+const DELIVERIES_MAX: usize = 100_000;
+
+/// Servers `1..=n` on a network that delivers in order, loses what crosses a cut link, and syncs
+/// each server as soon as it asks, so withheld messages flow at once.
+struct Cluster {
+    nodes: BTreeMap<ServerId, Node>,
+    /// (sender, envelope), oldest first.
+    in_flight: VecDeque<(ServerId, Envelope)>,
+    /// Directed links that lose everything: (from, to).
+    cut: BTreeSet<(ServerId, ServerId)>,
+    /// Every message delivered, in order: the trace.
+    delivered: Vec<(ServerId, Envelope)>,
+    /// Every proposal answer, with the server that gave it.
+    replies: Vec<(ServerId, ClientReply)>,
+    next_proposal: u64,
+}
+
+fn cluster(size: u64) -> Cluster {
+    let empty: Vec<(u64, &[u64])> = (0..size).map(|_| (0, &[][..])).collect();
+    Cluster::with_logs(&empty)
+}
+
+impl Cluster {
+    /// Server `i + 1` recovers from `logs[i]`: (current term, entry terms from index 1).
+    fn with_logs(logs: &[(u64, &[u64])]) -> Self {
+        let size = logs.len() as u64;
+        let nodes = logs
+            .iter()
+            .zip(1..)
+            .map(|(&(term, terms), id)| {
+                let node = build(id, size, filled_log(term, terms), Config::default());
+                (ServerId(id), node)
+            })
+            .collect();
+        Cluster {
+            nodes,
+            in_flight: VecDeque::new(),
+            cut: BTreeSet::new(),
+            delivered: Vec::new(),
+            replies: Vec::new(),
+            next_proposal: 1,
+        }
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[&ServerId(id)]
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().map(|id| id.0).collect()
+    }
+
+    /// `id`'s election timer fires; its vote requests wait in the network.
+    fn time_out(&mut self, id: u64) {
+        self.step(id, Event::Timeout(Timer::Election));
+    }
+
+    /// `id`'s election timer fires and the network runs until quiet.
+    fn elect(&mut self, id: u64) {
+        self.time_out(id);
+        self.deliver_until_quiet();
+    }
+
+    /// `id`'s heartbeat timer fires and the network runs until quiet.
+    fn heartbeat(&mut self, id: u64) {
+        self.step(id, Event::Timeout(Timer::Heartbeat));
+        self.deliver_until_quiet();
+    }
+
+    /// A client hands `command` to `id`; the network runs until quiet.
+    fn propose(&mut self, id: u64, command: &str) -> ProposalId {
+        let proposal = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        self.step(
+            id,
+            Event::ClientProposal {
+                id: proposal,
+                command: command.as_bytes().to_vec(),
+            },
+        );
+        self.deliver_until_quiet();
+        proposal
+    }
+
+    /// Every answer given for `proposal`, by any server.
+    fn outcomes(&self, proposal: ProposalId) -> Vec<ProposalOutcome> {
+        self.replies
+            .iter()
+            .filter(|(_, reply)| reply.id == proposal)
+            .map(|(_, reply)| reply.outcome.clone())
+            .collect()
+    }
+
+    /// Puts a message on the wire as if `from` had sent it.
+    fn inject(&mut self, from: u64, to: u64, message: Message) {
+        let envelope = Envelope {
+            to: ServerId(to),
+            message,
+        };
+        self.in_flight.push_back((ServerId(from), envelope));
+    }
+
+    /// Cuts every link between a server of `one` and a server of `other`, both ways.
+    fn partition(&mut self, one: &[u64], other: &[u64]) {
+        for &a in one {
+            for &b in other {
+                self.cut.insert((ServerId(a), ServerId(b)));
+                self.cut.insert((ServerId(b), ServerId(a)));
+            }
+        }
+    }
+
+    /// Makes `id` unreachable: every link to and from it is cut.
+    fn isolate(&mut self, id: u64) {
+        let others: Vec<u64> = self.ids().into_iter().filter(|&o| o != id).collect();
+        self.partition(&[id], &others);
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Delivers messages, oldest first, until none are left; those crossing a cut are lost.
+    fn deliver_until_quiet(&mut self) {
+        let mut deliveries = 0;
+        while let Some((from, envelope)) = self.in_flight.pop_front() {
+            deliveries += 1;
+            assert!(
+                deliveries <= DELIVERIES_MAX,
+                "no quiet after {DELIVERIES_MAX} deliveries"
+            );
+            if self.cut.contains(&(from, envelope.to)) {
+                continue;
+            }
+            self.delivered.push((from, envelope.clone()));
+            let event = Event::Message {
+                from,
+                message: envelope.message,
+            };
+            self.step(envelope.to.0, event);
+        }
+    }
+
+    fn step(&mut self, id: u64, event: Event) {
+        let actions = self.server(id).step(event).expect("step");
+        self.absorb(ServerId(id), actions);
+    }
+
+    /// Puts `actions`' messages on the wire and keeps its replies; syncs when asked to.
+    fn absorb(&mut self, id: ServerId, actions: Actions) {
+        let sync_required = actions.sync_required;
+        let messages = actions.messages.into_iter().map(|envelope| (id, envelope));
+        self.in_flight.extend(messages);
+        let replies = actions.replies.into_iter().map(|reply| (id, reply));
+        self.replies.extend(replies);
+        if sync_required {
+            let synced = self.server(id.0).sync().expect("sync");
+            self.absorb(id, synced);
+        }
+    }
+
+    fn server(&mut self, id: u64) -> &mut Node {
+        self.nodes.get_mut(&ServerId(id)).expect("a member")
+    }
+
+    fn leaders(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|node| node.role() == Role::Leader)
+            .map(|node| node.id().0)
+            .collect()
+    }
+
+    fn log_terms(&self, id: u64) -> Vec<u64> {
+        log_terms(self.node(id))
+    }
+
+    /// The `prev_log_index` of every append delivered from `from` to `to`, in order.
+    fn append_prev_indexes(&self, from: u64, to: u64) -> Vec<u64> {
+        self.delivered
+            .iter()
+            .filter(|(sender, envelope)| sender.0 == from && envelope.to.0 == to)
+            .filter_map(|(_, envelope)| match &envelope.message {
+                Message::AppendEntries(request) => Some(request.prev_log_index.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Asserts that every server holds exactly the log of `id`, entry for entry.
+    fn assert_logs_match(&self, id: u64) {
+        let expected = log_entries(self.node(id));
+        for other in self.ids() {
+            assert_eq!(
+                log_entries(self.node(other)),
+                expected,
+                "log of {other} differs from log of {id}"
+            );
+        }
+    }
+}
+
+// ---- Terms (§5.1) ----
+
+/// §5.1, CONFORMANCE 1: any message of a higher term makes a follower, candidate or leader adopt
+/// that term as a follower.
+#[test]
+fn higher_term_makes_any_role_a_follower_of_that_term() {
+    let messages = [
+        request_vote(5, 2, (0, 0)),
+        vote(5, false),
+        append(5, 2, (0, 0), vec![], 0),
+        ack(5, 0),
+    ];
+    for role in [Role::Follower, Role::Candidate, Role::Leader] {
+        for message in &messages {
+            let mut node = node_in_role(role);
+            assert_eq!((node.role(), node.current_term()), (role, Term(1)));
+            let _ = receive_and_sync(&mut node, 2, message.clone());
+            assert_eq!(
+                (node.role(), node.current_term()),
+                (Role::Follower, Term(5)),
+                "a {role:?} receiving {}",
+                message.name()
+            );
+        }
+    }
+}
+
+/// §5.1, CONFORMANCE 2: a message of a lower term changes nothing; requests are answered with the
+/// current term so that their stale sender steps down.
+#[test]
+fn lower_term_message_is_never_acted_on() {
+    // A follower at term 3 holding t1@1.
+    let mut follower = node_with_log(1, 3, 3, &[1]);
+    let actions = receive(
+        &mut follower,
+        2,
+        append(2, 2, (1, 1), entries_from(2, &[2]), 2),
+    );
+    let responses = append_responses(&actions);
+    assert_eq!(responses.len(), 1);
+    assert_eq!(
+        (responses[0].0, responses[0].1.term, responses[0].1.success),
+        (2, Term(3), false)
+    );
+    let actions = receive(&mut follower, 2, request_vote(2, 2, (9, 2)));
+    assert_eq!(only_vote_response(&actions), (2, 3, false));
+    assert_eq!(log_terms(&follower), [1]);
+    assert_eq!(follower.current_term(), Term(3));
+    assert_eq!(follower.log().voted_for(), None);
+    assert_eq!(follower.leader_id(), None);
+    assert_eq!(follower.commit_index(), LogIndex(0));
+    assert_eq!(follower.role(), Role::Follower);
+
+    // A candidate of term 4 counts no stale grants: two of them would have made it leader.
+    let mut candidate = node_with_log(1, 3, 3, &[1]);
+    let _ = fire(&mut candidate, Timer::Election);
+    let _ = sync(&mut candidate);
+    assert_eq!(candidate.current_term(), Term(4));
+    let _ = receive_and_sync(&mut candidate, 2, vote(3, true));
+    let _ = receive_and_sync(&mut candidate, 3, vote(3, true));
+    assert_eq!(candidate.role(), Role::Candidate);
+    assert_eq!(candidate.current_term(), Term(4));
+
+    // A leader of term 4 takes neither a stale acknowledgement nor a stale append.
+    let mut leader = node_with_log(1, 3, 3, &[1]);
+    win_election(&mut leader);
+    assert_eq!(log_terms(&leader), [1, 4]);
+    let _ = receive_and_sync(&mut leader, 3, ack(3, 2));
+    assert_eq!(leader.match_index(ServerId(3)), Some(LogIndex(0)));
+    assert_eq!(leader.commit_index(), LogIndex(0));
+    let _ = receive_and_sync(&mut leader, 2, append(3, 2, (0, 0), vec![], 0));
+    assert_eq!(leader.role(), Role::Leader);
+    assert_eq!(leader.current_term(), Term(4));
+    assert_eq!(log_terms(&leader), [1, 4]);
+}
+
+/// §5.1, CONFORMANCE 3: a fresh server is a follower of term 0 with an empty log, no vote, no
+/// leader, and its election timer armed.
+#[test]
+fn fresh_node_is_follower_at_term_zero_with_empty_log() {
+    let mut node = Consensus::new(
+        ServerId(1),
+        voters(3),
+        MemLog::new(),
+        KvStateMachine::new(),
+        Config::default(),
+        1,
+    )
+    .expect("a valid server");
+    assert_eq!(node.role(), Role::Follower);
+    assert_eq!(node.current_term(), Term(0));
+    assert_eq!(node.log().latest_log_index(), LogIndex(0));
+    assert_eq!(node.log().latest_log_term(), Term(0));
+    assert_eq!(node.log().voted_for(), None);
+    assert_eq!(node.leader_id(), None);
+    assert_eq!(node.commit_index(), LogIndex(0));
+    assert_eq!(node.last_applied(), LogIndex(0));
+    let started = node.start();
+    let timeouts = election_timeouts(&started);
+    assert_eq!(timeouts.len(), 1, "start arms the election timer");
+    let range = Config::default().election_timeout_min..=Config::default().election_timeout_max;
+    assert!(
+        range.contains(&timeouts[0]),
+        "{:?} in {range:?}",
+        timeouts[0]
+    );
+    assert!(started.messages.is_empty());
+}
+
+// ---- Elections (§5.2) ----
+
+/// §5.2, CONFORMANCE 4: on timeout a follower becomes candidate of the next term, votes for
+/// itself durably, then asks every peer once, carrying its last log index and term.
+#[test]
+fn election_timeout_starts_candidacy_with_durable_self_vote() {
+    let mut follower = node_with_log(1, 5, 2, &[1, 2]);
+    let actions = fire(&mut follower, Timer::Election);
+    assert_eq!(follower.role(), Role::Candidate);
+    assert_eq!(follower.current_term(), Term(3));
+    assert_eq!(follower.log().voted_for(), Some(ServerId(1)));
+    assert_eq!(election_timeouts(&actions).len(), 1, "timer re-armed");
+    assert!(
+        actions.sync_required,
+        "the term and self-vote must be synced"
+    );
+    assert!(
+        vote_requests(&actions).is_empty(),
+        "no request before the self-vote is durable"
+    );
+
+    let actions = sync(&mut follower);
+    let expected: Vec<(u64, RequestVote)> = (2..=5)
+        .map(|peer| (peer, vote_request_of(3, 1, (2, 2))))
+        .collect();
+    assert_eq!(vote_requests(&actions), expected);
+}
+
+/// §5.2, CONFORMANCE 5: a candidate whose timer fires again campaigns anew at the next term.
+#[test]
+fn candidate_timeout_starts_election_at_next_term() {
+    let mut candidate = node_in_role(Role::Candidate);
+    assert_eq!(candidate.current_term(), Term(1));
+    let mut actions = fire(&mut candidate, Timer::Election);
+    actions.merge(sync(&mut candidate));
+    assert_eq!(candidate.role(), Role::Candidate);
+    assert_eq!(candidate.current_term(), Term(2));
+    assert_eq!(candidate.log().voted_for(), Some(ServerId(1)));
+    let expected: Vec<(u64, RequestVote)> = (2..=3)
+        .map(|peer| (peer, vote_request_of(2, 1, (0, 0))))
+        .collect();
+    assert_eq!(vote_requests(&actions), expected);
+}
+
+/// §5.2, CONFORMANCE 6: in one round the candidate leads exactly when its grants and its own vote
+/// form a majority, follows when a majority refused, and otherwise keeps campaigning.
+#[test]
+fn candidate_wins_exactly_with_majority_in_one_round() {
+    // (voters, answers in arrival order) → role after the round.
+    #[rustfmt::skip]
+    let table: &[(u64, Answers, Role)] = &[
+        (1, &[], Role::Leader),
+        (3, &[(2, true), (3, true)], Role::Leader),
+        (3, &[(2, true)], Role::Leader),
+        (5, &[(2, true), (3, true), (4, true), (5, true)], Role::Leader),
+        (5, &[(2, true), (3, true), (4, true)], Role::Leader),
+        (5, &[(2, true), (3, true)], Role::Leader),
+        (3, &[(2, false), (3, false)], Role::Follower),
+        (5, &[(2, false), (3, false), (4, false), (5, false)], Role::Follower),
+        (5, &[(2, true), (3, false), (4, false), (5, false)], Role::Follower),
+        (3, &[], Role::Candidate),
+        (3, &[(2, false)], Role::Candidate),
+        (5, &[(2, true)], Role::Candidate),
+        (5, &[(2, false), (3, false)], Role::Candidate),
+        (5, &[(2, true), (3, false), (4, false)], Role::Candidate),
+        (5, &[], Role::Candidate),
+    ];
+    for &(voter_count, answers, expected) in table {
+        let mut candidate = node(1, voter_count);
+        let _ = fire(&mut candidate, Timer::Election);
+        let _ = sync(&mut candidate);
+        for &(peer, granted) in answers {
+            let _ = receive_and_sync(&mut candidate, peer, vote(1, granted));
+        }
+        assert_eq!(
+            candidate.role(),
+            expected,
+            "{voter_count} voters answering {answers:?}"
+        );
+        assert_eq!(candidate.current_term(), Term(1));
+    }
+}
+
+/// §5.2, CONFORMANCE 7: one vote per term, first come first served; the same candidate asking
+/// again is granted again; the vote is durable before the grant goes out.
+#[test]
+fn vote_is_first_come_first_served_and_durable_before_reply() {
+    let mut voter = node(1, 3);
+    let actions = receive(&mut voter, 2, request_vote(1, 2, (0, 0)));
+    assert_eq!(voter.log().voted_for(), Some(ServerId(2)), "vote recorded");
+    assert!(actions.sync_required, "the vote must be synced");
+    assert!(
+        vote_responses(&actions).is_empty(),
+        "no grant before the sync"
+    );
+    let actions = sync(&mut voter);
+    assert_eq!(only_vote_response(&actions), (2, 1, true));
+
+    let actions = receive_and_sync(&mut voter, 3, request_vote(1, 3, (0, 0)));
+    assert_eq!(only_vote_response(&actions), (3, 1, false), "already voted");
+    assert_eq!(voter.log().voted_for(), Some(ServerId(2)));
+
+    let actions = receive_and_sync(&mut voter, 2, request_vote(1, 2, (0, 0)));
+    assert_eq!(
+        only_vote_response(&actions),
+        (2, 1, true),
+        "a repeat is granted"
+    );
+    assert_eq!(voter.log().voted_for(), Some(ServerId(2)));
+}
+
+/// §5.2, CONFORMANCE 8: a candidate hearing an append from a leader of its own term or a later one
+/// becomes that leader's follower.
+#[test]
+fn candidate_follows_leader_of_same_or_higher_term() {
+    for leader_term in [1, 2] {
+        let mut candidate = node_in_role(Role::Candidate);
+        let actions =
+            receive_and_sync(&mut candidate, 2, append(leader_term, 2, (0, 0), vec![], 0));
+        assert_eq!(
+            candidate.role(),
+            Role::Follower,
+            "leader of term {leader_term}"
+        );
+        assert_eq!(candidate.current_term(), Term(leader_term));
+        assert_eq!(candidate.leader_id(), Some(ServerId(2)));
+        let (to, success, _, _) = only_append_response(&actions);
+        assert_eq!((to, success), (2, true));
+    }
+}
+
+/// §5.2, CONFORMANCE 9: election timeouts take every value of the configured range, and five
+/// servers reset together rarely (here in at most 30 % of rounds) fire in the same millisecond.
+#[test]
+fn election_timeouts_cover_the_range_and_rarely_collide() {
+    const ROUNDS: usize = 1000;
+    let narrow = Config {
+        election_timeout_min: Duration::from_millis(10),
+        election_timeout_max: Duration::from_millis(20),
+        heartbeat_interval: Duration::from_millis(5),
+        ..Config::default()
+    };
+    let mut candidate = build(1, 3, MemLog::new(), narrow);
+    let mut seen = BTreeSet::new();
+    for _ in 0..ROUNDS {
+        let actions = fire(&mut candidate, Timer::Election);
+        let _ = sync(&mut candidate);
+        for timeout in election_timeouts(&actions) {
+            seen.insert(timeout);
+        }
+    }
+    let every_millisecond: BTreeSet<Duration> = (10..=20).map(Duration::from_millis).collect();
+    assert_eq!(seen, every_millisecond);
+
+    let mut nodes: Vec<Node> = (1..=5).map(|id| node(id, 5)).collect();
+    let mut rounds_with_collision = 0;
+    for _ in 0..ROUNDS {
+        let mut drawn = BTreeSet::new();
+        for node in &mut nodes {
+            let actions = fire(node, Timer::Election);
+            let _ = sync(node);
+            let timeouts = election_timeouts(&actions);
+            assert_eq!(timeouts.len(), 1);
+            drawn.insert(timeouts[0]);
+        }
+        if drawn.len() < nodes.len() {
+            rounds_with_collision += 1;
+        }
+    }
+    assert!(
+        rounds_with_collision * 100 <= ROUNDS * 30,
+        "two of five fired together in {rounds_with_collision} of {ROUNDS} rounds"
+    );
+}
+
+/// §5.2, CONFORMANCE 10: every heartbeat interval the leader sends each peer an append without
+/// entries whose commit index is no larger than what that peer is known to hold.
+#[test]
+fn heartbeat_carries_no_entries_and_commit_capped_by_match() {
+    let mut leader = leader(3);
+    let _ = propose(&mut leader, 1, "put a 1");
+    let _ = propose(&mut leader, 2, "put b 2");
+    let _ = sync(&mut leader);
+    let _ = receive_and_sync(&mut leader, 2, ack(1, 3));
+    assert_eq!(leader.commit_index(), LogIndex(3));
+    assert_eq!(leader.match_index(ServerId(2)), Some(LogIndex(3)));
+    assert_eq!(leader.match_index(ServerId(3)), Some(LogIndex(1)));
+
+    let actions = fire(&mut leader, Timer::Heartbeat);
+    assert!(actions.timers.contains(&TimerAction::Set {
+        timer: Timer::Heartbeat,
+        after: leader.config().heartbeat_interval,
+    }));
+    let heartbeats = appends(&actions);
+    let summary: Vec<(u64, u64, usize, u64)> = heartbeats
+        .iter()
+        .map(|(to, heartbeat)| {
+            (
+                *to,
+                heartbeat.prev_log_index.0,
+                heartbeat.entries.len(),
+                heartbeat.leader_commit.0,
+            )
+        })
+        .collect();
+    // (to, prev_log_index, entries, leader_commit): server 3 holds only index 1.
+    assert_eq!(summary, [(2, 3, 0, 3), (3, 1, 0, 1)]);
+    assert!(heartbeats
+        .iter()
+        .all(|(_, heartbeat)| heartbeat.term == Term(1)));
+}
+
+// ---- Replication (§5.3) ----
+
+/// §5.3, CONFORMANCE 11: a proposal appends one entry of the current term, leaves the commit index
+/// alone, and goes to every caught-up peer right after the entry it follows.
+#[test]
+fn proposal_appends_current_term_entry_and_replicates_it() {
+    let mut leader = leader(3);
+    let actions = propose(&mut leader, 1, "put x 1");
+    let entry = Entry::command(Term(1), "put x 1");
+    assert_eq!(log_entries(&leader), [Entry::noop(Term(1)), entry.clone()]);
+    assert_eq!(leader.commit_index(), LogIndex(1));
+    assert!(actions.replies.is_empty());
+    assert!(actions.sync_required);
+    let expected = AppendEntries {
+        term: Term(1),
+        leader_id: ServerId(1),
+        prev_log_index: LogIndex(1),
+        prev_log_term: Term(1),
+        entries: vec![entry],
+        leader_commit: LogIndex(1),
+    };
+    assert_eq!(appends(&actions), [(2, expected.clone()), (3, expected)]);
+}
+
+/// §5.3, CONFORMANCE 12: once a majority (the leader included) holds an entry of the current term,
+/// the leader commits it and every entry before it, applies them in order, and passes the new
+/// commit index on.
+#[test]
+fn majority_commits_current_term_entry_and_everything_before() {
+    let mut leader = leader(3);
+    let _ = propose(&mut leader, 1, "put k 1");
+    let _ = propose(&mut leader, 2, "put k 2");
+    let _ = receive(&mut leader, 2, ack(1, 3));
+    assert_eq!(
+        leader.commit_index(),
+        LogIndex(1),
+        "the leader's own copy is not durable yet"
+    );
+
+    let actions = sync(&mut leader);
+    assert_eq!(leader.commit_index(), LogIndex(3));
+    assert_eq!(leader.last_applied(), LogIndex(3));
+    assert_eq!(leader.state_machine().get("k"), Some("2"));
+    assert_eq!(leader.state_machine().applied_count(), 2);
+    let expected = [
+        ClientReply {
+            id: ProposalId(1),
+            outcome: applied(2, ""),
+        },
+        ClientReply {
+            id: ProposalId(2),
+            outcome: applied(3, "1"),
+        },
+    ];
+    assert_eq!(actions.replies, expected, "applied in log order");
+
+    let _ = receive_and_sync(&mut leader, 3, ack(1, 3));
+    let actions = fire(&mut leader, Timer::Heartbeat);
+    let commits: Vec<(u64, u64)> = appends(&actions)
+        .iter()
+        .map(|(to, request)| (*to, request.leader_commit.0))
+        .collect();
+    assert_eq!(commits, [(2, 3), (3, 3)]);
+}
+
+/// §5.3, CONFORMANCE 13: whether an entry commits depends on cluster size and acknowledgements:
+/// a majority including the leader is needed.
+#[test]
+fn commit_needs_a_majority_for_each_cluster_size() {
+    let table: &[(u64, u64, bool)] = &[
+        (1, 0, true),
+        (3, 0, false),
+        (3, 1, true),
+        (5, 1, false),
+        (5, 2, true),
+    ];
+    for &(voter_count, acks, committed) in table {
+        let mut leader = leader(voter_count);
+        let _ = propose(&mut leader, 1, "put x 1");
+        let _ = sync(&mut leader);
+        for peer in (2..).take(acks as usize) {
+            let _ = receive_and_sync(&mut leader, peer, ack(1, 2));
+        }
+        assert_eq!(
+            leader.commit_index() == LogIndex(2),
+            committed,
+            "{voter_count} voters, {acks} acknowledgements"
+        );
+    }
+}
+
+/// §5.4.2, CONFORMANCE 14: entries left by earlier leaders commit, in order and before the new
+/// term's, as soon as an entry of the current term commits.
+#[test]
+fn earlier_term_entries_commit_under_current_term_entry() {
+    let mut leader = node_with_log(1, 3, 1, &[1, 1]);
+    win_election(&mut leader);
+    assert_eq!(log_terms(&leader), [1, 1, 2]);
+    assert_eq!(leader.commit_index(), LogIndex(0));
+
+    let _ = receive_and_sync(&mut leader, 2, ack(2, 3));
+    assert_eq!(leader.commit_index(), LogIndex(3));
+    assert_eq!(leader.last_applied(), LogIndex(3));
+    let mut expected = KvStateMachine::new();
+    for entry in entries_from(1, &[1, 1]) {
+        expected.apply(&entry.data);
+    }
+    assert_eq!(leader.state_machine(), &expected, "1 then 2 applied");
+
+    let _ = propose(&mut leader, 1, "put new 3");
+    let _ = sync(&mut leader);
+    let _ = receive_and_sync(&mut leader, 2, ack(2, 4));
+    assert_eq!(leader.commit_index(), LogIndex(4));
+    expected.apply(b"put new 3");
+    assert_eq!(leader.state_machine(), &expected, "then the new command");
+}
+
+/// §5.3, CONFORMANCE 15: a follower's commit index becomes min(leader commit, index of the last
+/// new entry), never decreases, and each step applies exactly the newly committed entries.
+#[test]
+fn follower_commit_follows_leader_within_verified_log() {
+    let mut follower = node(2, 3);
+    let mut entries = vec![Entry::noop(Term(1))];
+    entries
+        .extend(["put a 1", "put b 2", "put c 3"].map(|command| Entry::command(Term(1), command)));
+    // (append from leader 1 of term 1) → (commit index, commands applied)
+    #[rustfmt::skip]
+    let steps: [(Message, u64, u64); 5] = [
+        (append(1, 1, (0, 0), entries, 2), 2, 1),
+        (append(1, 1, (2, 1), vec![], 4), 2, 1),
+        (append(1, 1, (2, 1), vec![Entry::command(Term(1), "put b 2")], 4), 3, 2),
+        (append(1, 1, (0, 0), vec![], 1), 3, 2),
+        (append(1, 1, (4, 1), vec![], 4), 4, 3),
+    ];
+    for (number, (message, commit_index, applied_count)) in steps.into_iter().enumerate() {
+        let actions = receive_and_sync(&mut follower, 1, message);
+        assert!(only_append_response(&actions).1, "step {number} accepted");
+        assert_eq!(
+            follower.commit_index(),
+            LogIndex(commit_index),
+            "step {number}"
+        );
+        assert_eq!(
+            follower.last_applied(),
+            LogIndex(commit_index),
+            "step {number}"
+        );
+        assert_eq!(
+            follower.state_machine().applied_count(),
+            applied_count,
+            "step {number}"
+        );
+    }
+    assert_eq!(follower.state_machine().get("c"), Some("3"));
+}
+
+/// §5.3, CONFORMANCE 16: the consistency check accepts an append whose previous entry matches and
+/// rejects one that does not, hinting the conflicting term and its first index so the leader can
+/// skip a whole term per round trip.
+#[test]
+fn consistency_check_accepts_matches_and_hints_conflicts_by_term() {
+    // (prev_log_index, prev_log_term) → (success, conflict_term, conflict_index), on [t1@1, t2@2].
+    let table: &[(Position, Verdict)] = &[
+        ((0, 0), (true, 0, 0)),
+        ((1, 1), (true, 0, 0)),
+        ((2, 2), (true, 0, 0)),
+        ((2, 1), (false, 2, 2)),
+        ((3, 3), (false, 0, 3)),
+    ];
+    for &(prev, expected) in table {
+        let mut follower = node_with_log(2, 3, 2, &[1, 2]);
+        let actions = receive_and_sync(&mut follower, 1, append(2, 1, prev, vec![], 0));
+        let (to, success, conflict_term, conflict_index) = only_append_response(&actions);
+        assert_eq!(to, 1);
+        assert_eq!(
+            (success, conflict_term, conflict_index),
+            expected,
+            "prev {prev:?}"
+        );
+        assert_eq!(log_terms(&follower), [1, 2], "the log is unchanged");
+    }
+
+    // A run of term 2 at 2..=5 is skipped in one answer: the hint points at its first index.
+    let mut follower = node_with_log(2, 3, 2, &[1, 2, 2, 2, 2]);
+    let actions = receive_and_sync(&mut follower, 1, append(3, 1, (5, 3), vec![], 0));
+    assert_eq!(only_append_response(&actions), (1, false, 2, 2));
+}
+
+/// §5.3, CONFORMANCE 17: a conflicting entry truncates the log from the conflict on, while entries
+/// already present never truncate: a delayed, shorter append cannot delete what a longer one
+/// added.
+#[test]
+fn conflicting_entries_truncate_but_stale_appends_never_do() {
+    // Conflict at 2: t1@2 and t1@3 go, t2@2 comes.
+    let mut follower = node_with_log(2, 3, 1, &[1, 1, 1]);
+    let _ = receive_and_sync(
+        &mut follower,
+        1,
+        append(2, 1, (1, 1), entries_from(2, &[2]), 0),
+    );
+    assert_eq!(log_terms(&follower), [1, 2]);
+
+    // Matching entries first, then a conflict at 3.
+    let mut follower = node_with_log(2, 3, 1, &[1, 1, 1, 1]);
+    let entries = entries_from(1, &[1, 1, 2]);
+    let _ = receive_and_sync(&mut follower, 1, append(2, 1, (0, 0), entries.clone(), 0));
+    assert_eq!(log_entries(&follower), entries);
+
+    // A longer append, then a delayed shorter one of the same leader.
+    let mut follower = node(2, 3);
+    let entries = entries_from(1, &[1, 1, 1]);
+    let _ = receive_and_sync(&mut follower, 1, append(1, 1, (0, 0), entries.clone(), 0));
+    let delayed = append(1, 1, (0, 0), entries[..1].to_vec(), 0);
+    let actions = receive_and_sync(&mut follower, 1, delayed);
+    let responses = append_responses(&actions);
+    assert_eq!(responses.len(), 1);
+    assert!(responses[0].1.success);
+    assert_eq!(responses[0].1.match_index, LogIndex(1), "verified up to 1");
+    let delayed_middle = append(1, 1, (1, 1), entries[1..2].to_vec(), 0);
+    let _ = receive_and_sync(&mut follower, 1, delayed_middle);
+    assert_eq!(log_entries(&follower), entries, "nothing deleted");
+}
+
+/// §5.3, Figure 7, CONFORMANCE 18: the leader of term 8 brings each follower (a)–(f) to exactly its
+/// own log, filling what is missing and removing what is extra or conflicting, probing back one
+/// term per round trip.
+#[test]
+fn leader_repairs_every_follower_of_figure_7() {
+    let leader_log: &[u64] = &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6];
+    let mut cluster = Cluster::with_logs(&[
+        (7, leader_log),
+        (6, &[1, 1, 1, 4, 4, 5, 5, 6, 6]),          // (a)
+        (4, &[1, 1, 1, 4]),                         // (b)
+        (6, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6]),    // (c)
+        (7, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7]), // (d)
+        (4, &[1, 1, 1, 4, 4, 4, 4]),                // (e)
+        (3, &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3]),    // (f)
+    ]);
+    cluster.elect(1);
+    assert_eq!(cluster.leaders(), [1]);
+    assert_eq!(cluster.node(1).current_term(), Term(8));
+    assert_eq!(cluster.log_terms(1), [1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 8]);
+    cluster.assert_logs_match(1);
+
+    // The probes' prev_log_index per follower: one step back per conflicting term.
+    let expected_probes: [(u64, &[u64]); 6] = [
+        (2, &[10, 9]),    // (a) too short: resume after its end
+        (3, &[10, 4]),    // (b) too short
+        (4, &[10]),       // (c) extra t6@11 replaced
+        (5, &[10]),       // (d) extra t7@11, t7@12 replaced
+        (6, &[10, 7, 5]), // (e) too short, then the t4 run
+        (7, &[10, 6, 3]), // (f) the t3 run, then the t2 run
+    ];
+    for (follower, probes) in expected_probes {
+        assert_eq!(
+            cluster.append_prev_indexes(1, follower),
+            probes,
+            "follower {follower}"
+        );
+    }
+}
+
+// ---- Safety (§5.4) ----
+
+/// §5.4.1, CONFORMANCE 19: a vote request carries the candidate's last log index and term.
+#[test]
+fn vote_request_carries_last_log_index_and_term() {
+    let table: &[(&[u64], Position)] = &[
+        (&[], (0, 0)),
+        (&[1], (1, 1)),
+        (&[1, 2, 2], (3, 2)),
+        (&[1, 1, 3], (3, 3)),
+    ];
+    for &(terms, last) in table {
+        let mut candidate = node_with_log(1, 3, 3, terms);
+        let mut actions = fire(&mut candidate, Timer::Election);
+        actions.merge(sync(&mut candidate));
+        let requests = vote_requests(&actions);
+        assert_eq!(requests.len(), 2);
+        for (_, request) in requests {
+            assert_eq!(request, vote_request_of(4, 1, last), "log {terms:?}");
+        }
+    }
+}
+
+/// §5.4.1, CONFORMANCE 20: a voter refuses a candidate whose last log term is lower, or equal with
+/// a shorter log, and grants one whose last term is higher even with a shorter log.
+#[test]
+fn voter_grants_only_up_to_date_candidates() {
+    // Candidate's (last_log_index, last_log_term) → granted, against a voter holding [t1@1, t2@2].
+    let table: &[(Position, bool)] = &[
+        ((5, 1), false),
+        ((1, 2), false),
+        ((2, 2), true),
+        ((3, 2), true),
+        ((1, 3), true),
+    ];
+    for &(last, granted) in table {
+        let mut voter = node_with_log(1, 3, 2, &[1, 2]);
+        let actions = receive_and_sync(&mut voter, 2, request_vote(3, 2, last));
+        assert_eq!(
+            only_vote_response(&actions),
+            (2, 3, granted),
+            "candidate {last:?}"
+        );
+        let voted_for = granted.then_some(ServerId(2));
+        assert_eq!(voter.log().voted_for(), voted_for);
+    }
+}
+
+/// The commit index after peer 2 acknowledges index 1, then 2, then 3, to a leader of term 3 that
+/// inherited [t1@1, t2@2] and appended its no-op t3@3 (Figure 8).
+fn figure_8_commit_indexes(broken_rule: Option<BrokenRule>) -> Vec<u64> {
+    let config = Config {
+        testing_broken_rule: broken_rule,
+        ..Config::default()
+    };
+    let mut leader = build(1, 3, filled_log(2, &[1, 2]), config);
+    win_election(&mut leader);
+    assert_eq!(log_terms(&leader), [1, 2, 3]);
+    (1..=3)
+        .map(|index| {
+            let _ = receive_and_sync(&mut leader, 2, ack(3, index));
+            leader.commit_index().0
+        })
+        .collect()
+}
+
+/// §5.4.2, Figure 8, CONFORMANCE 21: a new leader never commits an earlier term's entry by
+/// counting replicas; its no-op committing commits them all. With the rule switched off the same
+/// acknowledgements do commit, so this test can catch the mistake.
+#[test]
+fn new_leader_never_commits_earlier_term_by_counting() {
+    assert_eq!(figure_8_commit_indexes(None), [0, 0, 3]);
+    assert_eq!(
+        figure_8_commit_indexes(Some(BrokenRule::CommitPreviousTermByCount)),
+        [1, 2, 3],
+        "the broken rule commits by count"
+    );
+}
+
+// ---- Cluster stories ----
+
+/// §5.2, CONFORMANCE 22: a leader is elected exactly when a majority can be reached: 3 servers
+/// with none or one unreachable, 5 with two, but not 3 with two.
+#[test]
+fn cluster_elects_a_leader_exactly_when_majority_reachable() {
+    let table: &[(u64, &[u64], bool)] = &[
+        (3, &[], true),
+        (3, &[3], true),
+        (3, &[2, 3], false),
+        (5, &[4, 5], true),
+    ];
+    for &(size, unreachable, elected) in table {
+        let mut cluster = cluster(size);
+        for &id in unreachable {
+            cluster.isolate(id);
+        }
+        cluster.elect(1);
+        let expected: &[u64] = if elected { &[1] } else { &[] };
+        assert_eq!(
+            cluster.leaders(),
+            expected,
+            "{size} servers, {unreachable:?} unreachable"
+        );
+    }
+}
+
+/// §5.4.1, CONFORMANCE 23: a server whose log is shorter, with the same last term, loses against a
+/// majority holding more.
+#[test]
+fn stale_log_cannot_win_election() {
+    let mut cluster = cluster(3);
+    cluster.elect(1);
+    cluster.propose(1, "put a 1");
+    cluster.isolate(3);
+    let missed = cluster.propose(1, "put b 2");
+    assert_eq!(cluster.outcomes(missed), [applied(3, "")]);
+    cluster.heal();
+    assert_eq!(cluster.log_terms(3), [1, 1]);
+
+    cluster.elect(3);
+    assert_eq!(cluster.node(3).role(), Role::Follower, "refused by both");
+    assert_eq!(cluster.leaders(), Vec::<u64>::new());
+    assert_eq!(cluster.log_terms(1), [1, 1, 1]);
+    assert_eq!(cluster.log_terms(2), [1, 1, 1]);
+
+    cluster.elect(1);
+    assert_eq!(cluster.leaders(), [1]);
+    cluster.assert_logs_match(1);
+}
+
+/// §5.2, CONFORMANCE 24: each server campaigns in turn and wins; the others follow it.
+#[test]
+fn leadership_cycles_through_every_node() {
+    let mut cluster = cluster(3);
+    for (term, candidate) in (1..).zip([1, 2, 3, 1, 2, 3]) {
+        cluster.elect(candidate);
+        assert_eq!(cluster.leaders(), [candidate]);
+        for id in cluster.ids() {
+            let node = cluster.node(id);
+            assert_eq!(node.current_term(), Term(term), "server {id}");
+            assert_eq!(node.leader_id(), Some(ServerId(candidate)), "server {id}");
+        }
+        cluster.assert_logs_match(candidate);
+    }
+}
+
+/// §5.2, CONFORMANCE 25: two candidates campaigning at once across a partition, then again after
+/// it heals, end with one leader and one log.
+#[test]
+fn dueling_candidates_settle_on_one_leader_and_one_log() {
+    let mut cluster = cluster(3);
+    cluster.partition(&[1], &[3]);
+    cluster.time_out(1);
+    cluster.time_out(3);
+    cluster.deliver_until_quiet();
+    assert_eq!(cluster.leaders(), [1], "server 2 voted for 1 first");
+    assert_eq!(cluster.node(3).role(), Role::Candidate);
+    assert_eq!(cluster.node(3).current_term(), Term(1));
+
+    cluster.heal();
+    cluster.elect(3);
+    assert_eq!(cluster.leaders(), Vec::<u64>::new(), "3's log is behind");
+    assert!(cluster
+        .ids()
+        .iter()
+        .all(|&id| cluster.node(id).current_term() == Term(2)));
+
+    cluster.elect(1);
+    cluster.heartbeat(1);
+    assert_eq!(cluster.leaders(), [1]);
+    cluster.assert_logs_match(1);
+    assert_eq!(cluster.log_terms(1), [1, 3]);
+    for id in cluster.ids() {
+        let node = cluster.node(id);
+        assert_eq!(node.current_term(), Term(3), "server {id}");
+        assert_eq!(node.commit_index(), LogIndex(2), "server {id}");
+    }
+}
+
+/// §5.3, §5.4, CONFORMANCE 26: a leader cut off from the majority accepts proposals but never
+/// commits them; once healed, the new leader's log replaces them and they are reported dropped.
+#[test]
+fn stale_leader_never_commits_after_partition() {
+    let mut cluster = cluster(3);
+    cluster.elect(1);
+    cluster.propose(1, "put a 1");
+    assert_eq!(cluster.node(1).commit_index(), LogIndex(2));
+
+    cluster.partition(&[1], &[2, 3]);
+    let lost = [
+        cluster.propose(1, "put lost 1"),
+        cluster.propose(1, "put lost 2"),
+    ];
+    assert_eq!(cluster.log_terms(1), [1, 1, 1, 1]);
+    assert_eq!(
+        cluster.node(1).commit_index(),
+        LogIndex(2),
+        "never committed"
+    );
+    assert!(lost
+        .iter()
+        .all(|&proposal| cluster.outcomes(proposal).is_empty()));
+
+    cluster.elect(2);
+    let kept = cluster.propose(2, "put b 2");
+    assert_eq!(cluster.outcomes(kept), [applied(4, "")]);
+
+    cluster.heal();
+    cluster.heartbeat(2);
+    assert_eq!(cluster.leaders(), [2]);
+    cluster.assert_logs_match(2);
+    assert_eq!(cluster.log_terms(1), [1, 1, 2, 2]);
+    assert_eq!(cluster.node(1).commit_index(), LogIndex(4));
+    assert_eq!(cluster.node(1).state_machine().get("lost"), None);
+    assert_eq!(cluster.node(1).state_machine().get("b"), Some("2"));
+    for (proposal, index) in lost.into_iter().zip([3, 4]) {
+        let dropped = ProposalOutcome::Dropped {
+            index: LogIndex(index),
+        };
+        assert_eq!(cluster.outcomes(proposal), [dropped]);
+    }
+}
+
+/// §5.1, CONFORMANCE 27: an append from the leader of an earlier term, arriving late, is ignored by
+/// the current leader and its followers.
+#[test]
+fn stale_messages_from_old_leader_are_ignored() {
+    let mut cluster = cluster(3);
+    cluster.elect(1);
+    cluster.elect(2);
+    cluster.elect(1);
+    assert_eq!(cluster.log_terms(1), [1, 2, 3]);
+    cluster.assert_logs_match(1);
+
+    // Had it been accepted, t2@3 would have replaced the current leader's no-op.
+    let stale = append(2, 2, (2, 2), entries_from(3, &[2]), 2);
+    cluster.inject(2, 1, stale.clone());
+    cluster.inject(2, 3, stale);
+    cluster.deliver_until_quiet();
+    assert_eq!(cluster.leaders(), [1]);
+    assert_eq!(cluster.log_terms(1), [1, 2, 3]);
+    assert_eq!(cluster.log_terms(3), [1, 2, 3]);
+    assert_eq!(cluster.node(3).leader_id(), Some(ServerId(1)));
+    assert_eq!(cluster.node(3).current_term(), Term(3));
+
+    let fresh = cluster.propose(1, "put x 1");
+    assert_eq!(cluster.outcomes(fresh), [applied(4, "")]);
+    cluster.heartbeat(1);
+    for id in cluster.ids() {
+        let state_machine = cluster.node(id).state_machine();
+        assert_eq!(state_machine.get("k3"), None, "server {id}");
+        assert_eq!(state_machine.get("x"), Some("1"), "server {id}");
+    }
+}
+
+/// §5.3, §8, CONFORMANCE 28: a proposal sent to a follower is redirected to the leader, appends
+/// nothing where it landed, and once resent there commits exactly once everywhere.
+#[test]
+fn proposal_at_follower_is_redirected_and_commits_once() {
+    let mut cluster = cluster(3);
+    cluster.elect(1);
+    let misdirected = cluster.propose(2, "put k v");
+    let outcomes = cluster.outcomes(misdirected);
+    let [ProposalOutcome::NotLeader {
+        leader: Some(leader),
+    }] = outcomes[..]
+    else {
+        panic!("expected a redirect, got {outcomes:?}");
+    };
+    assert_eq!(leader, ServerId(1));
+    assert_eq!(
+        cluster.log_terms(2),
+        [1],
+        "nothing appended at the follower"
+    );
+
+    let resent = cluster.propose(leader.0, "put k v");
+    assert_eq!(cluster.outcomes(resent), [applied(2, "")]);
+    cluster.heartbeat(leader.0);
+    for id in cluster.ids() {
+        let node = cluster.node(id);
+        assert_eq!(node.state_machine().applied_count(), 1, "server {id}");
+        assert_eq!(node.state_machine().get("k"), Some("v"), "server {id}");
+        let commands: Vec<Entry> = log_entries(node)
+            .into_iter()
+            .filter(|entry| entry.kind == EntryKind::Command)
+            .collect();
+        assert_eq!(
+            commands,
+            [Entry::command(Term(1), "put k v")],
+            "server {id}"
+        );
+    }
+}
