@@ -96,6 +96,11 @@ impl Config {
                 election_min: self.election_timeout_min,
             });
         }
+        if self.heartbeat_interval.is_zero() {
+            return Err(ConfigError::ZeroLimit {
+                name: "heartbeat_interval",
+            });
+        }
         for (name, value) in [
             ("append_entries_max", self.append_entries_max),
             ("append_bytes_max", self.append_bytes_max),
@@ -748,5 +753,98 @@ impl<L: PersistentLog + std::fmt::Debug, M: StateMachine> std::fmt::Debug for Co
             .field("last_applied", &self.last_applied)
             .field("log", &self.log)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::MemLog;
+    use crate::state_machine::NullStateMachine;
+
+    #[test]
+    fn default_config_is_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn config_validation_names_the_offending_values() {
+        let inverted = Config {
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(150),
+            ..Config::default()
+        };
+        let error = inverted.validate().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "election timeout minimum 300ms must be below its maximum 150ms"
+        );
+        let slow_heartbeat = Config {
+            heartbeat_interval: Duration::from_millis(150),
+            ..Config::default()
+        };
+        assert!(matches!(
+            slow_heartbeat.validate(),
+            Err(ConfigError::HeartbeatTooSlow { .. })
+        ));
+        for config in [
+            Config {
+                heartbeat_interval: Duration::ZERO,
+                ..Config::default()
+            },
+            Config {
+                append_entries_max: 0,
+                ..Config::default()
+            },
+            Config {
+                append_bytes_max: 0,
+                ..Config::default()
+            },
+            Config {
+                in_flight_appends_max: 0,
+                ..Config::default()
+            },
+        ] {
+            assert!(matches!(
+                config.validate(),
+                Err(ConfigError::ZeroLimit { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn membership_must_contain_this_server_and_not_zero() {
+        let build = |id: u64, voters: &[u64]| {
+            Consensus::new(
+                ServerId(id),
+                voters.iter().copied().map(ServerId).collect(),
+                MemLog::new(),
+                NullStateMachine,
+                Config::default(),
+                1,
+            )
+        };
+        assert!(build(1, &[1, 2, 3]).is_ok());
+        for (id, voters) in [(4, &[1, 2, 3][..]), (0, &[0, 1]), (1, &[0, 1, 2])] {
+            let error = build(id, voters).map(|_| ()).unwrap_err();
+            assert!(
+                error.to_string().contains("must contain this server"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_voters_count_once() {
+        let node = Consensus::new(
+            ServerId(1),
+            vec![ServerId(2), ServerId(1), ServerId(2)],
+            MemLog::new(),
+            NullStateMachine,
+            Config::default(),
+            1,
+        )
+        .expect("valid");
+        assert_eq!(node.voters(), &[ServerId(1), ServerId(2)]);
     }
 }

@@ -79,6 +79,18 @@ impl<E> Clock<E> {
         Some(next.event)
     }
 
+    /// Moves the clock forward to `time` (never backwards, never past a pending event).
+    ///
+    /// # Panics
+    /// If an event is pending before `time`: it must be popped first.
+    pub fn advance_to(&mut self, time: Micros) {
+        assert!(
+            self.peek_time().is_none_or(|next| next >= time),
+            "advance_to({time}) would skip a pending event"
+        );
+        self.now = self.now.max(time);
+    }
+
     /// The time of the earliest pending event.
     pub fn peek_time(&self) -> Option<Micros> {
         self.queue.peek().map(|scheduled| scheduled.time)
@@ -111,5 +123,17 @@ mod tests {
         assert_eq!(clock.pop(), Some("late"));
         assert_eq!(clock.now(), 5);
         assert_eq!(clock.pop(), None);
+    }
+
+    #[test]
+    fn advance_moves_time_without_events() {
+        let mut clock: Clock<()> = Clock::default();
+        clock.advance_to(40);
+        assert_eq!(clock.now(), 40);
+        clock.advance_to(10);
+        assert_eq!(clock.now(), 40, "never backwards");
+        clock.schedule(5, ());
+        assert_eq!(clock.pop(), Some(()));
+        assert_eq!(clock.now(), 45);
     }
 }

@@ -17,19 +17,22 @@
 
 mod checker;
 mod clock;
+mod config;
 mod faults;
 mod network;
+mod random_run;
 pub mod sim_log;
 
 pub use checker::{entry_digest, Checker};
 pub use clock::{micros, Clock, Micros};
+pub use config::SimConfig;
 pub use faults::{FaultConfig, FaultCounts};
 pub use network::{Fate, Network};
+pub use random_run::{run_random, run_random_with, SimFailure, SimReport, FAULT_PHASE};
 pub use sim_log::SimLog;
 
 use crate::consensus::{
-    Actions, Config, Consensus, Event, Message, ProposalId, ProposalOutcome, Role, Timer,
-    TimerAction,
+    Actions, Consensus, Event, Message, ProposalId, ProposalOutcome, Role, Timer, TimerAction,
 };
 use crate::state_machine::KvStateMachine;
 use crate::types::{LogIndex, ServerId};
@@ -37,127 +40,10 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
-use std::fmt;
-use std::panic::{self, AssertUnwindSafe};
 use std::time::Duration;
 
 /// A simulated server: the core with its crash-aware log and the KV test state machine.
 pub type SimNode = Consensus<SimLog, KvStateMachine>;
-
-/// How a simulated cluster is built and how unreliable it is.
-#[derive(Clone, Debug)]
-pub struct SimConfig {
-    /// Number of servers, ids 1..=node_count.
-    pub node_count: usize,
-    /// The core configuration every server uses.
-    pub core: Config,
-    /// Network, disk and crash faults.
-    pub faults: FaultConfig,
-    /// Simulated clients proposing commands continuously once started.
-    pub client_count: usize,
-    /// How long a client waits for a reply before retrying elsewhere (virtual).
-    pub client_timeout: Duration,
-    /// Run the [`Checker`] after every event (switch off only to measure the core's speed).
-    pub check_invariants: bool,
-}
-
-impl SimConfig {
-    /// `node_count` servers on a reliable network with small delays, no clients.
-    pub fn quiet(node_count: usize) -> Self {
-        SimConfig {
-            node_count,
-            core: Config::default(),
-            faults: FaultConfig::reliable(),
-            client_count: 0,
-            client_timeout: Duration::from_secs(1),
-            check_invariants: true,
-        }
-    }
-
-    /// Every fault kind at strengths drawn from `rng`, with batching and pipelining limits drawn
-    /// too, and a few clients.
-    pub fn random(node_count: usize, rng: &mut impl Rng) -> Self {
-        let core = Config {
-            // One-entry appends in a third of the runs, so a follower can hold an earlier term's
-            // entry without the new leader's no-op (the setting of Figure 8).
-            append_entries_max: if rng.gen_bool(0.35) {
-                1
-            } else {
-                rng.gen_range(2..=16)
-            },
-            in_flight_appends_max: rng.gen_range(1..=8),
-            append_bytes_max: rng.gen_range(64..=4096),
-            ..Config::default()
-        };
-        SimConfig {
-            node_count,
-            core,
-            faults: FaultConfig::random(rng),
-            client_count: rng.gen_range(1..=6),
-            client_timeout: Duration::from_millis(rng.gen_range(300..=1500)),
-            check_invariants: true,
-        }
-    }
-}
-
-impl fmt::Display for SimConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} servers, {} clients (timeout {:?}), append {} entries/{} bytes max, {} in flight; {}",
-            self.node_count,
-            self.client_count,
-            self.client_timeout,
-            self.core.append_entries_max,
-            self.core.append_bytes_max,
-            self.core.in_flight_appends_max,
-            self.faults
-        )
-    }
-}
-
-/// A failed run: what broke, when, and how to replay it.
-#[derive(Debug, Clone)]
-pub struct SimFailure {
-    /// The seed that replays the run.
-    pub seed: u64,
-    /// Virtual time of the failure.
-    pub time_us: Micros,
-    /// What went wrong.
-    pub reason: String,
-    /// The knobs the seed chose.
-    pub config: String,
-    /// The faults that fired before the failure.
-    pub counts: Box<FaultCounts>,
-}
-
-impl fmt::Display for SimFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "simulation seed {} failed at {} us: {}\n  config: {}\n  faults: {}\n  replay: \
-             MIORAFT_SEED={} cargo test --release --test simulation replay_seed -- --nocapture",
-            self.seed, self.time_us, self.reason, self.config, self.counts, self.seed
-        )
-    }
-}
-
-impl std::error::Error for SimFailure {}
-
-/// What a successful randomized run did.
-#[derive(Debug, Clone)]
-pub struct SimReport {
-    /// The seed.
-    pub seed: u64,
-    /// Faults that fired.
-    pub counts: FaultCounts,
-    /// Entries committed cluster-wide.
-    pub committed: u64,
-    /// Client proposals acknowledged as applied.
-    pub acknowledged: u64,
-    /// Virtual time simulated.
-    pub time_us: Micros,
-}
 
 #[derive(Debug)]
 enum SimEvent {
@@ -214,6 +100,9 @@ struct SimClient {
 
 /// Proposal ids at or above this belong to simulated clients; below, to direct `propose` calls.
 const CLIENT_ID_BASE: u64 = 1 << 40;
+/// Most events one simulation may process: far above any honest run (a 10 s faulty run takes
+/// well under a million), so only a livelock reaches it.
+pub const EVENTS_MAX: u64 = 50_000_000;
 /// How long to wait for a reply before giving up in the `run_until_*` helpers (virtual).
 const WAIT_BUDGET: Duration = Duration::from_secs(60);
 
@@ -233,6 +122,8 @@ pub struct Simulation {
     next_direct_id: u64,
     faults_active: bool,
     failure: Option<String>,
+    /// Events processed so far, bounded by [`EVENTS_MAX`] so a livelock fails instead of hanging.
+    events_processed: u64,
 }
 
 impl Simulation {
@@ -256,6 +147,7 @@ impl Simulation {
             next_direct_id: 1,
             faults_active: false,
             failure: None,
+            events_processed: 0,
             config,
         };
         for &id in &voters {
@@ -424,6 +316,12 @@ impl Simulation {
         let Some(event) = self.clock.pop() else {
             return Ok(false);
         };
+        self.events_processed += 1;
+        if self.events_processed > EVENTS_MAX {
+            return Err(self.failure(format!(
+                "livelock: more than {EVENTS_MAX} events without finishing"
+            )));
+        }
         self.handle(event);
         match self.failure.take() {
             Some(reason) => Err(self.failure(reason)),
@@ -440,6 +338,8 @@ impl Simulation {
         while self.clock.peek_time().is_some_and(|time| time <= until) {
             self.step()?;
         }
+        // Time passes even when nothing happens.
+        self.clock.advance_to(until);
         Ok(())
     }
 
@@ -502,7 +402,11 @@ impl Simulation {
                 Some(ProposalOutcome::Applied { index, .. }) => return Ok(index),
                 Some(ProposalOutcome::NotLeader {
                     leader: Some(leader),
-                }) => target = leader,
+                }) => {
+                    // A client's redirect costs it at least a round trip.
+                    self.run_for(Duration::from_millis(1))?;
+                    target = leader;
+                }
                 _ => {
                     self.run_for(Duration::from_millis(50))?;
                     target = self.leader().unwrap_or(target);
@@ -883,68 +787,5 @@ fn timer_slot(timer: Timer) -> usize {
     match timer {
         Timer::Election => 0,
         Timer::Heartbeat => 1,
-    }
-}
-
-/// How long the faulty phase of [`run_random`] lasts (virtual).
-pub const FAULT_PHASE: Duration = Duration::from_secs(10);
-
-/// One randomized run: a cluster of `node_count` with every fault kind at strengths chosen by
-/// `seed` and clients proposing throughout; then every fault heals, and the cluster must elect a
-/// leader, commit a new entry and apply it on every server. Invariants are checked after every
-/// event; a panic inside the core is reported as a failure of the seed.
-///
-/// # Errors
-/// The seed, its knobs and what broke.
-pub fn run_random(seed: u64, node_count: usize) -> Result<SimReport, SimFailure> {
-    run_random_with(seed, node_count, |_| {})
-}
-
-/// [`run_random`], letting `adjust` change the drawn configuration first (e.g. to break a rule).
-///
-/// # Errors
-/// The seed, its knobs and what broke.
-pub fn run_random_with(
-    seed: u64,
-    node_count: usize,
-    adjust: impl FnOnce(&mut SimConfig),
-) -> Result<SimReport, SimFailure> {
-    let mut knobs_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005e_ed0f_fa17);
-    let mut config = SimConfig::random(node_count, &mut knobs_rng);
-    adjust(&mut config);
-    let description = config.to_string();
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut simulation = Simulation::new(config, seed);
-        simulation.start_clients();
-        simulation.start_faults();
-        simulation.run_for(FAULT_PHASE)?;
-        simulation.heal_all();
-        let leader = simulation.run_until_leader()?;
-        let index = simulation.propose_and_wait(leader, b"put healed yes")?;
-        simulation.run_until_applied_everywhere(index)?;
-        Ok(SimReport {
-            seed,
-            counts: simulation.counts().clone(),
-            committed: simulation.committed_count(),
-            acknowledged: simulation.acknowledged_count(),
-            time_us: simulation.now_us(),
-        })
-    }));
-    match outcome {
-        Ok(result) => result,
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".to_owned());
-            Err(SimFailure {
-                seed,
-                time_us: 0,
-                reason: format!("panic: {message}"),
-                config: description,
-                counts: Box::default(),
-            })
-        }
     }
 }
