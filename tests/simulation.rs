@@ -32,28 +32,13 @@ fn run_seeds(node_count: usize, first_seed: u64) -> FaultCounts {
             "seed {seed}: nothing committed; replay with MIORAFT_SEED={seed}"
         );
         committed += report.committed;
-        add(&mut total, &report.counts);
+        total += &report.counts;
     }
     eprintln!(
         "{node_count} servers, {} seeds: committed {committed}; {total}",
         seed_count()
     );
     total
-}
-
-fn add(total: &mut FaultCounts, counts: &FaultCounts) {
-    total.messages_sent += counts.messages_sent;
-    total.messages_dropped += counts.messages_dropped;
-    total.messages_duplicated += counts.messages_duplicated;
-    total.messages_reordered += counts.messages_reordered;
-    total.messages_partitioned += counts.messages_partitioned;
-    total.messages_to_crashed += counts.messages_to_crashed;
-    total.crashes += counts.crashes;
-    total.restarts += counts.restarts;
-    total.unsynced_writes_lost += counts.unsynced_writes_lost;
-    total.partitions += counts.partitions;
-    total.leaders_isolated += counts.leaders_isolated;
-    total.heals += counts.heals;
 }
 
 /// Every fault kind fires over the runs, so a quiet simulator cannot pass by accident.

@@ -126,6 +126,38 @@ pub struct FaultCounts {
     pub heals: u64,
 }
 
+impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
+    /// Adds another run's counts, to total faults over many seeds.
+    fn add_assign(&mut self, other: &FaultCounts) {
+        let FaultCounts {
+            messages_sent,
+            messages_dropped,
+            messages_duplicated,
+            messages_reordered,
+            messages_partitioned,
+            messages_to_crashed,
+            crashes,
+            restarts,
+            unsynced_writes_lost,
+            partitions,
+            leaders_isolated,
+            heals,
+        } = other;
+        self.messages_sent += messages_sent;
+        self.messages_dropped += messages_dropped;
+        self.messages_duplicated += messages_duplicated;
+        self.messages_reordered += messages_reordered;
+        self.messages_partitioned += messages_partitioned;
+        self.messages_to_crashed += messages_to_crashed;
+        self.crashes += crashes;
+        self.restarts += restarts;
+        self.unsynced_writes_lost += unsynced_writes_lost;
+        self.partitions += partitions;
+        self.leaders_isolated += leaders_isolated;
+        self.heals += heals;
+    }
+}
+
 impl fmt::Display for FaultCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
