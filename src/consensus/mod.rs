@@ -51,6 +51,10 @@ pub struct Config {
     pub append_bytes_max: u64,
     /// Most unacknowledged AppendEntries per caught-up follower (pipelining). Default 8.
     pub in_flight_appends_max: usize,
+    /// Most entries a leader holds beyond its commit index. Past it, proposals are refused with
+    /// [`ProposalOutcome::Overloaded`] instead of growing the log without bound while a majority
+    /// is unreachable. Default 65,536.
+    pub uncommitted_entries_max: u64,
     /// Test only: deliberately break one Raft rule, to prove the simulator catches it.
     #[doc(hidden)]
     pub testing_broken_rule: Option<BrokenRule>,
@@ -73,6 +77,7 @@ impl Default for Config {
             append_entries_max: 1024,
             append_bytes_max: 1 << 20,
             in_flight_appends_max: 8,
+            uncommitted_entries_max: 65_536,
             testing_broken_rule: None,
         }
     }
@@ -105,6 +110,7 @@ impl Config {
             ("append_entries_max", self.append_entries_max),
             ("append_bytes_max", self.append_bytes_max),
             ("in_flight_appends_max", self.in_flight_appends_max as u64),
+            ("uncommitted_entries_max", self.uncommitted_entries_max),
         ] {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit { name });
@@ -172,6 +178,12 @@ pub enum ProposalOutcome {
     Dropped {
         /// Where the proposal had been appended.
         index: LogIndex,
+    },
+    /// The leader already holds `uncommitted_entries_max` uncommitted entries (a majority is
+    /// slow or unreachable). Nothing was appended; retry later.
+    Overloaded {
+        /// The configured limit that was reached.
+        uncommitted_entries_max: u64,
     },
 }
 
@@ -832,6 +844,69 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    /// A leader that cannot reach a majority stops accepting proposals at the limit instead of
+    /// growing its log without bound; nothing is appended for a refused proposal.
+    #[test]
+    fn leader_refuses_proposals_past_uncommitted_entries_max() {
+        let config = Config {
+            uncommitted_entries_max: 3,
+            ..Config::default()
+        };
+        let voters = vec![ServerId(1), ServerId(2), ServerId(3)];
+        let mut node = Consensus::new(
+            ServerId(1),
+            voters,
+            MemLog::new(),
+            NullStateMachine,
+            config,
+            1,
+        )
+        .expect("valid");
+        let _ = node.start();
+        let _ = node
+            .step(Event::Timeout(Timer::Election))
+            .expect("campaign");
+        let _ = node.sync().expect("sync");
+        for peer in [2, 3] {
+            let _ = node
+                .step(Event::Message {
+                    from: ServerId(peer),
+                    message: Message::RequestVoteResponse(RequestVoteResponse {
+                        term: Term(1),
+                        vote_granted: true,
+                    }),
+                })
+                .expect("vote");
+        }
+        assert_eq!(node.role(), Role::Leader);
+        // The no-op is the first uncommitted entry; two proposals fill the limit of 3.
+        for id in 1..=2 {
+            let actions = node
+                .step(Event::ClientProposal {
+                    id: ProposalId(id),
+                    command: b"x".to_vec(),
+                })
+                .expect("propose");
+            assert!(actions.replies.is_empty(), "accepted and pending");
+        }
+        let actions = node
+            .step(Event::ClientProposal {
+                id: ProposalId(3),
+                command: b"x".to_vec(),
+            })
+            .expect("propose");
+        assert_eq!(
+            actions.replies,
+            vec![ClientReply {
+                id: ProposalId(3),
+                outcome: ProposalOutcome::Overloaded {
+                    uncommitted_entries_max: 3
+                },
+            }]
+        );
+        assert_eq!(node.last_log_index(), LogIndex(3), "nothing appended");
     }
 
     #[test]

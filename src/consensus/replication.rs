@@ -28,8 +28,20 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             });
             return Ok(());
         }
-        let term = self.current_term();
         let index = self.log.latest_log_index().next();
+        let uncommitted = index.distance_from(self.commit_index.next());
+        let uncommitted_entries_max = self.config.uncommitted_entries_max;
+        if uncommitted >= uncommitted_entries_max {
+            // Back-pressure: a leader that cannot commit must not grow its log without bound.
+            self.out.replies.push(ClientReply {
+                id,
+                outcome: ProposalOutcome::Overloaded {
+                    uncommitted_entries_max,
+                },
+            });
+            return Ok(());
+        }
+        let term = self.current_term();
         self.append_to_own_log(&[Entry::command(term, command)])?;
         self.pending_proposals.insert((index, term), id);
         for peer in self.peers.clone() {

@@ -672,7 +672,9 @@ impl Simulation {
                     self.rng.gen_range(1_000..20_000)
                 }
             }
-            ProposalOutcome::Dropped { .. } => self.rng.gen_range(0..5_000),
+            ProposalOutcome::Dropped { .. } | ProposalOutcome::Overloaded { .. } => {
+                self.rng.gen_range(0..5_000)
+            }
         };
         self.clock.schedule(after, SimEvent::ClientSend { client });
     }
