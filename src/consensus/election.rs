@@ -22,7 +22,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         self.tally_votes()?;
         if self.role == Role::Candidate {
             let request = self.vote_request();
-            for peer in self.peers.clone() {
+            for position in 0..self.peers.len() {
+                let peer = self.peers[position];
                 self.send(peer, request.clone());
             }
         }

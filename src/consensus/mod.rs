@@ -673,7 +673,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             .iter()
             .map(|&peer| (peer, Progress::new(noop_index)))
             .collect();
-        for peer in self.peers.clone() {
+        for position in 0..self.peers.len() {
+            let peer = self.peers[position];
             self.send_appends(peer)?;
         }
         // A single-server cluster commits as soon as its own write is durable.

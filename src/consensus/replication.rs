@@ -44,7 +44,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         let term = self.current_term();
         self.append_to_own_log(&[Entry::command(term, command)])?;
         self.pending_proposals.insert((index, term), id);
-        for peer in self.peers.clone() {
+        for position in 0..self.peers.len() {
+            let peer = self.peers[position];
             self.send_appends(peer)?;
         }
         // One voter: the entry commits once durable, which `sync` reports.
@@ -110,7 +111,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             after: self.config.heartbeat_interval,
         });
         let window = self.config.in_flight_appends_max;
-        for peer in self.peers.clone() {
+        for position in 0..self.peers.len() {
+            let peer = self.peers[position];
             let Some(progress) = self.progress.get_mut(&peer) else {
                 continue;
             };
@@ -396,7 +398,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         self.apply_committed()?;
         // Followers learn the new commit index with the next append or heartbeat; appends waiting
         // for window room go now.
-        for peer in self.peers.clone() {
+        for position in 0..self.peers.len() {
+            let peer = self.peers[position];
             self.send_appends(peer)?;
         }
         Ok(())
