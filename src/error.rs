@@ -15,6 +15,73 @@ pub enum Error {
     /// A configuration was rejected at construction.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Bytes from the network were not a valid message.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A socket operation failed.
+    #[error("i/o error on {address}: {source}")]
+    Io {
+        /// The address involved (listening, dialling or connected to).
+        address: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A client call gave up at its deadline.
+    #[error("no answer from the cluster within {timeout:?}; last problem: {last_problem}")]
+    Timeout {
+        /// The configured deadline.
+        timeout: Duration,
+        /// The last error or refusal seen before giving up.
+        last_problem: String,
+    },
+    /// The cluster refused a request.
+    #[error("the cluster refused the request ({reason}): {message}")]
+    Rejected {
+        /// Why, as a short word (`overloaded`, `too large`, ...).
+        reason: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server thread stopped with an error or panicked.
+    #[error("server stopped: {0}")]
+    ServerStopped(String),
+}
+
+/// Bytes off the network that are not a valid mioraft message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// A frame announced more bytes than the configured limit.
+    #[error("message of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
+    MessageTooLarge {
+        /// The announced size.
+        size_bytes: u64,
+        /// The configured maximum.
+        limit_bytes: u64,
+    },
+    /// The segment table was malformed.
+    #[error("bad frame: {0}")]
+    BadFrame(String),
+    /// Cap'n Proto could not read the message.
+    #[error("malformed Cap'n Proto message: {0}")]
+    Malformed(#[from] capnp::Error),
+    /// A union or enum value this version does not know.
+    #[error("unknown value in field {field}: {value}")]
+    NotInSchema {
+        /// Which field.
+        field: &'static str,
+        /// The unknown discriminant.
+        value: u16,
+    },
+    /// A field held a value that is never valid (e.g. server id 0).
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// Which field.
+        field: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 /// Errors of a [`PersistentLog`](crate::log::PersistentLog).

@@ -472,6 +472,24 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         self.progress.get(&peer)
     }
 
+    /// A snapshot of this server's state for operators and tests.
+    pub fn metrics(&self) -> crate::metrics::Metrics {
+        crate::metrics::Metrics {
+            id: self.id,
+            role: self.role,
+            current_term: self.current_term(),
+            current_leader: self.leader_id,
+            last_log_index: self.log.latest_log_index(),
+            commit_index: self.commit_index,
+            last_applied: self.last_applied,
+            match_indexes: self
+                .progress
+                .iter()
+                .map(|(&peer, progress)| (peer, progress.match_index))
+                .collect(),
+        }
+    }
+
     /// The persistent log.
     pub fn log(&self) -> &L {
         &self.log

@@ -1,0 +1,188 @@
+@0x80b35f643731c783;
+
+# The whole mioraft wire protocol. A program written in any language from this file alone can
+# talk to a mioraft server.
+#
+# TRANSPORT
+#   One TCP port per server, shared by peers and clients. Every message in either direction is one
+#   Cap'n Proto message in the standard, unpacked stream framing:
+#     (segment count - 1) as u32 little-endian, then each segment's size in 8-byte words as u32,
+#     padding to 8 bytes, then the segments.
+#   A server closes a connection whose message is larger than its configured maximum (default
+#   16 MiB), or which is not valid Cap'n Proto, or which breaks the conversation below.
+#
+# CONVERSATION
+#   1. The side that opened the connection sends one ConnectionPreamble:
+#        - a server dialling a peer: `peer` with its own server id;
+#        - a client: `client` with a random 64-bit client id, unique per client process.
+#      A server accepts `peer` only from ids in its configured membership.
+#   2. Between peers: each side sends `Message`s; there are no per-message replies at this layer
+#      (a RequestVote is answered by a RequestVoteResponse Message some time later, which may
+#      arrive on either of the two connections between the peers).
+#   3. A client sends `ClientRequest`s; the server answers each with exactly one
+#      `ClientResponse` carrying the same `requestId`, in any order. A client may have several
+#      requests outstanding.
+#   A client connection that sends something other than ClientRequest after its preamble, or a
+#   peer connection that sends something other than Message, is closed.
+#
+# A CLIENT, STEP BY STEP
+#   connect to any server; send ConnectionPreamble(client = <random id>);
+#   send ClientRequest(requestId = 1, propose = "put k v");
+#   read ClientResponse(requestId = 1):
+#     - applied(result): done; `result` is what the state machine returned.
+#     - notLeader(leaderId, leaderAddress): reconnect to leaderAddress and retry.
+#     - unknownLeader: an election is under way; wait a little and retry.
+#     - rejected(reason, message): see RejectionReason.
+
+# Who opened a connection. Always the first message on it.
+struct ConnectionPreamble {
+  union {
+    # A server: its id (never 0).
+    peer @0 :UInt64;
+    # A client: its random id.
+    client @1 :UInt64;
+  }
+}
+
+# One log entry (Raft §5.3).
+struct Entry {
+  # The term of the leader that created the entry.
+  term @0 :UInt64;
+  kind @1 :EntryKind;
+  # The command (empty for a no-op).
+  data @2 :Data;
+}
+
+enum EntryKind {
+  # The empty entry a new leader appends at the start of its term (Raft §8).
+  noop @0;
+  # An application command.
+  command @1;
+}
+
+# Raft's RPCs between servers (Figure 2 of the Raft paper). Every field is the paper's.
+struct Message {
+  union {
+    requestVote @0 :RequestVote;
+    requestVoteResponse @1 :RequestVoteResponse;
+    appendEntries @2 :AppendEntries;
+    appendEntriesResponse @3 :AppendEntriesResponse;
+  }
+}
+
+struct RequestVote {
+  term @0 :UInt64;
+  candidateId @1 :UInt64;
+  lastLogIndex @2 :UInt64;
+  lastLogTerm @3 :UInt64;
+}
+
+struct RequestVoteResponse {
+  term @0 :UInt64;
+  voteGranted @1 :Bool;
+}
+
+struct AppendEntries {
+  term @0 :UInt64;
+  leaderId @1 :UInt64;
+  prevLogIndex @2 :UInt64;
+  prevLogTerm @3 :UInt64;
+  entries @4 :List(Entry);
+  leaderCommit @5 :UInt64;
+}
+
+struct AppendEntriesResponse {
+  term @0 :UInt64;
+  success @1 :Bool;
+  # On success: prevLogIndex + number of entries, the last index the request verified.
+  matchIndex @2 :UInt64;
+  # On rejection: the term of the follower's entry at prevLogIndex (0 if its log is shorter) and
+  # the first index it holds of that term (or its last index + 1), so the leader skips a whole
+  # term per round trip.
+  conflictTerm @3 :UInt64;
+  conflictIndex @4 :UInt64;
+  # The follower's last log index (informational).
+  lastLogIndex @5 :UInt64;
+}
+
+# A client's request. `requestId` is chosen by the client and echoed in the response.
+struct ClientRequest {
+  requestId @0 :UInt64;
+  union {
+    # Append a command to the replicated log; answered once it is applied.
+    propose @1 :Data;
+    # Ask the state machine a read-only question, answered by the leader.
+    query @2 :Data;
+    # Ask this server about itself (any server answers, leader or not).
+    status @3 :Void;
+  }
+}
+
+# Why a request was refused.
+enum RejectionReason {
+  # The leader has too many uncommitted entries (a majority is slow or unreachable): retry later.
+  overloaded @0;
+  # The command was appended but replaced by another leader's entry: it was not applied, and
+  # retrying is safe.
+  dropped @1;
+  # The request was larger than the server accepts.
+  tooLarge @2;
+  # The server is shutting down.
+  shuttingDown @3;
+  # The request could not be understood.
+  badRequest @4;
+}
+
+# A server's view of itself (the fields of mioraft's Metrics).
+struct Status {
+  serverId @0 :UInt64;
+  role @1 :Role;
+  currentTerm @2 :UInt64;
+  # 0 when no leader is known.
+  leaderId @3 :UInt64;
+  lastLogIndex @4 :UInt64;
+  commitIndex @5 :UInt64;
+  lastApplied @6 :UInt64;
+  # On the leader: each follower's match index.
+  peers @7 :List(PeerStatus);
+}
+
+struct PeerStatus {
+  serverId @0 :UInt64;
+  matchIndex @1 :UInt64;
+}
+
+enum Role {
+  follower @0;
+  candidate @1;
+  leader @2;
+}
+
+# The answer to one ClientRequest.
+struct ClientResponse {
+  # The requestId of the request this answers.
+  requestId @0 :UInt64;
+  union {
+    # The command was committed and applied (or the query answered): the state machine's reply.
+    applied @1 :Data;
+    # This server is not the leader; the leader is `leaderId`, reachable by clients at
+    # `leaderAddress` ("host:port"). Nothing was done: retry there.
+    notLeader @2 :LeaderHint;
+    # No leader is known right now (an election is under way): retry after a short pause.
+    unknownLeader @3 :Void;
+    # Refused; see the reason. `message` explains in words.
+    rejected @4 :Rejection;
+    # The answer to a `status` request.
+    status @5 :Status;
+  }
+}
+
+struct LeaderHint {
+  leaderId @0 :UInt64;
+  leaderAddress @1 :Text;
+}
+
+struct Rejection {
+  reason @0 :RejectionReason;
+  message @1 :Text;
+}

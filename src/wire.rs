@@ -1,0 +1,554 @@
+//! Conversion between the core's plain Rust types and the Cap'n Proto wire format of
+//! `schema/messages.capnp`. The only module that names the generated code; everything that comes
+//! off the wire is checked here (ids, enums, sizes) before the core sees it.
+
+use crate::consensus::{
+    AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse, Role,
+};
+use crate::error::WireError;
+use crate::log::{Entry, EntryKind};
+use crate::messages_capnp as schema;
+use crate::metrics::Metrics;
+use crate::types::{LogIndex, ServerId, Term};
+use bytes::Bytes;
+use capnp::message::{Builder, ReaderOptions};
+use capnp::serialize;
+
+/// The first message on every connection: who opened it (DESIGN.md §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preamble {
+    /// A server dialling a peer, with its own id.
+    Peer(ServerId),
+    /// A client, with its random id.
+    Client(u64),
+}
+
+/// A client's request, answered by exactly one [`ClientResponse`] with the same `request_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientRequest {
+    /// Chosen by the client, echoed in the response.
+    pub request_id: u64,
+    /// What the client asks.
+    pub body: RequestBody,
+}
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestBody {
+    /// Append a command to the log; answered once applied.
+    Propose(Vec<u8>),
+    /// A read-only question for the state machine, answered by the leader.
+    Query(Vec<u8>),
+    /// The server's [`Metrics`].
+    Status,
+}
+
+/// A server's answer to one [`ClientRequest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientResponse {
+    /// The `request_id` of the request answered.
+    pub request_id: u64,
+    /// The answer.
+    pub body: ResponseBody,
+}
+
+/// The answer to a client request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// Applied (or, for a query, answered): the state machine's reply.
+    Applied(Vec<u8>),
+    /// Not the leader; retry at the leader's client address.
+    NotLeader {
+        /// The leader.
+        leader_id: ServerId,
+        /// Where clients reach it ("host:port").
+        leader_address: String,
+    },
+    /// No leader known right now: retry after a pause.
+    UnknownLeader,
+    /// Refused.
+    Rejected {
+        /// Why.
+        reason: RejectionReason,
+        /// In words.
+        message: String,
+    },
+    /// The server's state.
+    Status(Metrics),
+}
+
+/// Why a request was refused (see the schema for each meaning).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectionReason {
+    /// Too many uncommitted entries: retry later.
+    Overloaded,
+    /// Replaced by another leader's entry, never applied: retry.
+    Dropped,
+    /// Larger than the server accepts.
+    TooLarge,
+    /// The server is stopping.
+    ShuttingDown,
+    /// Not understood.
+    BadRequest,
+}
+
+impl std::fmt::Display for RejectionReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RejectionReason::Overloaded => "overloaded",
+            RejectionReason::Dropped => "dropped",
+            RejectionReason::TooLarge => "too large",
+            RejectionReason::ShuttingDown => "shutting down",
+            RejectionReason::BadRequest => "bad request",
+        })
+    }
+}
+
+// ---- encoding ----
+
+fn to_frame(message: &Builder<capnp::message::HeapAllocator>) -> Vec<u8> {
+    serialize::write_message_to_words(message)
+}
+
+/// Encodes a preamble as one frame.
+pub fn encode_preamble(preamble: &Preamble) -> Vec<u8> {
+    let mut message = Builder::new_default();
+    let mut root = message.init_root::<schema::connection_preamble::Builder>();
+    match *preamble {
+        Preamble::Peer(id) => root.set_peer(id.0),
+        Preamble::Client(id) => root.set_client(id),
+    }
+    to_frame(&message)
+}
+
+/// Encodes a peer message as one frame.
+pub fn encode_message(message: &Message) -> Vec<u8> {
+    let mut builder = Builder::new_default();
+    let root = builder.init_root::<schema::message::Builder>();
+    match message {
+        Message::RequestVote(m) => {
+            let mut out = root.init_request_vote();
+            out.set_term(m.term.0);
+            out.set_candidate_id(m.candidate_id.0);
+            out.set_last_log_index(m.last_log_index.0);
+            out.set_last_log_term(m.last_log_term.0);
+        }
+        Message::RequestVoteResponse(m) => {
+            let mut out = root.init_request_vote_response();
+            out.set_term(m.term.0);
+            out.set_vote_granted(m.vote_granted);
+        }
+        Message::AppendEntries(m) => {
+            let mut out = root.init_append_entries();
+            out.set_term(m.term.0);
+            out.set_leader_id(m.leader_id.0);
+            out.set_prev_log_index(m.prev_log_index.0);
+            out.set_prev_log_term(m.prev_log_term.0);
+            out.set_leader_commit(m.leader_commit.0);
+            let count = u32::try_from(m.entries.len()).expect("batches are far below 2^32 entries");
+            let mut entries = out.init_entries(count);
+            for (position, entry) in m.entries.iter().enumerate() {
+                let mut slot = entries.reborrow().get(position as u32);
+                slot.set_term(entry.term.0);
+                slot.set_kind(match entry.kind {
+                    EntryKind::Noop => schema::EntryKind::Noop,
+                    EntryKind::Command => schema::EntryKind::Command,
+                });
+                slot.set_data(&entry.data);
+            }
+        }
+        Message::AppendEntriesResponse(m) => {
+            let mut out = root.init_append_entries_response();
+            out.set_term(m.term.0);
+            out.set_success(m.success);
+            out.set_match_index(m.match_index.0);
+            out.set_conflict_term(m.conflict_term.0);
+            out.set_conflict_index(m.conflict_index.0);
+            out.set_last_log_index(m.last_log_index.0);
+        }
+    }
+    to_frame(&builder)
+}
+
+/// Encodes a client request as one frame.
+pub fn encode_request(request: &ClientRequest) -> Vec<u8> {
+    let mut builder = Builder::new_default();
+    let mut root = builder.init_root::<schema::client_request::Builder>();
+    root.set_request_id(request.request_id);
+    match &request.body {
+        RequestBody::Propose(command) => root.set_propose(command),
+        RequestBody::Query(query) => root.set_query(query),
+        RequestBody::Status => root.set_status(()),
+    }
+    to_frame(&builder)
+}
+
+/// Encodes a client response as one frame.
+pub fn encode_response(response: &ClientResponse) -> Vec<u8> {
+    let mut builder = Builder::new_default();
+    let mut root = builder.init_root::<schema::client_response::Builder>();
+    root.set_request_id(response.request_id);
+    match &response.body {
+        ResponseBody::Applied(result) => root.set_applied(result),
+        ResponseBody::NotLeader {
+            leader_id,
+            leader_address,
+        } => {
+            let mut hint = root.init_not_leader();
+            hint.set_leader_id(leader_id.0);
+            hint.set_leader_address(leader_address.as_str());
+        }
+        ResponseBody::UnknownLeader => root.set_unknown_leader(()),
+        ResponseBody::Rejected { reason, message } => {
+            let mut rejection = root.init_rejected();
+            rejection.set_reason(match reason {
+                RejectionReason::Overloaded => schema::RejectionReason::Overloaded,
+                RejectionReason::Dropped => schema::RejectionReason::Dropped,
+                RejectionReason::TooLarge => schema::RejectionReason::TooLarge,
+                RejectionReason::ShuttingDown => schema::RejectionReason::ShuttingDown,
+                RejectionReason::BadRequest => schema::RejectionReason::BadRequest,
+            });
+            rejection.set_message(message.as_str());
+        }
+        ResponseBody::Status(metrics) => {
+            let mut status = root.init_status();
+            status.set_server_id(metrics.id.0);
+            status.set_role(match metrics.role {
+                Role::Follower => schema::Role::Follower,
+                Role::Candidate => schema::Role::Candidate,
+                Role::Leader => schema::Role::Leader,
+            });
+            status.set_current_term(metrics.current_term.0);
+            status.set_leader_id(metrics.current_leader.map_or(0, |id| id.0));
+            status.set_last_log_index(metrics.last_log_index.0);
+            status.set_commit_index(metrics.commit_index.0);
+            status.set_last_applied(metrics.last_applied.0);
+            let count = u32::try_from(metrics.match_indexes.len()).expect("few peers");
+            let mut peers = status.init_peers(count);
+            for (position, (peer, match_index)) in metrics.match_indexes.iter().enumerate() {
+                let mut slot = peers.reborrow().get(position as u32);
+                slot.set_server_id(peer.0);
+                slot.set_match_index(match_index.0);
+            }
+        }
+    }
+    to_frame(&builder)
+}
+
+// ---- decoding: every value is checked ----
+
+fn reader_options(frame: &[u8]) -> ReaderOptions {
+    let mut options = ReaderOptions::new();
+    // Bound the work a message can cause to a small multiple of its size (no amplification).
+    options.traversal_limit_in_words(Some(frame.len() / 8 * 4 + 1024));
+    options.nesting_limit(16);
+    options
+}
+
+fn read(frame: &[u8]) -> Result<capnp::message::Reader<serialize::OwnedSegments>, WireError> {
+    let mut input = frame;
+    Ok(serialize::read_message(&mut input, reader_options(frame))?)
+}
+
+fn server_id(field: &'static str, value: u64) -> Result<ServerId, WireError> {
+    if value == 0 {
+        return Err(WireError::Invalid {
+            field,
+            reason: "server id 0 is reserved for \"none\"".to_owned(),
+        });
+    }
+    Ok(ServerId(value))
+}
+
+fn not_in_schema(field: &'static str) -> impl Fn(capnp::NotInSchema) -> WireError {
+    move |capnp::NotInSchema(value)| WireError::NotInSchema { field, value }
+}
+
+/// Decodes a preamble frame.
+///
+/// # Errors
+/// A [`WireError`] naming what was wrong.
+pub fn decode_preamble(frame: &[u8]) -> Result<Preamble, WireError> {
+    let message = read(frame)?;
+    let root = message.get_root::<schema::connection_preamble::Reader>()?;
+    match root.which().map_err(not_in_schema("ConnectionPreamble"))? {
+        schema::connection_preamble::Which::Peer(id) => Ok(Preamble::Peer(server_id("peer", id)?)),
+        schema::connection_preamble::Which::Client(id) => Ok(Preamble::Client(id)),
+    }
+}
+
+/// Decodes a peer message frame.
+///
+/// # Errors
+/// A [`WireError`] naming what was wrong.
+pub fn decode_message(frame: &[u8]) -> Result<Message, WireError> {
+    use schema::message::Which;
+    let message = read(frame)?;
+    let root = message.get_root::<schema::message::Reader>()?;
+    Ok(match root.which().map_err(not_in_schema("Message"))? {
+        Which::RequestVote(m) => {
+            let m = m?;
+            Message::RequestVote(RequestVote {
+                term: Term(m.get_term()),
+                candidate_id: server_id("candidateId", m.get_candidate_id())?,
+                last_log_index: LogIndex(m.get_last_log_index()),
+                last_log_term: Term(m.get_last_log_term()),
+            })
+        }
+        Which::RequestVoteResponse(m) => {
+            let m = m?;
+            Message::RequestVoteResponse(RequestVoteResponse {
+                term: Term(m.get_term()),
+                vote_granted: m.get_vote_granted(),
+            })
+        }
+        Which::AppendEntries(m) => {
+            let m = m?;
+            let list = m.get_entries()?;
+            let mut entries = Vec::with_capacity(list.len() as usize);
+            for entry in list.iter() {
+                let kind = match entry.get_kind().map_err(not_in_schema("Entry.kind"))? {
+                    schema::EntryKind::Noop => EntryKind::Noop,
+                    schema::EntryKind::Command => EntryKind::Command,
+                };
+                entries.push(Entry {
+                    term: Term(entry.get_term()),
+                    kind,
+                    data: Bytes::copy_from_slice(entry.get_data()?),
+                });
+            }
+            Message::AppendEntries(AppendEntries {
+                term: Term(m.get_term()),
+                leader_id: server_id("leaderId", m.get_leader_id())?,
+                prev_log_index: LogIndex(m.get_prev_log_index()),
+                prev_log_term: Term(m.get_prev_log_term()),
+                entries,
+                leader_commit: LogIndex(m.get_leader_commit()),
+            })
+        }
+        Which::AppendEntriesResponse(m) => {
+            let m = m?;
+            Message::AppendEntriesResponse(AppendEntriesResponse {
+                term: Term(m.get_term()),
+                success: m.get_success(),
+                match_index: LogIndex(m.get_match_index()),
+                conflict_term: Term(m.get_conflict_term()),
+                conflict_index: LogIndex(m.get_conflict_index()),
+                last_log_index: LogIndex(m.get_last_log_index()),
+            })
+        }
+    })
+}
+
+/// Decodes a client request frame.
+///
+/// # Errors
+/// A [`WireError`] naming what was wrong.
+pub fn decode_request(frame: &[u8]) -> Result<ClientRequest, WireError> {
+    use schema::client_request::Which;
+    let message = read(frame)?;
+    let root = message.get_root::<schema::client_request::Reader>()?;
+    let body = match root.which().map_err(not_in_schema("ClientRequest"))? {
+        Which::Propose(command) => RequestBody::Propose(command?.to_vec()),
+        Which::Query(query) => RequestBody::Query(query?.to_vec()),
+        Which::Status(()) => RequestBody::Status,
+    };
+    Ok(ClientRequest {
+        request_id: root.get_request_id(),
+        body,
+    })
+}
+
+/// Decodes a client response frame.
+///
+/// # Errors
+/// A [`WireError`] naming what was wrong.
+pub fn decode_response(frame: &[u8]) -> Result<ClientResponse, WireError> {
+    use schema::client_response::Which;
+    let message = read(frame)?;
+    let root = message.get_root::<schema::client_response::Reader>()?;
+    let body = match root.which().map_err(not_in_schema("ClientResponse"))? {
+        Which::Applied(result) => ResponseBody::Applied(result?.to_vec()),
+        Which::NotLeader(hint) => {
+            let hint = hint?;
+            ResponseBody::NotLeader {
+                leader_id: server_id("leaderId", hint.get_leader_id())?,
+                leader_address: text(hint.get_leader_address()?, "leaderAddress")?,
+            }
+        }
+        Which::UnknownLeader(()) => ResponseBody::UnknownLeader,
+        Which::Rejected(rejection) => {
+            let rejection = rejection?;
+            let reason = match rejection
+                .get_reason()
+                .map_err(not_in_schema("Rejection.reason"))?
+            {
+                schema::RejectionReason::Overloaded => RejectionReason::Overloaded,
+                schema::RejectionReason::Dropped => RejectionReason::Dropped,
+                schema::RejectionReason::TooLarge => RejectionReason::TooLarge,
+                schema::RejectionReason::ShuttingDown => RejectionReason::ShuttingDown,
+                schema::RejectionReason::BadRequest => RejectionReason::BadRequest,
+            };
+            ResponseBody::Rejected {
+                reason,
+                message: text(rejection.get_message()?, "Rejection.message")?,
+            }
+        }
+        Which::Status(status) => {
+            let status = status?;
+            let role = match status.get_role().map_err(not_in_schema("Status.role"))? {
+                schema::Role::Follower => Role::Follower,
+                schema::Role::Candidate => Role::Candidate,
+                schema::Role::Leader => Role::Leader,
+            };
+            let mut match_indexes = std::collections::BTreeMap::new();
+            for peer in status.get_peers()?.iter() {
+                match_indexes.insert(
+                    server_id("PeerStatus.serverId", peer.get_server_id())?,
+                    LogIndex(peer.get_match_index()),
+                );
+            }
+            ResponseBody::Status(Metrics {
+                id: server_id("Status.serverId", status.get_server_id())?,
+                role,
+                current_term: Term(status.get_current_term()),
+                current_leader: match status.get_leader_id() {
+                    0 => None,
+                    id => Some(ServerId(id)),
+                },
+                last_log_index: LogIndex(status.get_last_log_index()),
+                commit_index: LogIndex(status.get_commit_index()),
+                last_applied: LogIndex(status.get_last_applied()),
+                match_indexes,
+            })
+        }
+    };
+    Ok(ClientResponse {
+        request_id: root.get_request_id(),
+        body,
+    })
+}
+
+fn text(reader: capnp::text::Reader<'_>, field: &'static str) -> Result<String, WireError> {
+    reader.to_string().map_err(|error| WireError::Invalid {
+        field,
+        reason: format!("not UTF-8: {error}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_round_trips() {
+        let messages = vec![
+            Message::RequestVote(RequestVote {
+                term: Term(7),
+                candidate_id: ServerId(2),
+                last_log_index: LogIndex(40),
+                last_log_term: Term(6),
+            }),
+            Message::RequestVoteResponse(RequestVoteResponse {
+                term: Term(7),
+                vote_granted: true,
+            }),
+            Message::AppendEntries(AppendEntries {
+                term: Term(7),
+                leader_id: ServerId(1),
+                prev_log_index: LogIndex(3),
+                prev_log_term: Term(5),
+                entries: vec![Entry::noop(Term(7)), Entry::command(Term(7), b"put a b")],
+                leader_commit: LogIndex(2),
+            }),
+            Message::AppendEntriesResponse(AppendEntriesResponse {
+                term: Term(7),
+                success: false,
+                match_index: LogIndex(0),
+                conflict_term: Term(5),
+                conflict_index: LogIndex(3),
+                last_log_index: LogIndex(9),
+            }),
+        ];
+        for message in messages {
+            let frame = encode_message(&message);
+            assert_eq!(decode_message(&frame).expect("decodes"), message);
+        }
+    }
+
+    #[test]
+    fn requests_responses_and_preambles_round_trip() {
+        for preamble in [Preamble::Peer(ServerId(3)), Preamble::Client(u64::MAX)] {
+            assert_eq!(
+                decode_preamble(&encode_preamble(&preamble)).unwrap(),
+                preamble
+            );
+        }
+        for body in [
+            RequestBody::Propose(b"put k v".to_vec()),
+            RequestBody::Query(b"get k".to_vec()),
+            RequestBody::Status,
+        ] {
+            let request = ClientRequest {
+                request_id: 9,
+                body,
+            };
+            assert_eq!(decode_request(&encode_request(&request)).unwrap(), request);
+        }
+        let metrics = Metrics {
+            id: ServerId(1),
+            role: Role::Leader,
+            current_term: Term(4),
+            current_leader: Some(ServerId(1)),
+            last_log_index: LogIndex(10),
+            commit_index: LogIndex(9),
+            last_applied: LogIndex(9),
+            match_indexes: [(ServerId(2), LogIndex(9)), (ServerId(3), LogIndex(7))].into(),
+        };
+        for body in [
+            ResponseBody::Applied(b"ok".to_vec()),
+            ResponseBody::NotLeader {
+                leader_id: ServerId(2),
+                leader_address: "127.0.0.1:4000".to_owned(),
+            },
+            ResponseBody::UnknownLeader,
+            ResponseBody::Rejected {
+                reason: RejectionReason::Overloaded,
+                message: "too many uncommitted entries".to_owned(),
+            },
+            ResponseBody::Status(metrics),
+        ] {
+            let response = ClientResponse {
+                request_id: 5,
+                body,
+            };
+            assert_eq!(
+                decode_response(&encode_response(&response)).unwrap(),
+                response
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_and_reserved_ids_are_errors_not_panics() {
+        assert!(decode_message(b"definitely not capnp").is_err());
+        assert!(decode_message(&[]).is_err());
+        let zero_peer = encode_preamble(&Preamble::Peer(ServerId(1)));
+        let mut corrupted = zero_peer.clone();
+        // Flip bytes across the whole frame: each must decode or fail, never panic.
+        for position in 0..corrupted.len() {
+            corrupted[position] ^= 0xff;
+            let _ = decode_preamble(&corrupted);
+            let _ = decode_message(&corrupted);
+            let _ = decode_request(&corrupted);
+            let _ = decode_response(&corrupted);
+            corrupted[position] ^= 0xff;
+        }
+        let mut builder = Builder::new_default();
+        builder
+            .init_root::<schema::connection_preamble::Builder>()
+            .set_peer(0);
+        let error = decode_preamble(&to_frame(&builder)).unwrap_err();
+        assert!(error.to_string().contains("server id 0"), "{error}");
+    }
+}
