@@ -29,6 +29,7 @@
 
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod consensus;
 pub mod error;
 pub mod framing;
@@ -44,6 +45,7 @@ pub mod wire;
 #[allow(missing_docs, unused, clippy::all, clippy::pedantic)]
 mod messages_capnp;
 
+pub use client::Client;
 pub use consensus::{Consensus, Role};
 pub use error::{ConfigError, Error, LogError, Result, WireError};
 pub use log::{Entry, EntryKind, MemLog, PersistentLog};
