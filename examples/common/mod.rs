@@ -1,0 +1,211 @@
+//! What the `register` and `hashmap` examples share: parsing the node list, running a server,
+//! the `status` table, and the demo's cluster of child processes.
+
+#![allow(dead_code)] // each example uses a different part
+
+use mioraft::{Client, MemLog, Role, Server, ServerId, StateMachine};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Parses `<node-id> <node-address>` pairs.
+pub fn parse_nodes(words: &[String]) -> Result<Vec<(ServerId, SocketAddr)>, String> {
+    if words.len() % 2 != 0 {
+        return Err(format!(
+            "nodes come in pairs <node-id> <node-address>; got {} words",
+            words.len()
+        ));
+    }
+    let mut nodes = Vec::new();
+    for pair in words.chunks(2) {
+        let id: u64 = pair[0]
+            .parse()
+            .map_err(|_| format!("node id {:?} is not a positive number", pair[0]))?;
+        if id == 0 {
+            return Err("node id 0 is reserved".to_owned());
+        }
+        let address: SocketAddr = pair[1].parse().map_err(|_| {
+            format!(
+                "node address {:?} is not host:port (e.g. 127.0.0.1:9001)",
+                pair[1]
+            )
+        })?;
+        if nodes.iter().any(|&(other, _)| other == ServerId(id)) {
+            return Err(format!("node id {id} appears twice"));
+        }
+        nodes.push((ServerId(id), address));
+    }
+    Ok(nodes)
+}
+
+/// Parses addresses given on the command line.
+pub fn parse_addresses(words: &[String]) -> Result<Vec<SocketAddr>, String> {
+    if words.is_empty() {
+        return Err("give at least one <node-address>".to_owned());
+    }
+    words
+        .iter()
+        .map(|word| {
+            word.parse()
+                .map_err(|_| format!("{word:?} is not host:port (e.g. 127.0.0.1:9001)"))
+        })
+        .collect()
+}
+
+/// Runs server `id` of `nodes` (which must include it) until it stops.
+pub fn run_server<M: StateMachine>(
+    id: u64,
+    nodes: &[(ServerId, SocketAddr)],
+    state_machine: M,
+) -> Result<(), String> {
+    let id = ServerId(id);
+    let Some(&(_, address)) = nodes.iter().find(|&&(node, _)| node == id) else {
+        return Err(format!(
+            "server {id} is not in the node list; list every node, this one included, as \
+             <node-id> <node-address>"
+        ));
+    };
+    let peers: HashMap<ServerId, SocketAddr> = nodes
+        .iter()
+        .copied()
+        .filter(|&(node, _)| node != id)
+        .collect();
+    eprintln!("{id}: serving on {address} with peers {peers:?}");
+    Server::run(id, address, peers, MemLog::new(), state_machine).map_err(|e| e.to_string())
+}
+
+/// Prints each node's role, term, leader, commit and applied index.
+pub fn print_status(addresses: &[SocketAddr]) {
+    println!(
+        "{:<22} {:>4} {:<10} {:>6} {:>7} {:>8} {:>8}",
+        "address", "id", "role", "term", "leader", "commit", "applied"
+    );
+    for &address in addresses {
+        let mut client = Client::new([address]).with_timeout(Duration::from_secs(1));
+        match client.status(address) {
+            Ok(m) => println!(
+                "{:<22} {:>4} {:<10} {:>6} {:>7} {:>8} {:>8}",
+                address,
+                m.id.0,
+                format!("{:?}", m.role).to_lowercase(),
+                m.current_term.0,
+                m.current_leader.map_or("-".to_owned(), |l| l.0.to_string()),
+                m.commit_index.0,
+                m.last_applied.0
+            ),
+            Err(error) => println!("{address:<22} unreachable: {error}"),
+        }
+    }
+}
+
+/// A local cluster of server processes, killed when dropped.
+pub struct DemoCluster {
+    pub nodes: Vec<(ServerId, SocketAddr)>,
+    children: HashMap<ServerId, Child>,
+}
+
+impl DemoCluster {
+    /// Starts `size` servers as child processes of this executable (`<exe> server <id> <nodes>`).
+    pub fn start(size: u64) -> Result<DemoCluster, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        let mut nodes = Vec::new();
+        for id in 1..=size {
+            nodes.push((ServerId(id), free_local_address()?));
+        }
+        let node_words: Vec<String> = nodes
+            .iter()
+            .flat_map(|(id, address)| [id.0.to_string(), address.to_string()])
+            .collect();
+        let mut children = HashMap::new();
+        for &(id, _) in &nodes {
+            let child = Command::new(&exe)
+                .arg("server")
+                .arg(id.0.to_string())
+                .args(&node_words)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start server {id}: {e}"))?;
+            children.insert(id, child);
+        }
+        Ok(DemoCluster { nodes, children })
+    }
+
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|&(_, address)| address).collect()
+    }
+
+    pub fn address_of(&self, id: ServerId) -> Option<SocketAddr> {
+        self.nodes
+            .iter()
+            .find(|&&(node, _)| node == id)
+            .map(|&(_, a)| a)
+    }
+
+    /// Waits until a running server reports itself leader; returns it.
+    pub fn wait_for_leader(&self, timeout: Duration) -> Result<ServerId, String> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no answer yet");
+        while Instant::now() < deadline {
+            for &(id, address) in &self.nodes {
+                if !self.children.contains_key(&id) {
+                    continue;
+                }
+                let mut client = Client::new([address]).with_timeout(Duration::from_millis(300));
+                match client.status(address) {
+                    Ok(metrics) if metrics.role == Role::Leader => return Ok(id),
+                    Ok(metrics) => {
+                        last = format!(
+                            "{id} is {:?} in term {}",
+                            metrics.role, metrics.current_term
+                        )
+                    }
+                    Err(error) => last = error.to_string(),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("no leader within {timeout:?}; last: {last}"))
+    }
+
+    /// Kills one server (SIGKILL) and reaps it.
+    pub fn kill(&mut self, id: ServerId) -> Result<(), String> {
+        let mut child = self
+            .children
+            .remove(&id)
+            .ok_or_else(|| format!("server {id} is not running"))?;
+        child
+            .kill()
+            .map_err(|e| format!("cannot kill server {id}: {e}"))?;
+        child
+            .wait()
+            .map_err(|e| format!("cannot reap server {id}: {e}"))?;
+        Ok(())
+    }
+
+    /// Stops every server.
+    pub fn shutdown(&mut self) {
+        for (_, mut child) in self.children.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for DemoCluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// An unused local port: bound, read, released. (A demo may race another program for it; tests
+/// use pre-bound listeners instead.)
+fn free_local_address() -> Result<SocketAddr, String> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot find a free port: {e}"))?;
+    listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the free port: {e}"))
+}

@@ -1,0 +1,385 @@
+//! Owns one TCP connection's state: who is on the other end (as far as its preamble said), the
+//! frames arriving (cut by [`FrameReader`], size-limited), and the bytes waiting to go out.
+//!
+//! Reading and writing are non-blocking. [`Connection::receive`] reads until the socket would
+//! block (or a per-turn budget is spent, so one fast sender cannot starve the others) and hands
+//! back whole frames; what they mean is the reactor's business. Outgoing frames wait in a bounded
+//! buffer, flushed by [`Connection::flush`]; the connection asks mio for WRITABLE readiness only
+//! while bytes are pending (or while an outbound connect is in progress).
+
+use crate::error::WireError;
+use crate::framing::FrameReader;
+use crate::types::ServerId;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Most bytes waiting to be written to one connection (64 MiB). A peer or client that does not
+/// read what it asked for is closed rather than allowed to grow the server's memory.
+pub(super) const OUTPUT_BYTES_MAX: usize = 64 << 20;
+
+/// Most bytes read from one connection per readiness event before the reactor serves the
+/// others; the rest is read on the next turn.
+const READ_BYTES_PER_TURN_MAX: usize = 1 << 20;
+
+/// Size of one `read` call: the reactor's read buffer.
+pub(super) const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// Accepted; no preamble yet.
+    AwaitingPreamble,
+    /// Accepted from a configured peer, which sends us its Raft messages on it.
+    InboundPeer(ServerId),
+    /// Accepted from a client, which sends requests and reads responses.
+    Client(u64),
+    /// Dialled by us to a peer's configured address; we send our Raft messages on it.
+    /// `established` turns true once the TCP handshake completes.
+    OutboundPeer {
+        /// The peer dialled.
+        peer: ServerId,
+        /// Whether the connect finished.
+        established: bool,
+    },
+}
+
+/// Why a connection is closed: logged with the connection's description.
+#[derive(Debug)]
+pub(super) enum CloseReason {
+    /// The other side closed its end.
+    EndOfStream,
+    /// A socket operation failed.
+    Io(io::Error),
+    /// The byte stream is not Cap'n Proto framing within our limits.
+    Framing(WireError),
+    /// The first frame was not a valid preamble.
+    BadPreamble(WireError),
+    /// The preamble named a server id that is not one of our configured peers.
+    UnknownPeer(ServerId),
+    /// A peer connection sent a frame that is not a Raft `Message`.
+    NotAPeerMessage(WireError),
+    /// A client connection sent a frame that is not a `ClientRequest`.
+    NotAClientRequest(WireError),
+    /// No preamble arrived within the preamble timeout (a half-open connection).
+    PreambleTimeout(Duration),
+    /// Writing `frame_bytes` more would pass the output buffer limit.
+    OutputFull {
+        /// Bytes already waiting.
+        pending_bytes: usize,
+        /// The frame that did not fit.
+        frame_bytes: usize,
+    },
+    /// The server holds as many connections as it allows.
+    TooManyConnections(usize),
+}
+
+impl CloseReason {
+    /// Whether this is an ordinary end of a conversation rather than a fault worth a warning.
+    pub(super) fn is_orderly(&self) -> bool {
+        matches!(self, CloseReason::EndOfStream)
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::EndOfStream => write!(f, "closed by the other side"),
+            CloseReason::Io(error) => write!(f, "i/o error: {error}"),
+            CloseReason::Framing(error) => write!(f, "unreadable stream: {error}"),
+            CloseReason::BadPreamble(error) => {
+                write!(f, "first message is not a valid preamble: {error}")
+            }
+            CloseReason::UnknownPeer(id) => {
+                write!(
+                    f,
+                    "preamble claims peer {id}, which is not a configured peer"
+                )
+            }
+            CloseReason::NotAPeerMessage(error) => {
+                write!(f, "peer sent something other than a Raft message: {error}")
+            }
+            CloseReason::NotAClientRequest(error) => {
+                write!(
+                    f,
+                    "client sent something other than a client request: {error}"
+                )
+            }
+            CloseReason::PreambleTimeout(timeout) => {
+                write!(f, "no preamble within {timeout:?} (half-open connection)")
+            }
+            CloseReason::OutputFull {
+                pending_bytes,
+                frame_bytes,
+            } => write!(
+                f,
+                "not reading: {pending_bytes} bytes already wait to be written and {frame_bytes} \
+                 more would pass the limit of {OUTPUT_BYTES_MAX} bytes"
+            ),
+            CloseReason::TooManyConnections(count) => {
+                write!(f, "already serving {count} connections, the most allowed")
+            }
+        }
+    }
+}
+
+/// How a call to [`Connection::receive`] ended.
+#[derive(Debug)]
+pub(super) enum ReadEnd {
+    /// The socket has nothing more for now.
+    WouldBlock,
+    /// The per-turn budget was spent; more may be waiting.
+    BudgetSpent,
+    /// The connection must be closed (after handling the frames that came before).
+    Close(CloseReason),
+}
+
+/// What one call to [`Connection::receive`] produced.
+#[derive(Debug)]
+pub(super) struct Received {
+    /// Whole frames, in arrival order.
+    pub(super) frames: Vec<Vec<u8>>,
+    /// Why reading stopped.
+    pub(super) end: ReadEnd,
+}
+
+/// One TCP connection and its buffers.
+#[derive(Debug)]
+pub(super) struct Connection {
+    stream: TcpStream,
+    /// The remote address (for logs, and the configured address for outbound peers).
+    address: SocketAddr,
+    /// Who is on the other end. Changes once, when the preamble arrives (or the connect ends).
+    kind: Kind,
+    /// Unique per connection for the life of the server: slab slots are reused, and a reply
+    /// must never reach a later connection that happens to take a closed one's slot.
+    serial: u64,
+    /// Incoming bytes cut into frames, refusing frames above the message limit.
+    reader: FrameReader,
+    /// Bytes waiting to be written; `output[written..]` is still pending.
+    /// Invariant: `output.len() - written <= OUTPUT_BYTES_MAX`.
+    output: Vec<u8>,
+    written: usize,
+    /// Whether mio currently reports WRITABLE readiness for this connection to us.
+    writable_interest: bool,
+    /// Whether the reactor has this connection on its list to flush at the end of the turn.
+    queued_for_flush: bool,
+}
+
+impl Connection {
+    /// Wraps a freshly accepted or dialled stream.
+    pub(super) fn new(
+        stream: TcpStream,
+        address: SocketAddr,
+        kind: Kind,
+        serial: u64,
+        message_bytes_max: u64,
+    ) -> Self {
+        // Raft messages are small and latency-bound: do not let Nagle's algorithm hold them.
+        // Failing to set it only costs latency, so it is not a reason to refuse the connection.
+        if let Err(error) = stream.set_nodelay(true) {
+            log::debug!("could not set TCP_NODELAY on {address}: {error}");
+        }
+        Connection {
+            stream,
+            address,
+            kind,
+            serial,
+            reader: FrameReader::new(message_bytes_max),
+            output: Vec::new(),
+            written: 0,
+            writable_interest: false,
+            queued_for_flush: false,
+        }
+    }
+
+    /// Who is on the other end.
+    pub(super) fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Records who is on the other end (after a preamble, or a completed connect).
+    pub(super) fn set_kind(&mut self, kind: Kind) {
+        self.kind = kind;
+    }
+
+    /// This connection's unique serial number.
+    pub(super) fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// Registers with the poller under `token`, with the interest the state calls for.
+    pub(super) fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        self.writable_interest = self.wants_writable();
+        let interest = self.interest();
+        registry.register(&mut self.stream, token, interest)
+    }
+
+    /// Removes the connection from the poller before it is dropped.
+    pub(super) fn deregister(&mut self, registry: &Registry) {
+        // The socket is closed right after; a failure here changes nothing.
+        let _ = registry.deregister(&mut self.stream);
+    }
+
+    /// For an outbound connect in progress: `Ok(true)` once connected, `Ok(false)` if the
+    /// readiness was spurious and the connect is still under way, `Err` if it failed.
+    pub(super) fn finish_connect(&mut self) -> Result<bool, CloseReason> {
+        if let Some(error) = self.stream.take_error().map_err(CloseReason::Io)? {
+            return Err(CloseReason::Io(error));
+        }
+        match self.stream.peer_addr() {
+            Ok(_) => Ok(true),
+            // Readiness without a finished handshake (mio documents such spurious wakeups).
+            Err(error) if error.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(error) => Err(CloseReason::Io(error)),
+        }
+    }
+
+    /// Reads what the socket holds (up to the per-turn budget) through `chunk`, the reactor's
+    /// shared read buffer, and cuts it into frames.
+    pub(super) fn receive(&mut self, chunk: &mut [u8]) -> Received {
+        let mut frames = Vec::new();
+        let mut read_bytes: usize = 0;
+        let end = loop {
+            if read_bytes >= READ_BYTES_PER_TURN_MAX {
+                break ReadEnd::BudgetSpent;
+            }
+            match self.stream.read(chunk) {
+                Ok(0) => break ReadEnd::Close(CloseReason::EndOfStream),
+                Ok(count) => {
+                    read_bytes = read_bytes.saturating_add(count);
+                    self.reader.extend(chunk.get(..count).unwrap_or_default());
+                    // Cut frames after every read, so at most one partial frame plus one chunk
+                    // is ever buffered, however fast the other side sends.
+                    loop {
+                        match self.reader.next_frame() {
+                            Ok(Some(frame)) => frames.push(frame),
+                            Ok(None) => break,
+                            Err(error) => {
+                                return Received {
+                                    frames,
+                                    end: ReadEnd::Close(CloseReason::Framing(error)),
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    break ReadEnd::WouldBlock
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => break ReadEnd::Close(CloseReason::Io(error)),
+            }
+        };
+        Received { frames, end }
+    }
+
+    /// Adds `frame` to the output buffer. Returns whether the connection needs to be put on the
+    /// reactor's flush list (it was not on it yet).
+    ///
+    /// # Errors
+    /// [`CloseReason::OutputFull`] when the other side is not reading fast enough: the caller
+    /// closes the connection.
+    pub(super) fn queue(&mut self, frame: &[u8]) -> Result<bool, CloseReason> {
+        let pending_bytes = self.pending_bytes();
+        if pending_bytes.saturating_add(frame.len()) > OUTPUT_BYTES_MAX {
+            return Err(CloseReason::OutputFull {
+                pending_bytes,
+                frame_bytes: frame.len(),
+            });
+        }
+        self.output.extend_from_slice(frame);
+        let newly_queued = !self.queued_for_flush;
+        self.queued_for_flush = true;
+        Ok(newly_queued)
+    }
+
+    /// Writes as much pending output as the socket takes, then asks for WRITABLE readiness
+    /// exactly when output is still pending. Called from the flush list and on WRITABLE.
+    ///
+    /// # Errors
+    /// The socket failed: the caller closes the connection.
+    pub(super) fn flush(&mut self, registry: &Registry, token: Token) -> Result<(), CloseReason> {
+        self.queued_for_flush = false;
+        // A connect in progress cannot be written to yet; the preamble waits in the buffer.
+        if !matches!(
+            self.kind,
+            Kind::OutboundPeer {
+                established: false,
+                ..
+            }
+        ) {
+            self.write_pending()?;
+        }
+        let wants_writable = self.wants_writable();
+        if wants_writable != self.writable_interest {
+            self.writable_interest = wants_writable;
+            let interest = self.interest();
+            registry
+                .reregister(&mut self.stream, token, interest)
+                .map_err(CloseReason::Io)?;
+        }
+        Ok(())
+    }
+
+    fn write_pending(&mut self) -> Result<(), CloseReason> {
+        while let Some(pending) = self.output.get(self.written..).filter(|p| !p.is_empty()) {
+            match self.stream.write(pending) {
+                Ok(0) => return Err(CloseReason::Io(io::ErrorKind::WriteZero.into())),
+                Ok(count) => self.written = self.written.saturating_add(count),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(CloseReason::Io(error)),
+            }
+        }
+        if self.written >= self.output.len() {
+            self.output.clear();
+            self.written = 0;
+        } else if self.written > self.output.len() / 2 {
+            // Keep the buffer from creeping: drop the written half once it dominates.
+            self.output.drain(..self.written);
+            self.written = 0;
+        }
+        Ok(())
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.output.len().saturating_sub(self.written)
+    }
+
+    fn wants_writable(&self) -> bool {
+        let connecting = matches!(
+            self.kind,
+            Kind::OutboundPeer {
+                established: false,
+                ..
+            }
+        );
+        connecting || self.pending_bytes() > 0
+    }
+
+    fn interest(&self) -> Interest {
+        if self.writable_interest {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        }
+    }
+}
+
+impl fmt::Display for Connection {
+    /// "client 42 from 127.0.0.1:5555", "peer n2 from ...", "connection to peer n2 at ...".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            Kind::AwaitingPreamble => write!(f, "unidentified connection from {}", self.address),
+            Kind::InboundPeer(id) => write!(f, "peer {id} from {}", self.address),
+            Kind::Client(id) => write!(f, "client {id:#x} from {}", self.address),
+            Kind::OutboundPeer { peer, .. } => {
+                write!(f, "connection to peer {peer} at {}", self.address)
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Owns what arrives: accepting connections, reading their frames, and giving each frame its
+//! meaning by who sent it: the preamble first (DESIGN.md §4), then Raft messages from peers
+//! (stepped into the core) or requests from clients (proposals to the core, queries and status
+//! answered here).
+//!
+//! Anything malformed or out of turn closes that one connection with a logged reason; nothing a
+//! remote party sends can stop the server.
+
+use super::connection::{CloseReason, Connection, Kind, ReadEnd};
+use super::outbound::Proposer;
+use super::timers::Deadline;
+use super::{deadline_after, Reactor, CONNECTIONS_MAX};
+use crate::consensus::{Event, ProposalId, Role};
+use crate::error::Result;
+use crate::log::PersistentLog;
+use crate::state_machine::StateMachine;
+use crate::wire::{self, ClientRequest, Preamble, RequestBody, ResponseBody};
+use mio::Token;
+use std::io;
+use std::time::Instant;
+
+impl<L, M> Reactor<L, M>
+where
+    L: PersistentLog + Send + 'static,
+    M: StateMachine,
+{
+    /// Accepts every pending connection; each must send its preamble within the timeout.
+    pub(super) fn accept_connections(&mut self) {
+        loop {
+            let (stream, address) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    // E.g. out of file descriptors: the connection stays queued in the kernel.
+                    log::warn!("{}: accepting on {}: {error}", self.id, self.local_addr);
+                    return;
+                }
+            };
+            let serial = self.next_serial();
+            let mut connection = Connection::new(
+                stream,
+                address,
+                Kind::AwaitingPreamble,
+                serial,
+                self.message_bytes_max,
+            );
+            if self.connections.len() >= CONNECTIONS_MAX {
+                let reason = CloseReason::TooManyConnections(self.connections.len());
+                log::warn!("{}: closing {connection}: {reason}", self.id);
+                continue;
+            }
+            let entry = self.connections.vacant_entry();
+            let token = Token(entry.key());
+            if let Err(error) = connection.register(self.poll.registry(), token) {
+                log::warn!("{}: closing {connection}: cannot poll it: {error}", self.id);
+                continue;
+            }
+            log::debug!("{}: accepted {connection}", self.id);
+            entry.insert(connection);
+            if let Some(at) = deadline_after(Instant::now(), self.preamble_timeout) {
+                self.timers.set(Deadline::Preamble(token.0), at);
+            }
+        }
+    }
+
+    /// Handles readiness of one connection: finishing a connect and writing on WRITABLE,
+    /// reading on READABLE (including the end of the stream and errors, which a read reports).
+    pub(super) fn connection_ready(
+        &mut self,
+        token: Token,
+        event: &mio::event::Event,
+    ) -> Result<()> {
+        if event.is_writable() || event.is_error() {
+            self.on_writable(token)?;
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.on_readable(token)?;
+        }
+        Ok(())
+    }
+
+    /// Goes on reading connections that spent their read budget last turn.
+    pub(super) fn read_leftovers(&mut self) -> Result<()> {
+        for token in std::mem::take(&mut self.to_read) {
+            self.on_readable(token)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what `token`'s socket holds and handles every whole frame in it.
+    fn on_readable(&mut self, token: Token) -> Result<()> {
+        let Some(connection) = self.connections.get_mut(token.0) else {
+            return Ok(());
+        };
+        let serial = connection.serial();
+        let received = connection.receive(&mut self.read_buffer);
+        for frame in &received.frames {
+            self.handle_frame(token, frame)?;
+            if !self.is_open(token, serial) {
+                return Ok(());
+            }
+        }
+        match received.end {
+            ReadEnd::WouldBlock => {}
+            ReadEnd::BudgetSpent => self.to_read.push(token),
+            ReadEnd::Close(reason) => self.close(token, reason),
+        }
+        Ok(())
+    }
+
+    /// Gives one frame its meaning according to who sent it.
+    fn handle_frame(&mut self, token: Token, frame: &[u8]) -> Result<()> {
+        let Some(connection) = self.connections.get(token.0) else {
+            return Ok(());
+        };
+        match connection.kind() {
+            Kind::AwaitingPreamble => {
+                self.handle_preamble(token, frame);
+                Ok(())
+            }
+            // Peers send their messages on the connections they dialled; a message on ours is
+            // just as good (DESIGN.md §4: either direction works for Raft).
+            Kind::InboundPeer(from) | Kind::OutboundPeer { peer: from, .. } => {
+                match wire::decode_message(frame) {
+                    Ok(message) => self.step(Event::Message { from, message }),
+                    Err(error) => {
+                        self.close(token, CloseReason::NotAPeerMessage(error));
+                        Ok(())
+                    }
+                }
+            }
+            Kind::Client(_) => match wire::decode_request(frame) {
+                Ok(request) => self.handle_client_request(token, request),
+                Err(error) => {
+                    self.close(token, CloseReason::NotAClientRequest(error));
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// The first frame says who is calling: a configured peer, or a client.
+    fn handle_preamble(&mut self, token: Token, frame: &[u8]) {
+        let kind = match wire::decode_preamble(frame) {
+            Ok(Preamble::Peer(peer)) if self.peers.contains_key(&peer) => Kind::InboundPeer(peer),
+            Ok(Preamble::Peer(peer)) => {
+                self.close(token, CloseReason::UnknownPeer(peer));
+                return;
+            }
+            Ok(Preamble::Client(client)) => Kind::Client(client),
+            Err(error) => {
+                self.close(token, CloseReason::BadPreamble(error));
+                return;
+            }
+        };
+        self.timers.cancel(Deadline::Preamble(token.0));
+        if let Some(connection) = self.connections.get_mut(token.0) {
+            connection.set_kind(kind);
+            log::debug!("{}: identified {connection}", self.id);
+        }
+    }
+
+    /// Proposals go through the core and are answered when it replies; queries and status
+    /// requests are answered at once.
+    fn handle_client_request(&mut self, token: Token, request: ClientRequest) -> Result<()> {
+        let ClientRequest { request_id, body } = request;
+        match body {
+            RequestBody::Propose(command) => {
+                let Some(serial) = self.connections.get(token.0).map(Connection::serial) else {
+                    return Ok(());
+                };
+                self.proposals_issued = self.proposals_issued.wrapping_add(1);
+                let id = ProposalId(self.proposals_issued);
+                self.proposals.insert(
+                    id,
+                    Proposer {
+                        token,
+                        serial,
+                        request_id,
+                    },
+                );
+                self.step(Event::ClientProposal { id, command })
+            }
+            RequestBody::Query(query) => {
+                // Not yet linearizable: a deposed leader that has not heard of its successor
+                // answers from its own state. ReadIndex (thesis §6.4) will close that gap.
+                let body = if self.consensus.role() == Role::Leader {
+                    ResponseBody::Applied(self.consensus.state_machine().query(&query))
+                } else {
+                    self.not_leader_response(self.consensus.leader_id())
+                };
+                self.respond(token, request_id, body);
+                Ok(())
+            }
+            RequestBody::Status => {
+                let body = ResponseBody::Status(self.consensus.metrics());
+                self.respond(token, request_id, body);
+                Ok(())
+            }
+        }
+    }
+}

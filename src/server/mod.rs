@@ -1,0 +1,621 @@
+//! The networked server (DESIGN.md §1, §4): the only place with sockets and the only user of mio.
+//!
+//! One thread runs one mio `Poll` over one listening port shared by peers and clients, a `Slab`
+//! of connections, and the reactor's deadlines. It turns frames into [`Event`]s for the
+//! [`Consensus`] core and carries out the [`Actions`](crate::consensus::Actions) it gets back; it
+//! keeps no Raft logic of its own. Each poll turn handles every ready event, then syncs the log
+//! once if anything asked for it (group commit), then writes what is queued.
+//!
+//! The pieces: `connection.rs` (one connection's buffers and I/O), `inbound.rs` (accepting,
+//! reading, preambles, peer messages and client requests), `outbound.rs` (carrying out actions:
+//! dialling peers, sending messages, answering clients), `timers.rs` (deadlines and backoff).
+
+mod connection;
+mod inbound;
+mod outbound;
+mod timers;
+
+use crate::consensus::{Config, Consensus, Event};
+use crate::error::{ConfigError, Error, Result};
+use crate::framing::MESSAGE_BYTES_MAX_DEFAULT;
+use crate::log::PersistentLog;
+use crate::metrics::Metrics;
+use crate::state_machine::StateMachine;
+use crate::types::ServerId;
+use connection::{CloseReason, Connection, Kind};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use outbound::{Peer, Proposer};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use slab::Slab;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use timers::{Deadline, Timers};
+
+/// The listening socket's token.
+const LISTENER: Token = Token(usize::MAX);
+/// The token of the waker that [`ServerHandle::shutdown`] uses to interrupt `poll`.
+const WAKER: Token = Token(usize::MAX - 1);
+/// Most readiness events taken from one `poll` call.
+const EVENTS_PER_POLL_MAX: usize = 1024;
+/// Most connections (peers and clients, inbound and outbound) open at once; further
+/// connections are accepted and closed at once, with a warning.
+const CONNECTIONS_MAX: usize = 4096;
+/// The default for [`ServerBuilder::with_preamble_timeout`].
+const PREAMBLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+
+/// Entry point for running a Raft server on the network.
+///
+/// # Examples
+/// The blocking form of the original design: it serves until the process ends or the log fails.
+/// ```no_run
+/// use mioraft::{KvStateMachine, MemLog, Server, ServerId};
+/// use std::collections::HashMap;
+///
+/// let peers = HashMap::from([
+///     (ServerId(2), "10.0.0.2:7000".parse()?),
+///     (ServerId(3), "10.0.0.3:7000".parse()?),
+/// ]);
+/// Server::run(ServerId(1), "10.0.0.1:7000".parse()?, peers, MemLog::new(), KvStateMachine::new())?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    _private: (),
+}
+
+impl Server {
+    /// Runs server `id` on `addr` with its `peers` (the other members and their addresses) until
+    /// the log fails: `Server::new(id, addr, log, state_machine).with_peers(peers).run()`.
+    ///
+    /// # Errors
+    /// See [`ServerBuilder::run`].
+    pub fn run<L, M>(
+        id: ServerId,
+        addr: SocketAddr,
+        peers: HashMap<ServerId, SocketAddr>,
+        log: L,
+        state_machine: M,
+    ) -> Result<()>
+    where
+        L: PersistentLog + Send + 'static,
+        M: StateMachine,
+    {
+        Server::new(id, addr, log, state_machine)
+            .with_peers(peers)
+            .run()
+    }
+
+    /// Starts configuring server `id`, which will listen on `addr` for peers and clients, keep
+    /// its Raft state in `log` and apply committed commands to `state_machine`.
+    // DESIGN.md §2 fixes this name for the builder's entry point.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new<L, M>(
+        id: ServerId,
+        addr: SocketAddr,
+        log: L,
+        state_machine: M,
+    ) -> ServerBuilder<L, M>
+    where
+        L: PersistentLog + Send + 'static,
+        M: StateMachine,
+    {
+        ServerBuilder {
+            id,
+            addr,
+            log,
+            state_machine,
+            peers: HashMap::new(),
+            config: Config::default(),
+            message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT,
+            preamble_timeout: PREAMBLE_TIMEOUT_DEFAULT,
+            listener: None,
+            rng_seed: None,
+        }
+    }
+}
+
+/// A server being configured; finish with [`run`](ServerBuilder::run) or
+/// [`spawn`](ServerBuilder::spawn).
+///
+/// # Examples
+/// A one-server cluster on a free port, on its own thread:
+/// ```
+/// use mioraft::{KvStateMachine, MemLog, Server, ServerId};
+/// use std::time::Duration;
+///
+/// let handle = Server::new(ServerId(1), "127.0.0.1:0".parse()?, MemLog::new(), KvStateMachine::new())
+///     .with_election_timeout(Duration::from_millis(100), Duration::from_millis(200))
+///     .with_heartbeat_interval(Duration::from_millis(20))
+///     .spawn()?;
+/// assert_ne!(handle.local_addr().port(), 0);
+/// println!("n1 is {:?}", handle.metrics().role);
+/// handle.shutdown()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ServerBuilder<L, M> {
+    id: ServerId,
+    addr: SocketAddr,
+    log: L,
+    state_machine: M,
+    peers: HashMap<ServerId, SocketAddr>,
+    config: Config,
+    message_bytes_max: u64,
+    preamble_timeout: Duration,
+    listener: Option<std::net::TcpListener>,
+    rng_seed: Option<u64>,
+}
+
+impl<L, M> ServerBuilder<L, M>
+where
+    L: PersistentLog + Send + 'static,
+    M: StateMachine,
+{
+    /// The other members of the cluster and the addresses this server dials them at (and tells
+    /// clients to go to). These addresses are the only ones ever dialled (DESIGN.md §4). An
+    /// entry for this server's own id is ignored.
+    #[must_use]
+    pub fn with_peers(mut self, peers: HashMap<ServerId, SocketAddr>) -> Self {
+        self.peers = peers;
+        self
+    }
+
+    /// The range election timeouts are drawn from (§5.2). Default 150–300 ms.
+    #[must_use]
+    pub fn with_election_timeout(mut self, min: Duration, max: Duration) -> Self {
+        self.config.election_timeout_min = min;
+        self.config.election_timeout_max = max;
+        self
+    }
+
+    /// How often a leader heartbeats its followers. Default 50 ms.
+    #[must_use]
+    pub fn with_heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.config.heartbeat_interval = interval;
+        self
+    }
+
+    /// Replaces every consensus setting at once, including those of earlier
+    /// `with_election_timeout` and `with_heartbeat_interval` calls (later calls adjust it).
+    #[must_use]
+    pub fn with_config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The largest message accepted from a peer or client, in bytes; a connection sending a
+    /// larger one is closed. Default [`MESSAGE_BYTES_MAX_DEFAULT`] (16 MiB). Every member must
+    /// accept the largest AppendEntries the others send: keep it well above
+    /// [`Config::append_bytes_max`] and the largest command.
+    #[must_use]
+    pub fn with_message_bytes_max(mut self, message_bytes_max: u64) -> Self {
+        self.message_bytes_max = message_bytes_max;
+        self
+    }
+
+    /// How long a new connection may take to send its preamble before it is closed as
+    /// half-open. Default 5 s.
+    #[must_use]
+    pub fn with_preamble_timeout(mut self, timeout: Duration) -> Self {
+        self.preamble_timeout = timeout;
+        self
+    }
+
+    /// Serves on an already bound listener instead of binding the builder's address, e.g. one
+    /// bound to port 0 so that a whole test cluster's addresses are known before any server
+    /// starts.
+    #[must_use]
+    pub fn with_listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Seeds the randomness of election timeouts and reconnection jitter. Default: from the
+    /// time and the server id.
+    #[must_use]
+    pub fn with_rng_seed(mut self, seed: u64) -> Self {
+        self.rng_seed = Some(seed);
+        self
+    }
+
+    /// Serves on this thread until the log fails.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for settings that cannot work, [`Error::Io`] naming the address when
+    /// binding or polling fails, and the [`Error::Log`] that stopped the server.
+    pub fn run(self) -> Result<()> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (reactor, _waker) = self.build(stop)?;
+        reactor.run()
+    }
+
+    /// Starts serving on a new thread (named `mioraft-n<id>`) and returns its handle. The
+    /// listener is bound before this returns, so [`ServerHandle::local_addr`] is ready.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for settings that cannot work, [`Error::Io`] naming the address when
+    /// binding fails or the thread cannot start.
+    pub fn spawn(self) -> Result<ServerHandle> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (reactor, waker) = self.build(Arc::clone(&stop))?;
+        let local_addr = reactor.local_addr;
+        let metrics = Arc::clone(&reactor.metrics);
+        let thread = std::thread::Builder::new()
+            .name(format!("mioraft-{}", reactor.id))
+            .spawn(move || reactor.run())
+            .map_err(|source| Error::Io {
+                address: local_addr.to_string(),
+                source,
+            })?;
+        Ok(ServerHandle {
+            local_addr,
+            metrics,
+            stop,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    /// Validates the settings, binds the listener and prepares the reactor.
+    fn build(self, stop: Arc<AtomicBool>) -> Result<(Reactor<L, M>, Arc<Waker>)> {
+        if self.message_bytes_max == 0 {
+            return Err(ConfigError::ZeroLimit {
+                name: "message_bytes_max",
+            }
+            .into());
+        }
+        if self.preamble_timeout.is_zero() {
+            return Err(ConfigError::ZeroLimit {
+                name: "preamble_timeout",
+            }
+            .into());
+        }
+        let id = self.id;
+        let peers: BTreeMap<ServerId, SocketAddr> = self
+            .peers
+            .into_iter()
+            .filter(|&(peer, _)| peer != id)
+            .collect();
+        let voters = peers.keys().copied().chain([id]).collect();
+        let rng_seed = self.rng_seed.unwrap_or_else(|| default_seed(id));
+        let consensus = Consensus::new(
+            id,
+            voters,
+            self.log,
+            self.state_machine,
+            self.config,
+            rng_seed,
+        )?;
+        let io_error = |address: SocketAddr| {
+            move |source| Error::Io {
+                address: address.to_string(),
+                source,
+            }
+        };
+        let std_listener = match self.listener {
+            Some(listener) => listener,
+            None => std::net::TcpListener::bind(self.addr).map_err(io_error(self.addr))?,
+        };
+        let local_addr = std_listener.local_addr().map_err(io_error(self.addr))?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(io_error(local_addr))?;
+        let mut listener = TcpListener::from_std(std_listener);
+        let poll = Poll::new().map_err(io_error(local_addr))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(io_error(local_addr))?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_error(local_addr))?);
+        let metrics = Arc::new(Mutex::new(consensus.metrics()));
+        let reactor = Reactor {
+            id,
+            local_addr,
+            poll,
+            listener,
+            connections: Slab::new(),
+            serials_issued: 0,
+            consensus,
+            timers: Timers::default(),
+            peers: peers
+                .into_iter()
+                .map(|(peer, address)| (peer, Peer::new(address)))
+                .collect(),
+            proposals: BTreeMap::new(),
+            proposals_issued: 0,
+            message_bytes_max: self.message_bytes_max,
+            preamble_timeout: self.preamble_timeout,
+            sync_required: false,
+            to_flush: Vec::new(),
+            to_read: Vec::new(),
+            stop,
+            metrics,
+            rng: ChaCha8Rng::seed_from_u64(rng_seed.rotate_left(32) ^ 0x6d69_6f72_6166_7421),
+            read_buffer: vec![0; connection::READ_CHUNK_BYTES],
+        };
+        Ok((reactor, waker))
+    }
+}
+
+/// A running server on its own thread, from [`ServerBuilder::spawn`]. Dropping it stops the
+/// server too, as [`ServerHandle::shutdown`] does, but without reporting how it ended.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    metrics: Arc<Mutex<Metrics>>,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    /// `None` once joined.
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The server's state as of its latest poll turn. Cheap: a copy of a small struct.
+    pub fn metrics(&self) -> Metrics {
+        self.metrics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops the server, closes its connections and its port, and waits for its thread.
+    ///
+    /// # Errors
+    /// The error the server had already stopped with (e.g. an [`Error::Log`]), or
+    /// [`Error::ServerStopped`] if its thread panicked.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        self.stop.store(true, Ordering::Release);
+        if let Err(error) = self.waker.wake() {
+            // Only possible if the thread is gone already; joining tells how it ended.
+            log::debug!("waking the server on {}: {error}", self.local_addr);
+        }
+        match thread.join() {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                Err(Error::ServerStopped(format!(
+                    "server thread on {} panicked: {what}",
+                    self.local_addr
+                )))
+            }
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop_and_join() {
+            log::error!("server on {} had stopped: {error}", self.local_addr);
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.local_addr)
+            .field("running", &self.thread.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The event loop's state: everything one server thread owns.
+struct Reactor<L: PersistentLog, M: StateMachine> {
+    /// This server.
+    id: ServerId,
+    /// Where the listener is bound.
+    local_addr: SocketAddr,
+    poll: Poll,
+    listener: TcpListener,
+    /// Every open connection; the slab key is the connection's mio token.
+    /// Invariant: holds at most `CONNECTIONS_MAX` entries accepted by us (plus our own dials).
+    connections: Slab<Connection>,
+    /// Serial numbers handed out so far (see [`Connection::serial`]).
+    serials_issued: u64,
+    /// The Raft rules, fed by this loop.
+    consensus: Consensus<L, M>,
+    /// Consensus timers, reconnections and preamble deadlines.
+    timers: Timers,
+    /// The configured peers: address, outbound connection, backoff.
+    peers: BTreeMap<ServerId, Peer>,
+    /// Proposals handed to the core and not answered yet, by the tag we gave them.
+    /// Bounded by the core: a leader refuses past `uncommitted_entries_max`, others answer now.
+    proposals: BTreeMap<crate::consensus::ProposalId, Proposer>,
+    /// Proposal tags handed out so far.
+    proposals_issued: u64,
+    message_bytes_max: u64,
+    preamble_timeout: Duration,
+    /// Some step this turn left unsynced writes: sync before the turn ends.
+    sync_required: bool,
+    /// Connections with output queued this turn, flushed at its end (once each).
+    to_flush: Vec<Token>,
+    /// Connections whose read budget ran out while data was still waiting.
+    to_read: Vec<Token>,
+    /// Set by the handle to stop the loop.
+    stop: Arc<AtomicBool>,
+    /// What [`ServerHandle::metrics`] reads; refreshed every turn.
+    metrics: Arc<Mutex<Metrics>>,
+    /// Jitter for reconnection backoff.
+    rng: ChaCha8Rng,
+    /// Where every connection's reads land before framing; one buffer for all.
+    read_buffer: Vec<u8>,
+}
+
+impl<L, M> Reactor<L, M>
+where
+    L: PersistentLog + Send + 'static,
+    M: StateMachine,
+{
+    /// Serves until stopped or until the log fails.
+    fn run(mut self) -> Result<()> {
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .map(|(peer, state)| format!("{peer} at {}", state.address()))
+            .collect();
+        log::info!(
+            "{}: serving on {}; peers: [{}]",
+            self.id,
+            self.local_addr,
+            peers.join(", ")
+        );
+        let actions = self.consensus.start();
+        self.carry_out(actions);
+        let peers: Vec<ServerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.dial(peer);
+        }
+        let mut events = Events::with_capacity(EVENTS_PER_POLL_MAX);
+        let mut outcome = Ok(());
+        while !self.stop.load(Ordering::Acquire) {
+            if let Err(error) = self.turn(&mut events) {
+                log::error!("{}: stopping: {error}", self.id);
+                outcome = Err(error);
+                break;
+            }
+        }
+        self.answer_pending_proposals_on_stop();
+        log::info!("{}: stopped serving on {}", self.id, self.local_addr);
+        outcome
+    }
+
+    /// One poll turn: wait for readiness or the next deadline, handle every ready event, fire
+    /// due timers, sync once if needed (group commit), publish metrics, then write what was
+    /// queued.
+    fn turn(&mut self, events: &mut Events) -> Result<()> {
+        let timeout = if self.to_read.is_empty() {
+            self.timers.time_until_next(Instant::now())
+        } else {
+            Some(Duration::ZERO)
+        };
+        match self.poll.poll(events, timeout) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
+            Err(source) => {
+                return Err(Error::Io {
+                    address: self.local_addr.to_string(),
+                    source,
+                })
+            }
+        }
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept_connections(),
+                // The stop flag is checked before the next turn.
+                WAKER => {}
+                token => self.connection_ready(token, event)?,
+            }
+        }
+        self.read_leftovers()?;
+        self.fire_due_timers()?;
+        self.sync_while_required()?;
+        // Metrics first: whatever a client learns from a response, metrics() already shows.
+        self.publish_metrics();
+        self.flush_queued();
+        Ok(())
+    }
+
+    /// Steps the core with `event` and carries out what it asks.
+    ///
+    /// # Errors
+    /// The core's error (a failing log): the server must stop.
+    fn step(&mut self, event: Event) -> Result<()> {
+        let actions = self.consensus.step(event)?;
+        self.carry_out(actions);
+        Ok(())
+    }
+
+    /// Fires every deadline that has passed.
+    fn fire_due_timers(&mut self) -> Result<()> {
+        let now = Instant::now();
+        while let Some(deadline) = self.timers.pop_due(now) {
+            match deadline {
+                Deadline::Raft(timer) => self.step(Event::Timeout(timer))?,
+                Deadline::Reconnect(peer) => self.dial(peer),
+                Deadline::Preamble(slot) => {
+                    let waiting = self
+                        .connections
+                        .get(slot)
+                        .is_some_and(|c| c.kind() == Kind::AwaitingPreamble);
+                    if waiting {
+                        let reason = CloseReason::PreambleTimeout(self.preamble_timeout);
+                        self.close(Token(slot), reason);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the connection at `token` (if still open) and logs why; a lost outbound peer
+    /// connection is dialled again after a backoff.
+    fn close(&mut self, token: Token, reason: CloseReason) {
+        let Some(mut connection) = self.connections.try_remove(token.0) else {
+            return;
+        };
+        connection.deregister(self.poll.registry());
+        self.timers.cancel(Deadline::Preamble(token.0));
+        match connection.kind() {
+            Kind::OutboundPeer { peer, established } => {
+                if established {
+                    log::info!("{}: lost {connection}: {reason}", self.id);
+                } else {
+                    log::debug!("{}: could not reach {connection}: {reason}", self.id);
+                }
+                self.on_outbound_closed(peer, token);
+            }
+            _ if reason.is_orderly() => log::debug!("{}: {connection}: {reason}", self.id),
+            _ => log::warn!("{}: closing {connection}: {reason}", self.id),
+        }
+    }
+
+    /// Whether `token` still holds the connection numbered `serial`.
+    fn is_open(&self, token: Token, serial: u64) -> bool {
+        self.connections
+            .get(token.0)
+            .is_some_and(|c| c.serial() == serial)
+    }
+
+    /// A fresh connection serial number.
+    fn next_serial(&mut self) -> u64 {
+        self.serials_issued = self.serials_issued.wrapping_add(1);
+        self.serials_issued
+    }
+
+    fn publish_metrics(&self) {
+        let metrics = self.consensus.metrics();
+        *self.metrics.lock().unwrap_or_else(PoisonError::into_inner) = metrics;
+    }
+}
+
+/// `now + after`, or `None` if that is past what `Instant` can represent (never, in practice).
+fn deadline_after(now: Instant, after: Duration) -> Option<Instant> {
+    now.checked_add(after)
+}
+
+/// A seed that differs between servers and runs.
+fn default_seed(id: ServerId) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    nanos ^ id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}

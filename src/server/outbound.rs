@@ -1,0 +1,350 @@
+//! Owns what leaves: carrying out the core's [`Actions`] (timers, messages to peers, replies to
+//! proposers), the group-commit sync, the connections this server dials to its peers (only at
+//! their configured addresses, DESIGN.md §4, reconnecting with backoff), and writing queued
+//! output.
+//!
+//! A message for a peer whose outbound connection is down is dropped: Raft retries on its own
+//! (heartbeats, probes, new elections), and [`Event::PeerConnected`] tells the core to resend
+//! once the connection is back.
+
+use super::connection::{Connection, Kind};
+use super::timers::{Backoff, Deadline};
+use super::{deadline_after, Reactor};
+use crate::consensus::{Actions, ClientReply, Envelope, Event, ProposalOutcome, TimerAction};
+use crate::error::Result;
+use crate::log::PersistentLog;
+use crate::state_machine::StateMachine;
+use crate::types::ServerId;
+use crate::wire::{self, ClientResponse, Preamble, RejectionReason, ResponseBody};
+use mio::net::TcpStream;
+use mio::Token;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How long an outbound connection must have been up for its loss to reset the backoff. A peer
+/// that accepts and then drops us at once (it does not know our id, say) keeps backing off
+/// instead of being dialled every 20 ms.
+const CONNECTION_STABLE_AFTER: Duration = Duration::from_secs(1);
+
+/// One configured peer, as the reactor sees it.
+#[derive(Debug)]
+pub(super) struct Peer {
+    /// The configured address: the only one ever dialled.
+    address: SocketAddr,
+    /// Our connection to it, while one is open or being opened.
+    outbound: Option<Token>,
+    /// When the current outbound connection was established, if it was.
+    established_at: Option<Instant>,
+    /// Delays between attempts to reach it.
+    backoff: Backoff,
+}
+
+impl Peer {
+    /// A peer at `address`, not dialled yet.
+    pub(super) fn new(address: SocketAddr) -> Self {
+        Peer {
+            address,
+            outbound: None,
+            established_at: None,
+            backoff: Backoff::new(),
+        }
+    }
+
+    /// The configured address.
+    pub(super) fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+/// Who is waiting for a proposal's outcome.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Proposer {
+    /// The client's connection.
+    pub(super) token: Token,
+    /// That connection's serial number, so that a reply never reaches a later connection
+    /// reusing the slot.
+    pub(super) serial: u64,
+    /// The client's tag for the request.
+    pub(super) request_id: u64,
+}
+
+impl<L, M> Reactor<L, M>
+where
+    L: PersistentLog + Send + 'static,
+    M: StateMachine,
+{
+    /// Does what the core asked: arms timers, queues messages, answers proposers, and notes
+    /// whether a sync is due before the turn ends.
+    pub(super) fn carry_out(&mut self, actions: Actions) {
+        let now = Instant::now();
+        for timer_action in actions.timers {
+            match timer_action {
+                TimerAction::Set { timer, after } => match deadline_after(now, after) {
+                    Some(at) => self.timers.set(Deadline::Raft(timer), at),
+                    None => self.timers.cancel(Deadline::Raft(timer)),
+                },
+                TimerAction::Cancel(timer) => self.timers.cancel(Deadline::Raft(timer)),
+            }
+        }
+        for envelope in actions.messages {
+            self.send_to_peer(envelope);
+        }
+        for reply in actions.replies {
+            self.reply_to_proposer(reply);
+        }
+        self.sync_required |= actions.sync_required;
+    }
+
+    /// Group commit: one sync covers every write of the turn. Its actions (released messages,
+    /// commits, replies) may write more, so repeat until the log is clean.
+    ///
+    /// # Errors
+    /// A failed sync: the server must stop rather than retry (STYLE.md §4).
+    pub(super) fn sync_while_required(&mut self) -> Result<()> {
+        while self.sync_required {
+            self.sync_required = false;
+            let actions = self.consensus.sync()?;
+            self.carry_out(actions);
+        }
+        Ok(())
+    }
+
+    /// Queues a Raft message on our connection to its destination, or drops it if that
+    /// connection is not up.
+    fn send_to_peer(&mut self, envelope: Envelope) {
+        let Envelope { to, message } = envelope;
+        let token = self.peers.get(&to).and_then(|peer| peer.outbound);
+        let established = token
+            .and_then(|token| self.connections.get(token.0))
+            .is_some_and(|c| {
+                matches!(
+                    c.kind(),
+                    Kind::OutboundPeer {
+                        established: true,
+                        ..
+                    }
+                )
+            });
+        match token {
+            Some(token) if established => self.queue_frame(token, &wire::encode_message(&message)),
+            _ => log::trace!(
+                "{}: dropped {} for {to}: not connected",
+                self.id,
+                message.name()
+            ),
+        }
+    }
+
+    /// Answers the client that made a proposal, if it is still connected.
+    fn reply_to_proposer(&mut self, reply: ClientReply) {
+        let Some(proposer) = self.proposals.remove(&reply.id) else {
+            log::debug!("{}: reply for unknown proposal {:?}", self.id, reply.id);
+            return;
+        };
+        if !self.is_open(proposer.token, proposer.serial) {
+            log::debug!(
+                "{}: dropped reply to request {}: the client has gone",
+                self.id,
+                proposer.request_id
+            );
+            return;
+        }
+        let body = match reply.outcome {
+            ProposalOutcome::Applied { result, .. } => ResponseBody::Applied(result),
+            ProposalOutcome::NotLeader { leader } => self.not_leader_response(leader),
+            ProposalOutcome::Dropped { index } => ResponseBody::Rejected {
+                reason: RejectionReason::Dropped,
+                message: format!(
+                    "the entry at index {index} was replaced by another leader's entry and will \
+                     never be applied; retrying is safe"
+                ),
+            },
+            ProposalOutcome::Overloaded {
+                uncommitted_entries_max,
+            } => ResponseBody::Rejected {
+                reason: RejectionReason::Overloaded,
+                message: format!(
+                    "the leader already holds {uncommitted_entries_max} uncommitted entries \
+                     (uncommitted_entries_max); retry later"
+                ),
+            },
+        };
+        self.respond(proposer.token, proposer.request_id, body);
+    }
+
+    /// Where to send a client that asked the wrong server: the leader's configured address if
+    /// this server knows it, "unknown leader" otherwise.
+    pub(super) fn not_leader_response(&self, leader: Option<ServerId>) -> ResponseBody {
+        match leader.and_then(|leader| Some((leader, self.peers.get(&leader)?))) {
+            Some((leader_id, peer)) => ResponseBody::NotLeader {
+                leader_id,
+                leader_address: peer.address.to_string(),
+            },
+            None => ResponseBody::UnknownLeader,
+        }
+    }
+
+    /// Queues the response to a client's request.
+    pub(super) fn respond(&mut self, token: Token, request_id: u64, body: ResponseBody) {
+        let frame = wire::encode_response(&ClientResponse { request_id, body });
+        self.queue_frame(token, &frame);
+    }
+
+    /// Queues `frame` on a connection for the end-of-turn flush; a connection whose output
+    /// buffer is full is closed.
+    fn queue_frame(&mut self, token: Token, frame: &[u8]) {
+        let Some(connection) = self.connections.get_mut(token.0) else {
+            return;
+        };
+        match connection.queue(frame) {
+            Ok(true) => self.to_flush.push(token),
+            Ok(false) => {}
+            Err(reason) => self.close(token, reason),
+        }
+    }
+
+    /// Writes what this turn queued, as far as each socket takes it.
+    pub(super) fn flush_queued(&mut self) {
+        for token in std::mem::take(&mut self.to_flush) {
+            let Some(connection) = self.connections.get_mut(token.0) else {
+                continue;
+            };
+            if let Err(reason) = connection.flush(self.poll.registry(), token) {
+                self.close(token, reason);
+            }
+        }
+    }
+
+    /// WRITABLE readiness: an outbound connect finished (or failed), or the socket has room for
+    /// pending output.
+    pub(super) fn on_writable(&mut self, token: Token) -> Result<()> {
+        let Some(connection) = self.connections.get_mut(token.0) else {
+            return Ok(());
+        };
+        if let Kind::OutboundPeer {
+            peer,
+            established: false,
+        } = connection.kind()
+        {
+            match connection.finish_connect() {
+                Ok(false) => return Ok(()),
+                Ok(true) => {
+                    connection.set_kind(Kind::OutboundPeer {
+                        peer,
+                        established: true,
+                    });
+                    log::info!("{}: connected: {connection}", self.id);
+                    if let Some(state) = self.peers.get_mut(&peer) {
+                        state.established_at = Some(Instant::now());
+                    }
+                    // The preamble waiting in the buffer goes first, then whatever the core
+                    // resends now that the link is back.
+                    self.to_flush.push(token);
+                    return self.step(Event::PeerConnected(peer));
+                }
+                Err(reason) => {
+                    self.close(token, reason);
+                    return Ok(());
+                }
+            }
+        }
+        if let Err(reason) = connection.flush(self.poll.registry(), token) {
+            self.close(token, reason);
+        }
+        Ok(())
+    }
+
+    /// Opens a connection to `peer` at its configured address, with our preamble queued first.
+    /// On failure, tries again after a backoff.
+    pub(super) fn dial(&mut self, peer: ServerId) {
+        let Some(state) = self.peers.get(&peer) else {
+            return;
+        };
+        if state.outbound.is_some() {
+            return;
+        }
+        let address = state.address;
+        let stream = match TcpStream::connect(address) {
+            Ok(stream) => stream,
+            Err(error) => {
+                log::debug!("{}: dialling peer {peer} at {address}: {error}", self.id);
+                self.schedule_reconnect(peer);
+                return;
+            }
+        };
+        let serial = self.next_serial();
+        let mut connection = Connection::new(
+            stream,
+            address,
+            Kind::OutboundPeer {
+                peer,
+                established: false,
+            },
+            serial,
+            self.message_bytes_max,
+        );
+        let entry = self.connections.vacant_entry();
+        let token = Token(entry.key());
+        if let Err(error) = connection.register(self.poll.registry(), token) {
+            log::warn!("{}: cannot poll {connection}: {error}", self.id);
+            self.schedule_reconnect(peer);
+            return;
+        }
+        entry.insert(connection);
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.outbound = Some(token);
+            state.established_at = None;
+        }
+        self.queue_frame(token, &wire::encode_preamble(&Preamble::Peer(self.id)));
+    }
+
+    /// Our connection to `peer` closed: forget it and dial again after a backoff, which starts
+    /// over only if the connection had been healthy for a while.
+    pub(super) fn on_outbound_closed(&mut self, peer: ServerId, token: Token) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if state.outbound != Some(token) {
+            return;
+        }
+        state.outbound = None;
+        if state
+            .established_at
+            .take()
+            .is_some_and(|at| at.elapsed() >= CONNECTION_STABLE_AFTER)
+        {
+            state.backoff.reset();
+        }
+        self.schedule_reconnect(peer);
+    }
+
+    fn schedule_reconnect(&mut self, peer: ServerId) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let delay = state.backoff.next_delay(&mut self.rng);
+        log::trace!("{}: dialling {peer} again in {delay:?}", self.id);
+        if let Some(at) = deadline_after(Instant::now(), delay) {
+            self.timers.set(Deadline::Reconnect(peer), at);
+        }
+    }
+
+    /// On the way out: tell clients still waiting for a proposal that the server is stopping
+    /// (the proposal may or may not be applied by the rest of the cluster), best effort.
+    pub(super) fn answer_pending_proposals_on_stop(&mut self) {
+        for (_, proposer) in std::mem::take(&mut self.proposals) {
+            if self.is_open(proposer.token, proposer.serial) {
+                let message = format!(
+                    "server {} is shutting down; the proposal may or may not be applied",
+                    self.id
+                );
+                let body = ResponseBody::Rejected {
+                    reason: RejectionReason::ShuttingDown,
+                    message,
+                };
+                self.respond(proposer.token, proposer.request_id, body);
+            }
+        }
+        self.flush_queued();
+    }
+}

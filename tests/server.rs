@@ -1,0 +1,702 @@
+//! The networked server over real sockets on 127.0.0.1: elections, replication, redirects,
+//! losing and restarting a leader (DESIGN.md §1, §4), and hostile or broken connections, each of
+//! which must close that one connection and leave the server serving everyone else.
+//!
+//! Nothing here sleeps to synchronize: every wait polls a condition (metrics, or a status
+//! request) against a deadline and fails with the last value it saw. Listeners bind port 0.
+
+use mioraft::consensus::{Message, RequestVote};
+use mioraft::error::LogError;
+use mioraft::framing::FrameReader;
+use mioraft::log::{Entry, PersistentLog};
+use mioraft::wire::{self, ClientRequest, Preamble, RequestBody, ResponseBody};
+use mioraft::{
+    Error, KvStateMachine, LogIndex, MemLog, Metrics, Role, Server, ServerBuilder, ServerHandle,
+    ServerId, Term,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The longest any condition may take to come true.
+const WAIT: Duration = Duration::from_secs(20);
+/// How often a waiting test looks again.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How long a test client waits for one response.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn init_logging() {
+    let _ = env_logger::builder().is_test(true).try_init();
+}
+
+/// Polls `probe` until it returns `Ok`, failing after [`WAIT`] with the last problem it reported.
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(last_seen) if Instant::now() >= deadline => {
+                panic!("timed out after {WAIT:?} waiting for {what}; last seen: {last_seen}")
+            }
+            // Polling interval of a deadline-bounded wait, not a synchronization sleep.
+            Err(_) => std::thread::sleep(POLL_INTERVAL),
+        }
+    }
+}
+
+// ---- a tiny blocking client speaking the wire protocol ----
+
+struct TestClient {
+    stream: TcpStream,
+    reader: FrameReader,
+    next_request_id: u64,
+}
+
+impl TestClient {
+    /// Connects to `address` and introduces itself as a client.
+    fn connect(address: SocketAddr) -> io::Result<TestClient> {
+        let mut stream = TcpStream::connect_timeout(&address, RESPONSE_TIMEOUT)?;
+        stream.set_read_timeout(Some(RESPONSE_TIMEOUT))?;
+        stream.write_all(&wire::encode_preamble(&Preamble::Client(0xc11e47)))?;
+        Ok(TestClient {
+            stream,
+            reader: FrameReader::new(mioraft::framing::MESSAGE_BYTES_MAX_DEFAULT),
+            next_request_id: 1,
+        })
+    }
+
+    /// Sends one request and reads its response.
+    fn request(&mut self, body: RequestBody) -> io::Result<ResponseBody> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let frame = wire::encode_request(&ClientRequest { request_id, body });
+        self.stream.write_all(&frame)?;
+        let mut buffer = [0_u8; 4096];
+        loop {
+            if let Some(frame) = self.reader.next_frame().map_err(io::Error::other)? {
+                let response = wire::decode_response(&frame).map_err(io::Error::other)?;
+                if response.request_id == request_id {
+                    return Ok(response.body);
+                }
+                continue;
+            }
+            let count = self.stream.read(&mut buffer)?;
+            if count == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.reader.extend(&buffer[..count]);
+        }
+    }
+}
+
+/// The status of the server at `address`, over a fresh connection.
+fn status_of(address: SocketAddr) -> io::Result<Metrics> {
+    match TestClient::connect(address)?.request(RequestBody::Status)? {
+        ResponseBody::Status(metrics) => Ok(metrics),
+        other => Err(io::Error::other(format!("not a status: {other:?}"))),
+    }
+}
+
+/// Proposes `command` to the cluster: starts anywhere, follows NotLeader hints, and retries
+/// after unknown leaders and connection errors until [`WAIT`] runs out.
+fn propose(cluster: &[SocketAddr], command: &str) -> Vec<u8> {
+    let mut target = cluster[0];
+    let mut next = 0;
+    wait_for(&format!("{command:?} to be applied"), || {
+        let body = RequestBody::Propose(command.as_bytes().to_vec());
+        let outcome = TestClient::connect(target).and_then(|mut client| client.request(body));
+        match outcome {
+            Ok(ResponseBody::Applied(result)) => Ok(result),
+            Ok(ResponseBody::NotLeader { leader_address, .. }) => {
+                target = leader_address
+                    .parse()
+                    .expect("leader addresses are socket addresses");
+                Err(format!("redirected to {target}"))
+            }
+            Ok(other) => {
+                next = (next + 1) % cluster.len();
+                target = cluster[next];
+                Err(format!("{other:?}"))
+            }
+            Err(error) => {
+                next = (next + 1) % cluster.len();
+                target = cluster[next];
+                Err(error.to_string())
+            }
+        }
+    })
+}
+
+// ---- clusters ----
+
+struct Cluster {
+    addresses: BTreeMap<u64, SocketAddr>,
+    running: BTreeMap<u64, ServerHandle>,
+}
+
+impl Cluster {
+    /// Binds `size` listeners first, so that every server knows every address, then starts a
+    /// server on each.
+    fn start(size: u64) -> Cluster {
+        init_logging();
+        let listeners: BTreeMap<u64, TcpListener> = (1..=size)
+            .map(|id| (id, TcpListener::bind("127.0.0.1:0").expect("bind port 0")))
+            .collect();
+        let addresses = listeners
+            .iter()
+            .map(|(&id, listener)| (id, listener.local_addr().expect("bound")))
+            .collect();
+        let mut cluster = Cluster {
+            addresses,
+            running: BTreeMap::new(),
+        };
+        for (id, listener) in listeners {
+            cluster.start_server(id, listener);
+        }
+        cluster
+    }
+
+    fn start_server(&mut self, id: u64, listener: TcpListener) {
+        let peers: HashMap<ServerId, SocketAddr> = self
+            .addresses
+            .iter()
+            .filter(|&(&peer, _)| peer != id)
+            .map(|(&peer, &address)| (ServerId(peer), address))
+            .collect();
+        let handle = Server::new(
+            ServerId(id),
+            self.addresses[&id],
+            MemLog::new(),
+            KvStateMachine::new(),
+        )
+        .with_peers(peers)
+        .with_listener(listener)
+        .with_election_timeout(Duration::from_millis(150), Duration::from_millis(300))
+        .with_heartbeat_interval(Duration::from_millis(30))
+        .with_rng_seed(id)
+        .spawn()
+        .expect("server starts");
+        assert_eq!(handle.local_addr(), self.addresses[&id]);
+        self.running.insert(id, handle);
+    }
+
+    fn addresses(&self) -> Vec<SocketAddr> {
+        self.addresses.values().copied().collect()
+    }
+
+    fn metrics(&self) -> BTreeMap<u64, Metrics> {
+        self.running
+            .iter()
+            .map(|(&id, handle)| (id, handle.metrics()))
+            .collect()
+    }
+
+    /// Waits until exactly one running server leads and every running server follows it in
+    /// the same term; returns its id.
+    fn wait_for_leader(&self) -> u64 {
+        wait_for("one leader that every running server follows", || {
+            let metrics = self.metrics();
+            let leaders: Vec<u64> = metrics
+                .iter()
+                .filter(|(_, m)| m.role == Role::Leader)
+                .map(|(&id, _)| id)
+                .collect();
+            let [leader] = leaders[..] else {
+                return Err(format!("leaders {leaders:?} in {metrics:#?}"));
+            };
+            let term = metrics[&leader].current_term;
+            let agreed = metrics
+                .values()
+                .all(|m| m.current_leader == Some(ServerId(leader)) && m.current_term == term);
+            if agreed {
+                Ok(leader)
+            } else {
+                Err(format!("{metrics:#?}"))
+            }
+        })
+    }
+
+    /// Waits until every running server has applied at least `index`; returns their metrics.
+    fn wait_for_applied_everywhere(&self, index: LogIndex) -> BTreeMap<u64, Metrics> {
+        wait_for(&format!("every server to apply index {index}"), || {
+            let metrics = self.metrics();
+            if metrics.values().all(|m| m.last_applied >= index) {
+                Ok(metrics)
+            } else {
+                Err(format!("{metrics:#?}"))
+            }
+        })
+    }
+
+    fn stop(&mut self, id: u64) {
+        let handle = self.running.remove(&id).expect("running");
+        handle.shutdown().expect("clean shutdown");
+    }
+
+    /// Starts server `id` again on its own address, with an empty log.
+    fn restart(&mut self, id: u64) {
+        let address = self.addresses[&id];
+        let listener = wait_for(&format!("{address} to be free again"), || {
+            TcpListener::bind(address).map_err(|error| error.to_string())
+        });
+        self.start_server(id, listener);
+    }
+}
+
+// ---- a cluster at work ----
+
+#[test]
+fn three_servers_elect_one_leader_and_apply_proposals_everywhere() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    let addresses = cluster.addresses();
+    for n in 0..5 {
+        let previous = propose(&addresses, &format!("put k{n} v{n}"));
+        assert_eq!(previous, b"", "k{n} was empty");
+    }
+    let leader_applied = cluster.metrics()[&leader].last_applied;
+    // The leader's no-op and the five puts.
+    assert!(leader_applied >= LogIndex(6), "{leader_applied}");
+    let metrics = cluster.wait_for_applied_everywhere(leader_applied);
+    let leaders = metrics.values().filter(|m| m.role == Role::Leader).count();
+    assert_eq!(leaders, 1, "{metrics:#?}");
+    let mut client = TestClient::connect(cluster.addresses[&leader]).expect("connect");
+    let value = client
+        .request(RequestBody::Query(b"get k4".to_vec()))
+        .expect("query");
+    assert_eq!(value, ResponseBody::Applied(b"v4".to_vec()));
+}
+
+#[test]
+fn follower_redirects_clients_to_the_leader() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    let follower = *cluster
+        .addresses
+        .keys()
+        .find(|&&id| id != leader)
+        .expect("three servers");
+    let mut client = TestClient::connect(cluster.addresses[&follower]).expect("connect");
+    let expected = ResponseBody::NotLeader {
+        leader_id: ServerId(leader),
+        leader_address: cluster.addresses[&leader].to_string(),
+    };
+    let answer = client
+        .request(RequestBody::Propose(b"put a 1".to_vec()))
+        .expect("propose");
+    assert_eq!(answer, expected, "proposal to follower n{follower}");
+    let answer = client
+        .request(RequestBody::Query(b"get a".to_vec()))
+        .expect("query");
+    assert_eq!(answer, expected, "query to follower n{follower}");
+    let ResponseBody::NotLeader { leader_address, .. } = expected else {
+        unreachable!()
+    };
+    let mut client =
+        TestClient::connect(leader_address.parse().expect("address")).expect("connect");
+    let answer = client
+        .request(RequestBody::Propose(b"put a 1".to_vec()))
+        .expect("propose");
+    assert_eq!(answer, ResponseBody::Applied(Vec::new()));
+}
+
+#[test]
+fn new_leader_takes_over_and_a_restarted_server_catches_up() {
+    let mut cluster = Cluster::start(3);
+    let addresses = cluster.addresses();
+    let old_leader = cluster.wait_for_leader();
+    let old_term = cluster.metrics()[&old_leader].current_term;
+    propose(&addresses, "put before stop");
+    cluster.stop(old_leader);
+
+    let new_leader = cluster.wait_for_leader();
+    assert_ne!(new_leader, old_leader);
+    let new_term = cluster.metrics()[&new_leader].current_term;
+    assert!(new_term > old_term, "term {new_term} after {old_term}");
+    assert_eq!(propose(&addresses, "put after stop"), b"");
+    assert_eq!(propose(&addresses, "put before stop again"), b"stop");
+
+    cluster.restart(old_leader);
+    let target = wait_for("the survivors' applied index", || {
+        let metrics = cluster.metrics();
+        let survivors = metrics.iter().filter(|(&id, _)| id != old_leader);
+        survivors
+            .map(|(_, m)| m.last_applied)
+            .max()
+            .ok_or_else(|| format!("{metrics:#?}"))
+    });
+    wait_for("the restarted server to catch up", || {
+        let metrics = cluster.metrics();
+        if metrics[&old_leader].last_applied >= target {
+            Ok(())
+        } else {
+            Err(format!("target {target}: {metrics:#?}"))
+        }
+    });
+    // And it takes part in what follows.
+    propose(&addresses, "put after restart yes");
+    let leader = cluster.wait_for_leader();
+    let index = cluster.metrics()[&leader].last_applied;
+    cluster.wait_for_applied_everywhere(index);
+}
+
+// ---- the listening port and the handle ----
+
+fn single_server(
+    configure: impl FnOnce(
+        ServerBuilder<MemLog, KvStateMachine>,
+    ) -> ServerBuilder<MemLog, KvStateMachine>,
+) -> ServerHandle {
+    init_logging();
+    let builder = Server::new(
+        ServerId(1),
+        "127.0.0.1:0".parse().expect("address"),
+        MemLog::new(),
+        KvStateMachine::new(),
+    )
+    .with_election_timeout(Duration::from_millis(100), Duration::from_millis(200))
+    .with_heartbeat_interval(Duration::from_millis(20));
+    configure(builder).spawn().expect("server starts")
+}
+
+#[test]
+fn local_addr_reports_the_bound_port_and_shutdown_closes_it() {
+    let handle = single_server(|builder| builder);
+    let address = handle.local_addr();
+    assert_ne!(address.port(), 0);
+    let metrics = wait_for("the single server to lead", || {
+        let metrics = status_of(address).map_err(|error| error.to_string())?;
+        if metrics.role == Role::Leader {
+            Ok(metrics)
+        } else {
+            Err(format!("{metrics:?}"))
+        }
+    });
+    assert_eq!(metrics.id, ServerId(1));
+    assert_eq!(handle.metrics().role, Role::Leader);
+    handle.shutdown().expect("clean shutdown");
+    let refused = TcpStream::connect_timeout(&address, RESPONSE_TIMEOUT);
+    assert!(refused.is_err(), "{address} still accepts: {refused:?}");
+}
+
+#[test]
+fn bind_error_names_the_address() {
+    init_logging();
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("bound");
+    let error = Server::run(
+        ServerId(1),
+        address,
+        HashMap::new(),
+        MemLog::new(),
+        KvStateMachine::new(),
+    )
+    .expect_err("address in use");
+    assert!(matches!(error, Error::Io { .. }), "{error:?}");
+    assert!(error.to_string().contains(&address.to_string()), "{error}");
+}
+
+#[test]
+fn impossible_settings_are_refused_before_serving() {
+    init_logging();
+    let inverted = Server::new(
+        ServerId(1),
+        "127.0.0.1:0".parse().expect("address"),
+        MemLog::new(),
+        KvStateMachine::new(),
+    )
+    .with_election_timeout(Duration::from_millis(300), Duration::from_millis(150))
+    .spawn();
+    assert!(matches!(inverted, Err(Error::Config(_))), "{inverted:?}");
+    let zero_limit = Server::new(
+        ServerId(1),
+        "127.0.0.1:0".parse().expect("address"),
+        MemLog::new(),
+        KvStateMachine::new(),
+    )
+    .with_message_bytes_max(0)
+    .spawn();
+    assert!(
+        matches!(zero_limit, Err(Error::Config(_))),
+        "{zero_limit:?}"
+    );
+}
+
+/// A log that fails its next sync once told to, like a disk that died.
+struct FailingLog {
+    inner: MemLog,
+    fail: Arc<AtomicBool>,
+}
+
+impl PersistentLog for FailingLog {
+    fn current_term(&self) -> Term {
+        self.inner.current_term()
+    }
+    fn set_current_term(&mut self, term: Term) -> Result<(), LogError> {
+        self.inner.set_current_term(term)
+    }
+    fn voted_for(&self) -> Option<ServerId> {
+        self.inner.voted_for()
+    }
+    fn set_voted_for(&mut self, candidate: Option<ServerId>) -> Result<(), LogError> {
+        self.inner.set_voted_for(candidate)
+    }
+    fn latest_log_index(&self) -> LogIndex {
+        self.inner.latest_log_index()
+    }
+    fn latest_log_term(&self) -> Term {
+        self.inner.latest_log_term()
+    }
+    fn term(&self, index: LogIndex) -> Result<Option<Term>, LogError> {
+        self.inner.term(index)
+    }
+    fn entry(&self, index: LogIndex) -> Result<Option<Entry>, LogError> {
+        self.inner.entry(index)
+    }
+    fn entries(
+        &self,
+        from: LogIndex,
+        until: LogIndex,
+        bytes_max: u64,
+    ) -> Result<Vec<Entry>, LogError> {
+        self.inner.entries(from, until, bytes_max)
+    }
+    fn append_entries(&mut self, from: LogIndex, entries: &[Entry]) -> Result<(), LogError> {
+        self.inner.append_entries(from, entries)
+    }
+    fn truncate_suffix(&mut self, from: LogIndex) -> Result<(), LogError> {
+        self.inner.truncate_suffix(from)
+    }
+    fn sync(&mut self) -> Result<(), LogError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(LogError::Io {
+                path: "/var/lib/mioraft/failing-segment".into(),
+                source: io::Error::other("disk on fire"),
+            });
+        }
+        self.inner.sync()
+    }
+}
+
+#[test]
+fn log_failure_stops_the_server_and_shutdown_reports_it() {
+    init_logging();
+    let fail = Arc::new(AtomicBool::new(false));
+    let log = FailingLog {
+        inner: MemLog::new(),
+        fail: Arc::clone(&fail),
+    };
+    let handle = Server::new(
+        ServerId(1),
+        "127.0.0.1:0".parse().expect("address"),
+        log,
+        KvStateMachine::new(),
+    )
+    .spawn()
+    .expect("server starts");
+    let address = handle.local_addr();
+    wait_for("the single server to lead", || {
+        let metrics = handle.metrics();
+        if metrics.role == Role::Leader {
+            Ok(())
+        } else {
+            Err(format!("{metrics:?}"))
+        }
+    });
+    fail.store(true, Ordering::SeqCst);
+    let mut client = TestClient::connect(address).expect("connect");
+    // The proposal's sync fails: the server stops, answering "shutting down" or just closing.
+    match client.request(RequestBody::Propose(b"put k v".to_vec())) {
+        Ok(ResponseBody::Rejected { reason, .. }) => {
+            assert_eq!(reason, wire::RejectionReason::ShuttingDown)
+        }
+        Ok(other) => panic!("a proposal on a failed log got {other:?}"),
+        Err(error) => assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}"),
+    }
+    let error = handle.shutdown().expect_err("the log failed");
+    assert!(matches!(error, Error::Log(_)), "{error:?}");
+    let text = error.to_string();
+    assert!(
+        text.contains("failing-segment") && text.contains("disk on fire"),
+        "{text}"
+    );
+}
+
+// ---- hostile and broken connections: each closes that connection only ----
+
+/// Fails unless the server closes `stream` (end of stream or reset) within [`WAIT`].
+fn assert_closed_by_server(mut stream: TcpStream, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    let mut buffer = [0_u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{what}: connection still open after {WAIT:?}"
+        );
+        stream.set_read_timeout(Some(left)).expect("set timeout");
+        match stream.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(error) => panic!("{what}: unexpected error {error}"),
+        }
+    }
+}
+
+/// Fails unless the server answers a status request on a fresh connection.
+fn assert_still_serving(address: SocketAddr) {
+    let metrics = status_of(address).expect("status on a fresh connection");
+    assert_eq!(metrics.id, ServerId(1));
+}
+
+fn connect(address: SocketAddr) -> TcpStream {
+    TcpStream::connect_timeout(&address, RESPONSE_TIMEOUT).expect("connect")
+}
+
+#[test]
+fn garbage_bytes_close_the_connection() {
+    let handle = single_server(|builder| builder);
+    let address = handle.local_addr();
+    let mut stream = connect(address);
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: mioraft\r\n\r\n")
+        .expect("write");
+    assert_closed_by_server(stream, "garbage");
+    assert_still_serving(address);
+    handle.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn oversized_frame_closes_the_connection() {
+    let handle = single_server(|builder| builder.with_message_bytes_max(1024));
+    let address = handle.local_addr();
+    let mut stream = connect(address);
+    stream
+        .write_all(&wire::encode_preamble(&Preamble::Client(1)))
+        .expect("write");
+    // A segment table announcing one segment of a million words: refused from the table alone.
+    let mut table = Vec::new();
+    table.extend_from_slice(&0_u32.to_le_bytes());
+    table.extend_from_slice(&1_000_000_u32.to_le_bytes());
+    stream.write_all(&table).expect("write");
+    assert_closed_by_server(stream, "oversized frame");
+    assert_still_serving(address);
+    handle.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn first_frame_that_is_not_a_valid_preamble_closes_the_connection() {
+    let handle = single_server(|builder| builder);
+    let address = handle.local_addr();
+    let status_request = wire::encode_request(&ClientRequest {
+        request_id: 5,
+        body: RequestBody::Status,
+    });
+    let reserved_peer_id = wire::encode_preamble(&Preamble::Peer(ServerId(0)));
+    for (what, frame) in [
+        ("a request before any preamble", status_request),
+        ("a preamble naming server 0", reserved_peer_id),
+    ] {
+        let mut stream = connect(address);
+        stream.write_all(&frame).expect("write");
+        assert_closed_by_server(stream, what);
+        assert_still_serving(address);
+    }
+    handle.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn peer_preamble_with_an_unknown_id_is_refused() {
+    let handle = single_server(|builder| builder);
+    let address = handle.local_addr();
+    // Neither a stranger nor a server claiming to be this one is a configured peer.
+    for id in [7, 1] {
+        let mut stream = connect(address);
+        stream
+            .write_all(&wire::encode_preamble(&Preamble::Peer(ServerId(id))))
+            .expect("write");
+        assert_closed_by_server(stream, &format!("peer n{id}"));
+        assert_still_serving(address);
+    }
+    handle.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn client_sending_a_peer_message_is_closed() {
+    let handle = single_server(|builder| builder);
+    let address = handle.local_addr();
+    let mut stream = connect(address);
+    stream
+        .write_all(&wire::encode_preamble(&Preamble::Client(9)))
+        .expect("write");
+    let vote = Message::RequestVote(RequestVote {
+        term: Term(99),
+        candidate_id: ServerId(2),
+        last_log_index: LogIndex(0),
+        last_log_term: Term(0),
+    });
+    stream
+        .write_all(&wire::encode_message(&vote))
+        .expect("write");
+    assert_closed_by_server(stream, "client sending RequestVote");
+    assert_still_serving(address);
+    assert!(
+        handle.metrics().current_term < Term(99),
+        "the vote was not stepped"
+    );
+    handle.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn half_open_connection_is_closed_after_the_preamble_timeout() {
+    let handle = single_server(|builder| builder.with_preamble_timeout(Duration::from_millis(200)));
+    let address = handle.local_addr();
+    let silent = connect(address);
+    assert_closed_by_server(silent, "silent connection");
+    assert_still_serving(address);
+    handle.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn client_that_never_reads_its_responses_is_closed() {
+    let handle = single_server(|builder| builder);
+    let address = handle.local_addr();
+    let value = "x".repeat(1 << 20);
+    propose(&[address], &format!("put big {value}"));
+    // A hundred pipelined queries of a 1 MiB value, none of the answers read: more than the
+    // 64 MiB a connection may have waiting, so the server closes it instead of buffering more.
+    let mut stream = connect(address);
+    stream
+        .write_all(&wire::encode_preamble(&Preamble::Client(3)))
+        .expect("write");
+    let mut requests = Vec::new();
+    for request_id in 0..100 {
+        requests.extend(wire::encode_request(&ClientRequest {
+            request_id,
+            body: RequestBody::Query(b"get big".to_vec()),
+        }));
+    }
+    stream.write_all(&requests).expect("write");
+    assert_closed_by_server(stream, "client not reading");
+    assert_still_serving(address);
+    handle.shutdown().expect("clean shutdown");
+}
