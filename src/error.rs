@@ -171,6 +171,17 @@ pub enum ConfigError {
         /// The config field.
         name: &'static str,
     },
+    /// A server's message limit cannot carry the core's largest AppendEntries batch.
+    #[error(
+        "message_bytes_max {message_bytes_max} must be at least twice append_bytes_max \
+         {append_bytes_max}, or replication batches would not fit in a message"
+    )]
+    MessageLimitTooSmall {
+        /// The server's message limit.
+        message_bytes_max: u64,
+        /// The core's batch limit.
+        append_bytes_max: u64,
+    },
     /// The voter set does not contain this server, or contains the reserved id 0.
     #[error("voting members {voters:?} must contain this server {id} and never the reserved id 0")]
     Membership {

@@ -282,6 +282,22 @@ pub fn decode_preamble(frame: &[u8]) -> Result<Preamble, WireError> {
 /// # Errors
 /// A [`WireError`] naming what was wrong.
 pub fn decode_message(frame: &[u8]) -> Result<Message, WireError> {
+    let decoded = decode_message_fields(frame)?;
+    // A term with no successor would make the next election overflow (§5.1: terms only grow by
+    // one). No honest cluster gets there, so such a message is malformed.
+    if decoded.term() == Term(u64::MAX) {
+        return Err(WireError::Invalid {
+            field: "term",
+            reason: format!("{} leaves no next term", u64::MAX),
+        });
+    }
+    Ok(decoded)
+}
+
+/// The smallest an `Entry` can be on the wire: a struct of two data words and one pointer.
+const ENTRY_WIRE_BYTES_MIN: usize = 24;
+
+fn decode_message_fields(frame: &[u8]) -> Result<Message, WireError> {
     use schema::message::Which;
     let message = read(frame)?;
     let root = message.get_root::<schema::message::Reader>()?;
@@ -305,7 +321,20 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, WireError> {
         Which::AppendEntries(m) => {
             let m = m?;
             let list = m.get_entries()?;
-            let mut entries = Vec::with_capacity(list.len() as usize);
+            // Cap'n Proto lets a list of zero-sized structs claim many elements in few bytes;
+            // honest entries take at least ENTRY_WIRE_BYTES_MIN each, so a longer list is forged
+            // and must not make us allocate for it.
+            let count = list.len() as usize;
+            if count > frame.len() / ENTRY_WIRE_BYTES_MIN {
+                return Err(WireError::Invalid {
+                    field: "entries",
+                    reason: format!(
+                        "{count} entries cannot fit in a {} byte message",
+                        frame.len()
+                    ),
+                });
+            }
+            let mut entries = Vec::with_capacity(count);
             for entry in list.iter() {
                 let kind = match entry.get_kind().map_err(not_in_schema("Entry.kind"))? {
                     schema::EntryKind::Noop => EntryKind::Noop,
@@ -526,6 +555,60 @@ mod tests {
                 decode_response(&encode_response(&response)).unwrap(),
                 response
             );
+        }
+    }
+
+    #[test]
+    fn a_term_with_no_successor_is_refused() {
+        let frame = encode_message(&Message::RequestVoteResponse(RequestVoteResponse {
+            term: Term(u64::MAX),
+            vote_granted: false,
+        }));
+        let error = decode_message(&frame).unwrap_err();
+        assert!(error.to_string().contains("leaves no next term"), "{error}");
+    }
+
+    /// A hand-made AppendEntries whose entry list claims `count` zero-sized elements, padded to
+    /// `padding_words` so Cap'n Proto's own traversal limit lets it through.
+    fn forged_append_entries(count: u64, padding_words: usize) -> Vec<u8> {
+        let mut words: Vec<u64> = vec![
+            // Root: struct pointer to Message, offset 0, 1 data word, 1 pointer.
+            (1 << 32) | (1 << 48),
+            // Message data: union discriminant 2 = appendEntries.
+            2,
+            // Message pointer 0: AppendEntries, offset 0, 5 data words, 1 pointer.
+            (5 << 32) | (1 << 48),
+            1, // term
+            2, // leaderId
+            0, // prevLogIndex
+            0, // prevLogTerm
+            0, // leaderCommit
+            // entries: list pointer, offset 0, composite (7), 0 words of content.
+            1 | (7 << 32),
+            // The composite list's tag: `count` elements of 0 data words and 0 pointers.
+            count << 2,
+        ];
+        words.resize(words.len() + padding_words, 0);
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&0u32.to_le_bytes());
+        frame.extend_from_slice(&(words.len() as u32).to_le_bytes());
+        for word in words {
+            frame.extend_from_slice(&word.to_le_bytes());
+        }
+        frame
+    }
+
+    #[test]
+    fn forged_entry_lists_cannot_force_large_allocations() {
+        // Within Cap'n Proto's traversal budget, far beyond what the bytes could honestly hold.
+        let frame = forged_append_entries(30_000, 10_000);
+        let error = decode_message(&frame).unwrap_err();
+        assert!(error.to_string().contains("entries cannot fit"), "{error}");
+        // The same shape with a plausible count decodes (as empty entries).
+        let honest = forged_append_entries(3, 0);
+        match decode_message(&honest).expect("decodes") {
+            Message::AppendEntries(append) => assert_eq!(append.entries.len(), 3),
+            other => panic!("decoded {other:?}"),
         }
     }
 

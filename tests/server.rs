@@ -423,6 +423,17 @@ fn impossible_settings_are_refused_before_serving() {
         matches!(zero_limit, Err(Error::Config(_))),
         "{zero_limit:?}"
     );
+    // The core's default batches are 1 MiB: a 1 MiB message limit could not carry them.
+    let too_small = Server::new(
+        ServerId(1),
+        "127.0.0.1:0".parse().expect("address"),
+        MemLog::new(),
+        KvStateMachine::new(),
+    )
+    .with_message_bytes_max(1 << 20)
+    .spawn();
+    let error = too_small.map(|_| ()).unwrap_err().to_string();
+    assert!(error.contains("at least twice append_bytes_max"), "{error}");
 }
 
 /// A log that fails its next sync once told to, like a disk that died.
@@ -587,7 +598,11 @@ fn garbage_bytes_close_the_connection() {
 
 #[test]
 fn oversized_frame_closes_the_connection() {
-    let handle = single_server(|builder| builder.with_message_bytes_max(1024));
+    let handle = single_server(|builder| {
+        builder
+            .with_config(small_batches())
+            .with_message_bytes_max(1024)
+    });
     let address = handle.local_addr();
     let mut stream = connect(address);
     stream
@@ -600,6 +615,50 @@ fn oversized_frame_closes_the_connection() {
     stream.write_all(&table).expect("write");
     assert_closed_by_server(stream, "oversized frame");
     assert_still_serving(address);
+    handle.shutdown().expect("clean shutdown");
+}
+
+/// A core configuration whose batches fit a small message limit.
+fn small_batches() -> mioraft::consensus::Config {
+    mioraft::consensus::Config {
+        append_bytes_max: 256,
+        election_timeout_min: Duration::from_millis(100),
+        election_timeout_max: Duration::from_millis(200),
+        heartbeat_interval: Duration::from_millis(20),
+        ..mioraft::consensus::Config::default()
+    }
+}
+
+/// A command too large to replicate within the message limit is refused before it enters the
+/// log, with the limit in the error; one within it is applied.
+#[test]
+fn command_too_large_to_replicate_is_refused() {
+    let handle = single_server(|builder| {
+        builder
+            .with_config(small_batches())
+            .with_message_bytes_max(4096)
+    });
+    let address = handle.local_addr();
+    let mut client = mioraft::Client::new([address]).with_timeout(Duration::from_secs(5));
+    let fits = format!("put k {}", "x".repeat(1500));
+    client
+        .propose(fits.as_bytes())
+        .expect("a command within the limit is applied");
+    let too_large = format!("put k {}", "x".repeat(3000));
+    let error = client.propose(too_large.as_bytes()).unwrap_err();
+    assert!(matches!(error, Error::Rejected { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("exceeds the limit of 2048 bytes"),
+        "{error}"
+    );
+    let applied = handle.metrics().last_applied;
+    assert_eq!(
+        client.query(b"get k").expect("query").len(),
+        1500,
+        "the refused command changed nothing (applied index {applied})"
+    );
     handle.shutdown().expect("clean shutdown");
 }
 

@@ -532,6 +532,16 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             return Ok(());
         }
         let term = message.term();
+        if term == Term(u64::MAX) {
+            // Adopting it would leave no next term for an election (§5.1); only a faulty or
+            // hostile peer sends it.
+            log::warn!(
+                "{}: ignored {} from {from} with term {term}",
+                self.who(),
+                message.name()
+            );
+            return Ok(());
+        }
         let current_term = self.current_term();
         if term > current_term {
             // §5.1: a higher term makes any server a follower of that term. An AppendEntries
@@ -926,6 +936,39 @@ mod tests {
             }]
         );
         assert_eq!(node.last_log_index(), LogIndex(3), "nothing appended");
+    }
+
+    /// A message with the last possible term is ignored: adopting it would make the next
+    /// election overflow the term.
+    #[test]
+    fn a_term_with_no_successor_is_ignored() {
+        let voters = vec![ServerId(1), ServerId(2), ServerId(3)];
+        let mut node = Consensus::new(
+            ServerId(1),
+            voters,
+            MemLog::new(),
+            NullStateMachine,
+            Config::default(),
+            1,
+        )
+        .expect("valid");
+        let _ = node.start();
+        let _ = node
+            .step(Event::Message {
+                from: ServerId(2),
+                message: Message::RequestVote(RequestVote {
+                    term: Term(u64::MAX),
+                    candidate_id: ServerId(2),
+                    last_log_index: LogIndex(0),
+                    last_log_term: Term(0),
+                }),
+            })
+            .expect("step");
+        assert_eq!(node.current_term(), Term(0));
+        let _ = node
+            .step(Event::Timeout(Timer::Election))
+            .expect("campaign");
+        assert_eq!(node.current_term(), Term(1));
     }
 
     #[test]

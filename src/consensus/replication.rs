@@ -298,9 +298,22 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             }
         } else {
             let next_index = self.next_index_after_conflict(&response)?;
+            let current_term = self.current_term();
             let Some(progress) = self.progress.get_mut(&from) else {
                 return Ok(());
             };
+            if response.last_log_index < progress.match_index {
+                // It acknowledged entries it no longer holds: its storage lost synced writes
+                // (a wiped disk, or a MemLog restarted under the same id). Raft cannot repair
+                // this safely; the operator must.
+                log::error!(
+                    "n{} t{} leader: {from} reports last index {} below the {} it acknowledged:                      it lost durable entries and will not catch up until its storage is restored                      or it rejoins as a new member",
+                    self.id.0,
+                    current_term,
+                    response.last_log_index,
+                    progress.match_index
+                );
+            }
             let stale = response.conflict_index.is_zero()
                 || (progress.state == ReplicationState::Replicate
                     && response.conflict_index <= progress.match_index);

@@ -14,7 +14,7 @@ use crate::consensus::{Event, ProposalId, Role};
 use crate::error::Result;
 use crate::log::PersistentLog;
 use crate::state_machine::StateMachine;
-use crate::wire::{self, ClientRequest, Preamble, RequestBody, ResponseBody};
+use crate::wire::{self, ClientRequest, Preamble, RejectionReason, RequestBody, ResponseBody};
 use mio::Token;
 use std::io;
 use std::time::Instant;
@@ -140,6 +140,12 @@ where
         }
     }
 
+    /// The largest command accepted: half the message limit, leaving room for the
+    /// AppendEntries around it on the way to every peer.
+    fn command_bytes_max(&self) -> u64 {
+        self.message_bytes_max / 2
+    }
+
     /// The first frame says who is calling: a configured peer, or a client.
     fn handle_preamble(&mut self, token: Token, frame: &[u8]) {
         let kind = match wire::decode_preamble(frame) {
@@ -166,6 +172,20 @@ where
     fn handle_client_request(&mut self, token: Token, request: ClientRequest) -> Result<()> {
         let ClientRequest { request_id, body } = request;
         match body {
+            RequestBody::Propose(command) if command.len() as u64 > self.command_bytes_max() => {
+                // The AppendEntries carrying it must still fit every peer's message limit, or
+                // replication would stall on it forever.
+                let body = ResponseBody::Rejected {
+                    reason: RejectionReason::TooLarge,
+                    message: format!(
+                        "command of {} bytes exceeds the limit of {} bytes (half the message limit)",
+                        command.len(),
+                        self.command_bytes_max()
+                    ),
+                };
+                self.respond(token, request_id, body);
+                Ok(())
+            }
             RequestBody::Propose(command) => {
                 let Some(serial) = self.connections.get(token.0).map(Connection::serial) else {
                     return Ok(());

@@ -269,6 +269,16 @@ where
             }
             .into());
         }
+        // An AppendEntries batch may encode to about twice its counted bytes (small entries
+        // carry 24 bytes of framing each); it must fit every peer's message limit.
+        let append_bytes_max = self.config.append_bytes_max;
+        if self.message_bytes_max < append_bytes_max.saturating_mul(2) {
+            return Err(ConfigError::MessageLimitTooSmall {
+                message_bytes_max: self.message_bytes_max,
+                append_bytes_max,
+            }
+            .into());
+        }
         if self.preamble_timeout.is_zero() {
             return Err(ConfigError::ZeroLimit {
                 name: "preamble_timeout",

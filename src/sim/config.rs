@@ -19,7 +19,7 @@ pub struct SimConfig {
     pub client_count: usize,
     /// How long a client waits for a reply before retrying elsewhere (virtual).
     pub client_timeout: Duration,
-    /// Run the [`Checker`] after every event (switch off only to measure the core's speed).
+    /// Run the [`Checker`](super::Checker) after every event (switch off only to measure the core's speed).
     pub check_invariants: bool,
 }
 
