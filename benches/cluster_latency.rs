@@ -4,43 +4,9 @@
 //! Run: `cargo bench --bench cluster_latency` (optionally `-- <proposals>`).
 
 use hdrhistogram::Histogram;
-use mioraft::{Client, KvStateMachine, MemLog, Role, Server, ServerHandle, ServerId};
-use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use mioraft::server::LocalCluster;
+use mioraft::{Client, KvStateMachine, MemLog};
 use std::time::{Duration, Instant};
-
-fn start_cluster() -> Vec<ServerHandle> {
-    let listeners: Vec<TcpListener> = (0..3)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a local port"))
-        .collect();
-    let addresses: Vec<SocketAddr> = listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("bound address"))
-        .collect();
-    listeners
-        .into_iter()
-        .enumerate()
-        .map(|(position, listener)| {
-            let id = ServerId(position as u64 + 1);
-            let peers: HashMap<ServerId, SocketAddr> = addresses
-                .iter()
-                .enumerate()
-                .filter(|&(other, _)| other != position)
-                .map(|(other, &address)| (ServerId(other as u64 + 1), address))
-                .collect();
-            Server::new(
-                id,
-                addresses[position],
-                MemLog::new(),
-                KvStateMachine::new(),
-            )
-            .with_listener(listener)
-            .with_peers(peers)
-            .spawn()
-            .expect("server starts")
-        })
-        .collect()
-}
 
 fn main() {
     let proposals: u64 = std::env::args()
@@ -48,14 +14,12 @@ fn main() {
         .find(|arg| !arg.starts_with('-'))
         .and_then(|arg| arg.parse().ok())
         .unwrap_or(20_000);
-    let servers = start_cluster();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !servers.iter().any(|s| s.metrics().role == Role::Leader) {
-        assert!(Instant::now() < deadline, "no leader within 10 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let addresses: Vec<SocketAddr> = servers.iter().map(ServerHandle::local_addr).collect();
-    let mut client = Client::new(addresses);
+    let cluster = LocalCluster::spawn(3, |_| MemLog::new(), |_| KvStateMachine::new(), |b| b)
+        .expect("servers start");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .expect("a leader is elected");
+    let mut client = Client::new(cluster.addresses());
     // Warm up: find the leader and settle connections.
     for n in 0..100 {
         client
@@ -82,7 +46,5 @@ fn main() {
         latencies.value_at_quantile(0.99),
         latencies.max()
     );
-    for server in servers {
-        server.shutdown().expect("clean shutdown");
-    }
+    cluster.shutdown().expect("clean shutdown");
 }

@@ -12,8 +12,11 @@
 
 mod connection;
 mod inbound;
+mod local_cluster;
 mod outbound;
 mod timers;
+
+pub use local_cluster::LocalCluster;
 
 use crate::consensus::{Config, Consensus, Event};
 use crate::error::{ConfigError, Error, Result};
