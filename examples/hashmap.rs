@@ -117,6 +117,12 @@ enum Cli {
         id: u64,
         /// <node-id> <node-address> pairs.
         nodes: Vec<String>,
+        /// Where to keep the durable log (default: ./hashmap-data/n<id>).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// Keep the log in memory instead: nothing survives a restart.
+        #[arg(long, conflicts_with = "data_dir")]
+        memory: bool,
     },
     /// Read a key (from the leader).
     Get {
@@ -166,9 +172,17 @@ fn client(nodes: &[String]) -> Result<Client, String> {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli {
-        Cli::Server { id, nodes } => {
-            common::run_server(id, &common::parse_nodes(&nodes)?, HashMapMachine::default())
-        }
+        Cli::Server {
+            id,
+            nodes,
+            data_dir,
+            memory,
+        } => common::run_server(
+            id,
+            &common::parse_nodes(&nodes)?,
+            HashMapMachine::default(),
+            common::Storage::from_flags("hashmap", id, data_dir, memory),
+        ),
         Cli::Get { key, nodes } => {
             let value = client(&nodes)?
                 .query(&encode(GET, &[&key]))
@@ -206,7 +220,10 @@ fn run(cli: Cli) -> Result<(), String> {
 fn demo() -> Result<(), String> {
     let mut cluster = common::DemoCluster::start(3)?;
     for (id, address) in &cluster.nodes {
-        println!("started server {id} on {address}");
+        println!(
+            "started server {id} on {address}, log in {}",
+            cluster.data_dir(*id).display()
+        );
     }
     let leader = cluster.wait_for_leader(Duration::from_secs(10))?;
     println!("\nleader elected: {leader}");
@@ -263,7 +280,14 @@ fn demo() -> Result<(), String> {
             .propose(&encode(PUT, &[&key, &value]))
             .map_err(|e| format!("put {key}: {e}"))?;
     }
-    println!("wrote 5 more keys through the new leader\n");
+    println!("wrote 5 more keys through the new leader");
+
+    cluster.launch(leader)?;
+    let applied = cluster.wait_caught_up(leader, Duration::from_secs(15))?;
+    println!(
+        "restarted {leader} from its data directory: it rejoined as a follower and caught up to \
+         applied index {applied}\n"
+    );
     common::print_status(&cluster.addresses());
     cluster.shutdown();
     println!("\nstopped the cluster; demo complete");

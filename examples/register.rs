@@ -66,6 +66,12 @@ enum Cli {
         id: u64,
         /// <node-id> <node-address> pairs.
         nodes: Vec<String>,
+        /// Where to keep the durable log (default: ./register-data/n<id>).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// Keep the log in memory instead: nothing survives a restart.
+        #[arg(long, conflicts_with = "data_dir")]
+        memory: bool,
     },
     /// Read the value (from the leader).
     Get {
@@ -117,9 +123,17 @@ fn send(nodes: &[String], command: Vec<u8>, query: bool) -> Result<(), String> {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli {
-        Cli::Server { id, nodes } => {
-            common::run_server(id, &common::parse_nodes(&nodes)?, Register::default())
-        }
+        Cli::Server {
+            id,
+            nodes,
+            data_dir,
+            memory,
+        } => common::run_server(
+            id,
+            &common::parse_nodes(&nodes)?,
+            Register::default(),
+            common::Storage::from_flags("register", id, data_dir, memory),
+        ),
         Cli::Get { nodes } => send(&nodes, b"G".to_vec(), true),
         Cli::Put { value, nodes } => send(&nodes, format!("P{value}").into_bytes(), false),
         Cli::Cas {

@@ -131,6 +131,22 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process (or FileLog) holds the log directory.
+    #[error("log directory {path} is in use by another process (its LOCK file is held)")]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The directory holds a log of a format this version does not read.
+    #[error("log directory format in {path} is {found:?}; this version reads {expected:?}")]
+    UnsupportedFormat {
+        /// The VERSION file.
+        path: PathBuf,
+        /// What it says.
+        found: String,
+        /// What this version writes.
+        expected: &'static str,
+    },
     /// Stored data failed validation.
     #[error("corrupt log file {path} at offset {offset}: {reason}")]
     Corrupt {

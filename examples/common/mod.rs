@@ -3,15 +3,17 @@
 
 #![allow(dead_code)] // each example uses a different part
 
+use mioraft::log::FileLog;
 use mioraft::{Client, MemLog, Role, Server, ServerId, StateMachine};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Parses `<node-id> <node-address>` pairs.
 pub fn parse_nodes(words: &[String]) -> Result<Vec<(ServerId, SocketAddr)>, String> {
-    if words.len() % 2 != 0 {
+    if !words.len().is_multiple_of(2) {
         return Err(format!(
             "nodes come in pairs <node-id> <node-address>; got {} words",
             words.len()
@@ -53,11 +55,31 @@ pub fn parse_addresses(words: &[String]) -> Result<Vec<SocketAddr>, String> {
         .collect()
 }
 
+/// Where a server keeps its Raft log.
+pub enum Storage {
+    /// A durable `FileLog` in this directory (created if missing).
+    Files(PathBuf),
+    /// `MemLog`: nothing survives a restart.
+    Memory,
+}
+
+impl Storage {
+    /// `--memory`, else `--data-dir`, else `<example>-data/n<id>` in the current directory.
+    pub fn from_flags(example: &str, id: u64, data_dir: Option<PathBuf>, memory: bool) -> Storage {
+        match (memory, data_dir) {
+            (true, _) => Storage::Memory,
+            (false, Some(dir)) => Storage::Files(dir),
+            (false, None) => Storage::Files(PathBuf::from(format!("{example}-data/n{id}"))),
+        }
+    }
+}
+
 /// Runs server `id` of `nodes` (which must include it) until it stops.
 pub fn run_server<M: StateMachine>(
     id: u64,
     nodes: &[(ServerId, SocketAddr)],
     state_machine: M,
+    storage: Storage,
 ) -> Result<(), String> {
     let id = ServerId(id);
     let Some(&(_, address)) = nodes.iter().find(|&&(node, _)| node == id) else {
@@ -71,8 +93,19 @@ pub fn run_server<M: StateMachine>(
         .copied()
         .filter(|&(node, _)| node != id)
         .collect();
-    eprintln!("{id}: serving on {address} with peers {peers:?}");
-    Server::run(id, address, peers, MemLog::new(), state_machine).map_err(|e| e.to_string())
+    let result = match storage {
+        Storage::Files(dir) => {
+            let log = FileLog::open(&dir)
+                .map_err(|e| format!("cannot open the data directory {}: {e}", dir.display()))?;
+            eprintln!("{id}: serving on {address}, log in {}", dir.display());
+            Server::run(id, address, peers, log, state_machine)
+        }
+        Storage::Memory => {
+            eprintln!("{id}: serving on {address}, log in memory");
+            Server::run(id, address, peers, MemLog::new(), state_machine)
+        }
+    };
+    result.map_err(|e| e.to_string())
 }
 
 /// Prints each node's role, term, leader, commit and applied index.
@@ -99,38 +132,65 @@ pub fn print_status(addresses: &[SocketAddr]) {
     }
 }
 
-/// A local cluster of server processes, killed when dropped.
+/// A local cluster of server processes with data directories under a temporary directory;
+/// the processes are killed and the directory removed when dropped.
 pub struct DemoCluster {
     pub nodes: Vec<(ServerId, SocketAddr)>,
     children: HashMap<ServerId, Child>,
+    data_root: PathBuf,
 }
 
 impl DemoCluster {
-    /// Starts `size` servers as child processes of this executable (`<exe> server <id> <nodes>`).
+    /// Starts `size` servers as child processes of this executable
+    /// (`<exe> server <id> --data-dir <dir> <nodes>`).
     pub fn start(size: u64) -> Result<DemoCluster, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
         let mut nodes = Vec::new();
         for id in 1..=size {
             nodes.push((ServerId(id), free_local_address()?));
         }
-        let node_words: Vec<String> = nodes
+        let data_root = std::env::temp_dir().join(format!("mioraft-demo-{}", std::process::id()));
+        let mut cluster = DemoCluster {
+            nodes,
+            children: HashMap::new(),
+            data_root,
+        };
+        for id in 1..=size {
+            cluster.launch(ServerId(id))?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts (or restarts, from its data directory) server `id`.
+    pub fn launch(&mut self, id: ServerId) -> Result<(), String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        let node_words: Vec<String> = self
+            .nodes
             .iter()
             .flat_map(|(id, address)| [id.0.to_string(), address.to_string()])
             .collect();
-        let mut children = HashMap::new();
-        for &(id, _) in &nodes {
-            let child = Command::new(&exe)
-                .arg("server")
-                .arg(id.0.to_string())
-                .args(&node_words)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot start server {id}: {e}"))?;
-            children.insert(id, child);
-        }
-        Ok(DemoCluster { nodes, children })
+        let child = Command::new(&exe)
+            .arg("server")
+            .arg(id.0.to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .args(&node_words)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start server {id}: {e}"))?;
+        self.children.insert(id, child);
+        Ok(())
+    }
+
+    /// Server `id`'s data directory.
+    pub fn data_dir(&self, id: ServerId) -> PathBuf {
+        self.data_root.join(format!("n{}", id.0))
+    }
+
+    /// Where the data directories live.
+    pub fn data_root(&self) -> &Path {
+        &self.data_root
     }
 
     pub fn addresses(&self) -> Vec<SocketAddr> {
@@ -185,12 +245,51 @@ impl DemoCluster {
         Ok(())
     }
 
-    /// Stops every server.
+    /// Stops every server and removes the data directories.
     pub fn shutdown(&mut self) {
         for (_, mut child) in self.children.drain() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.data_root);
+    }
+
+    /// Waits until server `id` has applied everything the others have.
+    pub fn wait_caught_up(&self, id: ServerId, timeout: Duration) -> Result<u64, String> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no answer yet");
+        while Instant::now() < deadline {
+            let applied: Vec<(ServerId, u64)> = self
+                .nodes
+                .iter()
+                .filter(|(node, _)| self.children.contains_key(node))
+                .filter_map(|&(node, address)| {
+                    let mut client =
+                        Client::new([address]).with_timeout(Duration::from_millis(300));
+                    client
+                        .status(address)
+                        .ok()
+                        .map(|m| (node, m.last_applied.0))
+                })
+                .collect();
+            let ours = applied
+                .iter()
+                .find(|(node, _)| *node == id)
+                .map(|&(_, a)| a);
+            let most = applied.iter().map(|&(_, a)| a).max();
+            match (ours, most) {
+                (Some(ours), Some(most))
+                    if ours == most && applied.len() == self.children.len() =>
+                {
+                    return Ok(ours)
+                }
+                _ => last = format!("applied indexes {applied:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "server {id} did not catch up within {timeout:?}; last: {last}"
+        ))
     }
 }
 

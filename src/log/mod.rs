@@ -9,8 +9,10 @@
 //! loses at most a suffix of the writes made since the previous sync, in the order they were made.
 
 pub mod conformance;
+mod file;
 mod mem;
 
+pub use file::{FileLog, FileLogOptions, FORMAT_VERSION};
 pub use mem::MemLog;
 
 use crate::error::LogError;
