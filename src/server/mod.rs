@@ -540,8 +540,13 @@ where
         }
         self.read_leftovers()?;
         self.fire_due_timers()?;
-        self.sync_while_required()?;
+        // What may go before the sync goes now: the leader's appends reach followers while its
+        // own write is in flight (thesis §10.2.1), so the two fsyncs overlap instead of adding
+        // up. Messages that wait on durability are withheld by the core until the sync.
         // Metrics first: whatever a client learns from a response, metrics() already shows.
+        self.publish_metrics();
+        self.flush_queued();
+        self.sync_while_required()?;
         self.publish_metrics();
         self.flush_queued();
         Ok(())
