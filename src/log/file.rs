@@ -19,7 +19,7 @@
 //! or fails its checksum there) with a log line, and refuses anything else that does not check
 //! out with an error naming the file and offset.
 
-use super::{Entry, EntryKind, PersistentLog};
+use super::{Entry, EntryKind, HardState, PersistentLog};
 use crate::error::LogError;
 use crate::types::{LogIndex, ServerId, Term};
 use bytes::Bytes;
@@ -93,8 +93,8 @@ pub struct FileLog {
     options: FileLogOptions,
     /// Held for the log's lifetime; the OS releases it when the file closes.
     _lock: File,
-    current_term: Term,
-    voted_for: Option<ServerId>,
+    /// The current term and vote, as the last writes left them.
+    hard_state: HardState,
     /// Term or vote changed since the last sync.
     state_unsynced: bool,
     /// Synced entries, index 1 first. Invariant: every location lies in `segments`.
@@ -166,13 +166,12 @@ impl FileLog {
             }
         }
         check_version(&dir)?;
-        let (current_term, voted_for) = read_state(&dir)?;
+        let hard_state = read_state(&dir)?;
         let mut log = FileLog {
             dir,
             options,
             _lock: lock,
-            current_term,
-            voted_for,
+            hard_state,
             state_unsynced: false,
             synced: Vec::new(),
             segments: Vec::new(),
@@ -323,7 +322,7 @@ impl FileLog {
             }
         }
         if self.state_unsynced {
-            write_state(&self.dir, self.current_term, self.voted_for)?;
+            write_state(&self.dir, self.hard_state)?;
             self.state_unsynced = false;
         }
         Ok(())
@@ -437,16 +436,16 @@ fn replace_file(dir: &Path, name: &str, contents: &[u8]) -> Result<(), LogError>
     sync_directory(dir)
 }
 
-fn write_state(dir: &Path, term: Term, vote: Option<ServerId>) -> Result<(), LogError> {
+fn write_state(dir: &Path, state: HardState) -> Result<(), LogError> {
     let mut contents = Vec::with_capacity(STATE_BYTES);
-    contents.extend_from_slice(&term.0.to_le_bytes());
-    contents.extend_from_slice(&vote.map_or(0, |id| id.0).to_le_bytes());
+    contents.extend_from_slice(&state.current_term.0.to_le_bytes());
+    contents.extend_from_slice(&state.voted_for.map_or(0, |id| id.0).to_le_bytes());
     let checksum = crc32c::crc32c(&contents);
     contents.extend_from_slice(&checksum.to_le_bytes());
     replace_file(dir, "state", &contents)
 }
 
-fn read_state(dir: &Path) -> Result<(Term, Option<ServerId>), LogError> {
+fn read_state(dir: &Path) -> Result<HardState, LogError> {
     // A leftover temporary file is a replacement the crash interrupted before its rename: the
     // old state stands.
     let temporary = dir.join("state.tmp");
@@ -456,7 +455,7 @@ fn read_state(dir: &Path) -> Result<(Term, Option<ServerId>), LogError> {
     let path = dir.join("state");
     let contents = match fs::read(&path) {
         Ok(contents) => contents,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok((Term(0), None)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(HardState::default()),
         Err(source) => return Err(LogError::Io { path, source }),
     };
     if contents.len() != STATE_BYTES {
@@ -471,11 +470,14 @@ fn read_state(dir: &Path) -> Result<(Term, Option<ServerId>), LogError> {
     if crc32c::crc32c(&contents[..16]) != checksum {
         return Err(corrupt(&path, 0, "checksum mismatch"));
     }
-    let vote = match word(8) {
+    let voted_for = match word(8) {
         0 => None,
         id => Some(ServerId(id)),
     };
-    Ok((Term(word(0)), vote))
+    Ok(HardState {
+        current_term: Term(word(0)),
+        voted_for,
+    })
 }
 
 /// Appends one record for `entry` at `index` to `buffer`; returns its payload length.
@@ -577,31 +579,22 @@ fn read_record(
 
 impl PersistentLog for FileLog {
     fn current_term(&self) -> Term {
-        self.current_term
+        self.hard_state.current_term
     }
 
     fn set_current_term(&mut self, term: Term) -> Result<(), LogError> {
-        if term < self.current_term {
-            return Err(LogError::TermWentBack {
-                current: self.current_term,
-                requested: term,
-            });
-        }
-        if term > self.current_term {
-            self.current_term = term;
-            self.voted_for = None;
+        if self.hard_state.set_current_term(term)? {
             self.state_unsynced = true;
         }
         Ok(())
     }
 
     fn voted_for(&self) -> Option<ServerId> {
-        self.voted_for
+        self.hard_state.voted_for
     }
 
     fn set_voted_for(&mut self, candidate: Option<ServerId>) -> Result<(), LogError> {
-        if self.voted_for != candidate {
-            self.voted_for = candidate;
+        if self.hard_state.set_voted_for(candidate) {
             self.state_unsynced = true;
         }
         Ok(())

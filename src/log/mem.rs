@@ -3,7 +3,7 @@
 //! crash-modelling log (`sim::SimLog`). Durability across process restarts is `FileLog`'s job.
 
 use crate::error::LogError;
-use crate::log::{Entry, PersistentLog};
+use crate::log::{Entry, HardState, PersistentLog};
 use crate::types::{LogIndex, ServerId, Term};
 
 /// A [`PersistentLog`] held entirely in memory.
@@ -28,10 +28,8 @@ use crate::types::{LogIndex, ServerId, Term};
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemLog {
-    /// The latest term seen; 0 on first boot. Only grows (§5.1).
-    current_term: Term,
-    /// The vote cast in `current_term`, `None` if none. Cleared whenever the term grows.
-    voted_for: Option<ServerId>,
+    /// The current term and vote (§5.1); 0 and none on first boot.
+    hard_state: HardState,
     /// The entries; `entries[0]` holds index 1.
     /// Invariant: `entries.len()` is the latest log index.
     entries: Vec<Entry>,
@@ -53,31 +51,19 @@ impl MemLog {
 
 impl PersistentLog for MemLog {
     fn current_term(&self) -> Term {
-        self.current_term
+        self.hard_state.current_term
     }
 
     fn set_current_term(&mut self, term: Term) -> Result<(), LogError> {
-        if term < self.current_term {
-            return Err(LogError::TermWentBack {
-                current: self.current_term,
-                requested: term,
-            });
-        }
-        // §5.1: a vote belongs to one term. Setting the same term again keeps it, or a server
-        // could vote twice in one term.
-        if term > self.current_term {
-            self.current_term = term;
-            self.voted_for = None;
-        }
-        Ok(())
+        self.hard_state.set_current_term(term).map(|_| ())
     }
 
     fn voted_for(&self) -> Option<ServerId> {
-        self.voted_for
+        self.hard_state.voted_for
     }
 
     fn set_voted_for(&mut self, candidate: Option<ServerId>) -> Result<(), LogError> {
-        self.voted_for = candidate;
+        self.hard_state.set_voted_for(candidate);
         Ok(())
     }
 

@@ -90,6 +90,41 @@ impl Entry {
     }
 }
 
+/// The current term and the vote cast in it, with the rules every log applies to them (§5.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct HardState {
+    /// The latest term seen; only grows.
+    pub(crate) current_term: Term,
+    /// The vote cast in `current_term`; cleared whenever the term grows.
+    pub(crate) voted_for: Option<ServerId>,
+}
+
+impl HardState {
+    /// Moves to `term`: a higher term clears the vote; the same term keeps it, or a server could
+    /// vote twice in one term. Returns whether anything changed.
+    pub(crate) fn set_current_term(&mut self, term: Term) -> Result<bool, LogError> {
+        if term < self.current_term {
+            return Err(LogError::TermWentBack {
+                current: self.current_term,
+                requested: term,
+            });
+        }
+        if term == self.current_term {
+            return Ok(false);
+        }
+        self.current_term = term;
+        self.voted_for = None;
+        Ok(true)
+    }
+
+    /// Records the vote of the current term. Returns whether it changed.
+    pub(crate) fn set_voted_for(&mut self, candidate: Option<ServerId>) -> bool {
+        let changed = self.voted_for != candidate;
+        self.voted_for = candidate;
+        changed
+    }
+}
+
 /// Durable storage for a Raft server's term, vote and log (DESIGN.md §3).
 ///
 /// # Contract
