@@ -19,6 +19,7 @@ mod checker;
 mod clock;
 mod config;
 mod faults;
+pub mod linearizability;
 mod network;
 mod random_run;
 pub mod sim_log;
