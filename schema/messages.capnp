@@ -58,6 +58,12 @@ enum EntryKind {
   noop @0;
   # An application command.
   command @1;
+  # Opens a client session (Raft thesis §6.3); the session id is the entry's index. No data.
+  registerSession @2;
+  # A command inside a client session: `data` is the session id and the request's sequence
+  # number (each a little-endian UInt64), then the command. Applied at most once per
+  # (session, sequence).
+  sessionCommand @3;
 }
 
 # Raft's RPCs between servers (Figure 2 of the Raft paper). Every field is the paper's.
@@ -89,6 +95,10 @@ struct AppendEntries {
   prevLogTerm @3 :UInt64;
   entries @4 :List(Entry);
   leaderCommit @5 :UInt64;
+  # The leader's latest read round (ReadIndex, Raft thesis §6.4), echoed in the response: an
+  # answer of this term to round r proves the follower still followed this leader after every
+  # read assigned to round r arrived.
+  readRound @6 :UInt64;
 }
 
 struct AppendEntriesResponse {
@@ -103,19 +113,49 @@ struct AppendEntriesResponse {
   conflictIndex @4 :UInt64;
   # The follower's last log index (informational).
   lastLogIndex @5 :UInt64;
+  # The request's readRound, echoed.
+  readRound @6 :UInt64;
 }
 
 # A client's request. `requestId` is chosen by the client and echoed in the response.
 struct ClientRequest {
   requestId @0 :UInt64;
   union {
-    # Append a command to the replicated log; answered once it is applied.
+    # Append a command to the replicated log outside any session; answered once it is applied.
+    # A retry of it may be applied twice: clients that retry use `sessionPropose`.
     propose @1 :Data;
-    # Ask the state machine a read-only question, answered by the leader.
+    # Ask the state machine a read-only question. Linearizable: the leader confirms it still
+    # leads and waits until it has applied everything committed when the query arrived
+    # (ReadIndex, Raft thesis §6.4).
     query @2 :Data;
     # Ask this server about itself (any server answers, leader or not).
     status @3 :Void;
+    # Open a client session; answered with `sessionRegistered`.
+    registerSession @4 :Void;
+    # A command inside a session, applied at most once however often it is retried.
+    sessionPropose @5 :SessionProposal;
   }
+}
+
+# Exactly-once proposals (Raft thesis §6.3). A client opens a session, then numbers its requests
+# 1, 2, 3, ... and sends one at a time, retrying each with the same number until it gets an answer.
+# The cluster remembers, per session, the last number applied and its reply: a retry of an applied
+# request is answered from that memory and not applied again.
+struct SessionProposal {
+  # The id from `sessionRegistered`.
+  session @0 :UInt64;
+  # 1 for the session's first request, then one more for each next request.
+  sequence @1 :UInt64;
+  command @2 :Data;
+  # When to answer.
+  respondWhen @3 :ResponseMode;
+}
+
+enum ResponseMode {
+  # Once applied, with the state machine's reply (`applied`).
+  applied @0;
+  # Once committed (durable on a majority), with its index (`committed`); sooner, no reply.
+  committed @1;
 }
 
 # Why a request was refused.
@@ -131,6 +171,8 @@ enum RejectionReason {
   shuttingDown @3;
   # The request could not be understood.
   badRequest @4;
+  # The session has already applied a higher sequence number: this request is an old duplicate.
+  superseded @5;
 }
 
 # A server's view of itself (the fields of mioraft's Metrics).
@@ -174,6 +216,17 @@ struct ClientResponse {
     rejected @4 :Rejection;
     # The answer to a `status` request.
     status @5 :Status;
+    # The answer to `registerSession`: the new session's id.
+    sessionRegistered @6 :UInt64;
+    # A `sessionPropose` with `respondWhen = committed` is committed at this log index.
+    committed @7 :UInt64;
+    # The state machine refused the command before it entered the log; the bytes are its error.
+    # Nothing was appended.
+    refused @8 :Data;
+    # The session is unknown: it expired (the cluster keeps a bounded number of sessions and
+    # drops the least recently used) or never existed. The command was not applied; open a new
+    # session to go on.
+    sessionExpired @9 :UInt64;
   }
 }
 

@@ -1,12 +1,19 @@
 //! The blocking [`Client`]: finds the leader, follows redirects, retries, and gives up with a
 //! typed error at its deadline (DESIGN.md §4). It speaks the protocol of `schema/messages.capnp`
 //! over plain `std::net` sockets.
+//!
+//! Proposals go through a client session (thesis §6.3): the client opens one on its first
+//! proposal and numbers its requests, so a retry after a lost reply, a broken connection or a
+//! leader change is applied at most once and answered with the original reply.
 
+use crate::consensus::ResponseMode;
 use crate::error::{Error, Result};
 use crate::framing::{FrameReader, MESSAGE_BYTES_MAX_DEFAULT};
 use crate::metrics::Metrics;
+use crate::types::LogIndex;
 use crate::wire::{
     self, ClientRequest, ClientResponse, Preamble, RejectionReason, RequestBody, ResponseBody,
+    SessionProposal,
 };
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -30,9 +37,11 @@ const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(1);
 /// a server names (only if that address is one of the cluster's), to the next server after a
 /// failure, and after a short pause when no leader is known.
 ///
-/// # Notes
-/// Until client sessions land, a proposal retried after a lost connection may be applied twice:
-/// the server may have applied it before the connection broke.
+/// Proposals are exactly-once within a call: the client retries a proposal under the same
+/// session sequence number until its deadline, and the cluster applies it at most once. A call
+/// that fails with [`Error::Timeout`] may or may not have been applied (it may still be, later);
+/// the next call moves on to the next sequence number. Reads are linearizable (ReadIndex, thesis
+/// §6.4). One call at a time: methods take `&mut self`.
 ///
 /// # Examples
 /// ```no_run
@@ -55,6 +64,10 @@ pub struct Client {
     /// Index in `cluster` of the server to try next.
     target: usize,
     connection: Option<Connection>,
+    /// The session proposals run in, once opened.
+    session: Option<u64>,
+    /// The sequence number of the next proposal in `session`.
+    next_sequence: u64,
 }
 
 #[derive(Debug)]
@@ -81,6 +94,8 @@ impl Client {
             next_request_id: 1,
             target: 0,
             connection: None,
+            session: None,
+            next_sequence: 1,
         }
     }
 
@@ -95,27 +110,90 @@ impl Client {
         self.client_id
     }
 
-    /// Appends `command` to the replicated log and returns what the state machine's `apply`
-    /// returned once it is committed and applied.
+    /// The session this client's proposals run in, once opened by the first proposal.
+    pub fn session(&self) -> Option<u64> {
+        self.session
+    }
+
+    /// Appends `command` to the replicated log, exactly once, and returns what the state
+    /// machine's `apply` returned once it is committed and applied.
     ///
     /// # Errors
-    /// [`Error::Timeout`] if no leader applied it before the deadline (saying what went wrong
-    /// last); [`Error::Rejected`] if the cluster refused it for good (too large, malformed).
+    /// [`Error::Timeout`] if no leader answered before the deadline (saying what went wrong
+    /// last; the command may still be applied); [`Error::Refused`] if the state machine's
+    /// `validate` refused it; [`Error::SessionExpired`] if the cluster dropped this client's
+    /// session (not applied; the next call opens a new one); [`Error::Rejected`] if the cluster
+    /// refused it for good (too large, malformed).
     pub fn propose(&mut self, command: &[u8]) -> Result<Vec<u8>> {
-        match self.call(RequestBody::Propose(command.to_vec()))? {
+        match self.propose_in_session(command, ResponseMode::Applied)? {
             ResponseBody::Applied(result) => Ok(result),
             other => Err(unexpected(other)),
         }
     }
 
-    /// Asks the leader's state machine a read-only `query`.
+    /// Like [`Client::propose`], but answered as soon as the command is committed (durable on a
+    /// majority), with its log index instead of the state machine's reply.
+    ///
+    /// # Errors
+    /// As for [`Client::propose`].
+    pub fn propose_committed(&mut self, command: &[u8]) -> Result<LogIndex> {
+        match self.propose_in_session(command, ResponseMode::Committed)? {
+            ResponseBody::Committed(index) => Ok(index),
+            // A retry of a request applied since is answered from the session table.
+            ResponseBody::Applied(_) => Err(unexpected(ResponseBody::Applied(Vec::new()))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks the state machine a read-only `query`, linearizably: the answer reflects every
+    /// write acknowledged before the call (ReadIndex, thesis §6.4).
     ///
     /// # Errors
     /// As for [`Client::propose`].
     pub fn query(&mut self, query: &[u8]) -> Result<Vec<u8>> {
-        match self.call(RequestBody::Query(query.to_vec()))? {
+        let deadline = Instant::now() + self.timeout;
+        match self.call(RequestBody::Query(query.to_vec()), deadline)? {
             ResponseBody::Applied(result) => Ok(result),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// Opens a session if there is none, then sends the next request in it until a final
+    /// answer or the deadline.
+    fn propose_in_session(
+        &mut self,
+        command: &[u8],
+        respond_when: ResponseMode,
+    ) -> Result<ResponseBody> {
+        let deadline = Instant::now() + self.timeout;
+        let session = match self.session {
+            Some(session) => session,
+            None => match self.call(RequestBody::RegisterSession, deadline)? {
+                ResponseBody::SessionRegistered(session) => {
+                    self.session = Some(session);
+                    self.next_sequence = 1;
+                    session
+                }
+                other => return Err(unexpected(other)),
+            },
+        };
+        let sequence = self.next_sequence;
+        // Whatever happens to this request, the next one gets a new number: a request that timed
+        // out may still be applied, and must not be mistaken for the next one.
+        self.next_sequence += 1;
+        let body = RequestBody::SessionPropose(SessionProposal {
+            session,
+            sequence,
+            command: command.to_vec(),
+            respond_when,
+        });
+        match self.call(body, deadline)? {
+            ResponseBody::Refused(error) => Err(Error::Refused { error }),
+            ResponseBody::SessionExpired(session) => {
+                self.session = None;
+                Err(Error::SessionExpired { session })
+            }
+            answer => Ok(answer),
         }
     }
 
@@ -134,7 +212,7 @@ impl Client {
             self.connection = None;
             self.connection = Some(self.connect(server, deadline)?);
         }
-        match self.exchange(RequestBody::Status, deadline) {
+        match self.exchange(&RequestBody::Status, deadline) {
             Ok(ResponseBody::Status(metrics)) => Ok(metrics),
             Ok(other) => Err(unexpected(other)),
             Err(error) => {
@@ -145,14 +223,13 @@ impl Client {
     }
 
     /// Sends `body` until a server gives a final answer or the deadline passes.
-    fn call(&mut self, body: RequestBody) -> Result<ResponseBody> {
+    fn call(&mut self, body: RequestBody, deadline: Instant) -> Result<ResponseBody> {
         if self.cluster.is_empty() {
             return Err(Error::Timeout {
                 timeout: Duration::ZERO,
                 last_problem: "the client was given no server addresses".to_owned(),
             });
         }
-        let deadline = Instant::now() + self.timeout;
         let mut backoff = BACKOFF_MIN;
         let mut last_problem = String::from("no attempt finished");
         loop {
@@ -179,7 +256,7 @@ impl Client {
                     }
                 }
             }
-            let response = match self.exchange(body.clone(), deadline) {
+            let response = match self.exchange(&body, deadline) {
                 Ok(response) => response,
                 Err(error) => {
                     last_problem = error.to_string();
@@ -227,7 +304,9 @@ impl Client {
                         self.connection = None;
                         self.next_server();
                     }
-                    RejectionReason::TooLarge | RejectionReason::BadRequest => {
+                    RejectionReason::TooLarge
+                    | RejectionReason::BadRequest
+                    | RejectionReason::Superseded => {
                         return Err(Error::Rejected {
                             reason: reason.to_string(),
                             message,
@@ -265,7 +344,7 @@ impl Client {
     }
 
     /// Sends one request on the current connection and waits for its response.
-    fn exchange(&mut self, body: RequestBody, deadline: Instant) -> Result<ResponseBody> {
+    fn exchange(&mut self, body: &RequestBody, deadline: Instant) -> Result<ResponseBody> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let connection = self
@@ -277,7 +356,10 @@ impl Client {
             address: address.to_string(),
             source,
         };
-        let frame = wire::encode_request(&ClientRequest { request_id, body });
+        let frame = wire::encode_request(&ClientRequest {
+            request_id,
+            body: body.clone(),
+        });
         connection.stream.write_all(&frame).map_err(io)?;
         let mut buffer = [0u8; 64 * 1024];
         loop {
@@ -373,7 +455,10 @@ mod tests {
     #[test]
     fn follows_a_hint_to_a_cluster_address() {
         let leader = fake_server(|request| match &request.body {
-            RequestBody::Propose(command) => ResponseBody::Applied(command.clone()),
+            RequestBody::RegisterSession => ResponseBody::SessionRegistered(7),
+            RequestBody::SessionPropose(proposal) => {
+                ResponseBody::Applied(proposal.command.clone())
+            }
             _ => ResponseBody::UnknownLeader,
         });
         let follower = fake_server(move |_| ResponseBody::NotLeader {
@@ -420,6 +505,109 @@ mod tests {
         let error = client.propose(b"123456789").unwrap_err();
         assert!(matches!(error, Error::Rejected { .. }), "{error}");
         assert!(error.to_string().contains("exceeds 8"), "{error}");
+    }
+
+    /// A server that registers session 7 and records every session request it sees; it closes
+    /// the connection instead of answering the first `drop_first` of them.
+    /// Every (session, sequence) a recording server saw, in order.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>;
+
+    fn recording_server(
+        drop_first: usize,
+        answer: impl Fn(&SessionProposal) -> ResponseBody + Send + 'static,
+    ) -> (SocketAddr, Seen) {
+        use std::sync::{Arc, Mutex};
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut frames = FrameReader::new(MESSAGE_BYTES_MAX_DEFAULT);
+                let mut buffer = [0u8; 4096];
+                let mut preamble_seen = false;
+                'connection: while let Ok(read) = stream.read(&mut buffer) {
+                    if read == 0 {
+                        break;
+                    }
+                    frames.extend(&buffer[..read]);
+                    while let Ok(Some(frame)) = frames.next_frame() {
+                        if !preamble_seen {
+                            preamble_seen = true;
+                            continue;
+                        }
+                        let Ok(request) = wire::decode_request(&frame) else {
+                            break 'connection;
+                        };
+                        let body = match &request.body {
+                            RequestBody::RegisterSession => ResponseBody::SessionRegistered(7),
+                            RequestBody::SessionPropose(proposal) => {
+                                let mut seen = record.lock().expect("lock");
+                                seen.push((proposal.session, proposal.sequence));
+                                if seen.len() <= drop_first {
+                                    break 'connection;
+                                }
+                                answer(proposal)
+                            }
+                            _ => ResponseBody::UnknownLeader,
+                        };
+                        let response = ClientResponse {
+                            request_id: request.request_id,
+                            body,
+                        };
+                        if stream.write_all(&wire::encode_response(&response)).is_err() {
+                            break 'connection;
+                        }
+                    }
+                }
+            }
+        });
+        (address, seen)
+    }
+
+    /// §6.3: a proposal whose reply was lost is retried under the same sequence number, and the
+    /// next proposal gets the next one.
+    #[test]
+    fn a_retry_repeats_the_sequence_number() {
+        let (server, seen) = recording_server(1, |proposal| {
+            ResponseBody::Applied(proposal.command.clone())
+        });
+        let mut client = Client::new([server]);
+        assert_eq!(client.propose(b"a").expect("applied"), b"a");
+        assert_eq!(client.propose(b"b").expect("applied"), b"b");
+        assert_eq!(client.session(), Some(7));
+        assert_eq!(*seen.lock().expect("lock"), [(7, 1), (7, 1), (7, 2)]);
+    }
+
+    #[test]
+    fn an_expired_session_is_an_error_and_the_next_call_opens_a_new_one() {
+        let answered = std::sync::atomic::AtomicUsize::new(0);
+        let (server, seen) = recording_server(0, move |proposal| {
+            match answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => ResponseBody::SessionExpired(proposal.session),
+                _ => ResponseBody::Applied(Vec::new()),
+            }
+        });
+        let mut client = Client::new([server]);
+        let error = client.propose(b"a").unwrap_err();
+        assert!(
+            matches!(error, Error::SessionExpired { session: 7 }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("not applied"), "{error}");
+        assert_eq!(client.session(), None);
+        client.propose(b"b").expect("applied in a new session");
+        // The new session starts again at 1.
+        assert_eq!(*seen.lock().expect("lock"), [(7, 1), (7, 1)]);
+    }
+
+    #[test]
+    fn a_refusal_by_the_state_machine_carries_its_error() {
+        let (server, _) = recording_server(0, |_| ResponseBody::Refused(b"no funds".to_vec()));
+        let error = Client::new([server]).propose(b"pay 10").unwrap_err();
+        assert!(matches!(&error, Error::Refused { error } if error == b"no funds"));
+        assert!(error.to_string().contains("no funds"), "{error}");
     }
 
     #[test]

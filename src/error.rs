@@ -35,6 +35,27 @@ pub enum Error {
         /// The last error or refusal seen before giving up.
         last_problem: String,
     },
+    /// The state machine's `validate` refused the command before it entered the log; nothing
+    /// was appended. `error` is the application's own error.
+    #[error(
+        "the state machine refused the command: {}",
+        String::from_utf8_lossy(error)
+    )]
+    Refused {
+        /// What `StateMachine::validate` returned.
+        error: Vec<u8>,
+    },
+    /// The client's session is no longer in the cluster's session table (it keeps the
+    /// `sessions_max` most recently used); the command was not applied.
+    #[error(
+        "client session {session} expired (the cluster keeps a bounded number of sessions and \
+         dropped this least recently used one); the command was not applied, and the next call \
+         opens a new session"
+    )]
+    SessionExpired {
+        /// The expired session's id.
+        session: u64,
+    },
     /// The cluster refused a request.
     #[error("the cluster refused the request ({reason}): {message}")]
     Rejected {

@@ -16,6 +16,16 @@ pub trait StateMachine: Send + 'static {
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the whole state with one produced by [`StateMachine::snapshot`].
     fn restore_snapshot(&mut self, snapshot: Vec<u8>);
+    /// Called on the leader before `command` enters the log: `Err(error)` refuses it, and the
+    /// client receives `error` with nothing appended. The default accepts everything.
+    ///
+    /// The check sees the leader's current state, which may lag the log by the commands in
+    /// flight, so it is advisory: `apply` must still handle (deterministically) any command it
+    /// is given.
+    fn validate(&self, command: &[u8]) -> std::result::Result<(), Vec<u8>> {
+        let _ = command;
+        Ok(())
+    }
 }
 
 /// A state machine that keeps nothing and answers every command with an empty reply.

@@ -3,7 +3,8 @@
 //! off the wire is checked here (ids, enums, sizes) before the core sees it.
 
 use crate::consensus::{
-    AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse, Role,
+    AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse, ResponseMode,
+    Role,
 };
 use crate::error::WireError;
 use crate::log::{Entry, EntryKind};
@@ -35,12 +36,29 @@ pub struct ClientRequest {
 /// What a client asks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RequestBody {
-    /// Append a command to the log; answered once applied.
+    /// Append a command to the log outside any session; answered once applied.
     Propose(Vec<u8>),
-    /// A read-only question for the state machine, answered by the leader.
+    /// A read-only question for the state machine, answered linearizably by the leader.
     Query(Vec<u8>),
     /// The server's [`Metrics`].
     Status,
+    /// Open a client session (thesis §6.3).
+    RegisterSession,
+    /// A command inside a session, applied at most once.
+    SessionPropose(SessionProposal),
+}
+
+/// Request `sequence` of session `session` (see the schema's `SessionProposal`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionProposal {
+    /// The id the cluster gave the session.
+    pub session: u64,
+    /// 1, 2, 3, ... per session; a retry repeats its number.
+    pub sequence: u64,
+    /// The command for the state machine.
+    pub command: Vec<u8>,
+    /// When to answer.
+    pub respond_when: ResponseMode,
 }
 
 /// A server's answer to one [`ClientRequest`].
@@ -75,6 +93,14 @@ pub enum ResponseBody {
     },
     /// The server's state.
     Status(Metrics),
+    /// A session was opened with this id.
+    SessionRegistered(u64),
+    /// Committed at this index (for `ResponseMode::Committed`).
+    Committed(LogIndex),
+    /// The state machine refused the command; nothing was appended. Its error bytes.
+    Refused(Vec<u8>),
+    /// The session is unknown (expired or never opened); the command was not applied.
+    SessionExpired(u64),
 }
 
 /// Why a request was refused (see the schema for each meaning).
@@ -90,6 +116,8 @@ pub enum RejectionReason {
     ShuttingDown,
     /// Not understood.
     BadRequest,
+    /// An old duplicate: the session already applied a later request.
+    Superseded,
 }
 
 impl std::fmt::Display for RejectionReason {
@@ -100,6 +128,7 @@ impl std::fmt::Display for RejectionReason {
             RejectionReason::TooLarge => "too large",
             RejectionReason::ShuttingDown => "shutting down",
             RejectionReason::BadRequest => "bad request",
+            RejectionReason::Superseded => "superseded",
         })
     }
 }
@@ -145,6 +174,7 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
             out.set_prev_log_index(m.prev_log_index.0);
             out.set_prev_log_term(m.prev_log_term.0);
             out.set_leader_commit(m.leader_commit.0);
+            out.set_read_round(m.read_round);
             let count = u32::try_from(m.entries.len()).expect("batches are far below 2^32 entries");
             let mut entries = out.init_entries(count);
             for (position, entry) in m.entries.iter().enumerate() {
@@ -153,6 +183,8 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
                 slot.set_kind(match entry.kind {
                     EntryKind::Noop => schema::EntryKind::Noop,
                     EntryKind::Command => schema::EntryKind::Command,
+                    EntryKind::RegisterSession => schema::EntryKind::RegisterSession,
+                    EntryKind::SessionCommand => schema::EntryKind::SessionCommand,
                 });
                 slot.set_data(&entry.data);
             }
@@ -165,6 +197,7 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
             out.set_conflict_term(m.conflict_term.0);
             out.set_conflict_index(m.conflict_index.0);
             out.set_last_log_index(m.last_log_index.0);
+            out.set_read_round(m.read_round);
         }
     }
     to_frame(&builder)
@@ -179,6 +212,17 @@ pub fn encode_request(request: &ClientRequest) -> Vec<u8> {
         RequestBody::Propose(command) => root.set_propose(command),
         RequestBody::Query(query) => root.set_query(query),
         RequestBody::Status => root.set_status(()),
+        RequestBody::RegisterSession => root.set_register_session(()),
+        RequestBody::SessionPropose(proposal) => {
+            let mut out = root.init_session_propose();
+            out.set_session(proposal.session);
+            out.set_sequence(proposal.sequence);
+            out.set_command(&proposal.command);
+            out.set_respond_when(match proposal.respond_when {
+                ResponseMode::Applied => schema::ResponseMode::Applied,
+                ResponseMode::Committed => schema::ResponseMode::Committed,
+            });
+        }
     }
     to_frame(&builder)
 }
@@ -207,6 +251,7 @@ pub fn encode_response(response: &ClientResponse) -> Vec<u8> {
                 RejectionReason::TooLarge => schema::RejectionReason::TooLarge,
                 RejectionReason::ShuttingDown => schema::RejectionReason::ShuttingDown,
                 RejectionReason::BadRequest => schema::RejectionReason::BadRequest,
+                RejectionReason::Superseded => schema::RejectionReason::Superseded,
             });
             rejection.set_message(message.as_str());
         }
@@ -231,6 +276,10 @@ pub fn encode_response(response: &ClientResponse) -> Vec<u8> {
                 slot.set_match_index(match_index.0);
             }
         }
+        ResponseBody::SessionRegistered(session) => root.set_session_registered(*session),
+        ResponseBody::Committed(index) => root.set_committed(index.0),
+        ResponseBody::Refused(error) => root.set_refused(error),
+        ResponseBody::SessionExpired(session) => root.set_session_expired(*session),
     }
     to_frame(&builder)
 }
@@ -339,6 +388,8 @@ fn decode_message_fields(frame: &[u8]) -> Result<Message, WireError> {
                 let kind = match entry.get_kind().map_err(not_in_schema("Entry.kind"))? {
                     schema::EntryKind::Noop => EntryKind::Noop,
                     schema::EntryKind::Command => EntryKind::Command,
+                    schema::EntryKind::RegisterSession => EntryKind::RegisterSession,
+                    schema::EntryKind::SessionCommand => EntryKind::SessionCommand,
                 };
                 entries.push(Entry {
                     term: Term(entry.get_term()),
@@ -353,6 +404,7 @@ fn decode_message_fields(frame: &[u8]) -> Result<Message, WireError> {
                 prev_log_term: Term(m.get_prev_log_term()),
                 entries,
                 leader_commit: LogIndex(m.get_leader_commit()),
+                read_round: m.get_read_round(),
             })
         }
         Which::AppendEntriesResponse(m) => {
@@ -364,6 +416,7 @@ fn decode_message_fields(frame: &[u8]) -> Result<Message, WireError> {
                 conflict_term: Term(m.get_conflict_term()),
                 conflict_index: LogIndex(m.get_conflict_index()),
                 last_log_index: LogIndex(m.get_last_log_index()),
+                read_round: m.get_read_round(),
             })
         }
     })
@@ -381,6 +434,29 @@ pub fn decode_request(frame: &[u8]) -> Result<ClientRequest, WireError> {
         Which::Propose(command) => RequestBody::Propose(command?.to_vec()),
         Which::Query(query) => RequestBody::Query(query?.to_vec()),
         Which::Status(()) => RequestBody::Status,
+        Which::RegisterSession(()) => RequestBody::RegisterSession,
+        Which::SessionPropose(proposal) => {
+            let proposal = proposal?;
+            let sequence = proposal.get_sequence();
+            if sequence == 0 {
+                return Err(WireError::Invalid {
+                    field: "SessionProposal.sequence",
+                    reason: "sequence numbers start at 1".to_owned(),
+                });
+            }
+            RequestBody::SessionPropose(SessionProposal {
+                session: proposal.get_session(),
+                sequence,
+                command: proposal.get_command()?.to_vec(),
+                respond_when: match proposal
+                    .get_respond_when()
+                    .map_err(not_in_schema("SessionProposal.respondWhen"))?
+                {
+                    schema::ResponseMode::Applied => ResponseMode::Applied,
+                    schema::ResponseMode::Committed => ResponseMode::Committed,
+                },
+            })
+        }
     };
     Ok(ClientRequest {
         request_id: root.get_request_id(),
@@ -417,6 +493,7 @@ pub fn decode_response(frame: &[u8]) -> Result<ClientResponse, WireError> {
                 schema::RejectionReason::TooLarge => RejectionReason::TooLarge,
                 schema::RejectionReason::ShuttingDown => RejectionReason::ShuttingDown,
                 schema::RejectionReason::BadRequest => RejectionReason::BadRequest,
+                schema::RejectionReason::Superseded => RejectionReason::Superseded,
             };
             ResponseBody::Rejected {
                 reason,
@@ -451,6 +528,10 @@ pub fn decode_response(frame: &[u8]) -> Result<ClientResponse, WireError> {
                 match_indexes,
             })
         }
+        Which::SessionRegistered(session) => ResponseBody::SessionRegistered(session),
+        Which::Committed(index) => ResponseBody::Committed(LogIndex(index)),
+        Which::Refused(error) => ResponseBody::Refused(error?.to_vec()),
+        Which::SessionExpired(session) => ResponseBody::SessionExpired(session),
     };
     Ok(ClientResponse {
         request_id: root.get_request_id(),
@@ -487,8 +568,14 @@ mod tests {
                 leader_id: ServerId(1),
                 prev_log_index: LogIndex(3),
                 prev_log_term: Term(5),
-                entries: vec![Entry::noop(Term(7)), Entry::command(Term(7), b"put a b")],
+                entries: vec![
+                    Entry::noop(Term(7)),
+                    Entry::command(Term(7), b"put a b"),
+                    Entry::register_session(Term(7)),
+                    Entry::session_command(Term(7), 4, 1, b"put c d"),
+                ],
                 leader_commit: LogIndex(2),
+                read_round: 11,
             }),
             Message::AppendEntriesResponse(AppendEntriesResponse {
                 term: Term(7),
@@ -497,6 +584,7 @@ mod tests {
                 conflict_term: Term(5),
                 conflict_index: LogIndex(3),
                 last_log_index: LogIndex(9),
+                read_round: 11,
             }),
         ];
         for message in messages {
@@ -517,6 +605,13 @@ mod tests {
             RequestBody::Propose(b"put k v".to_vec()),
             RequestBody::Query(b"get k".to_vec()),
             RequestBody::Status,
+            RequestBody::RegisterSession,
+            RequestBody::SessionPropose(SessionProposal {
+                session: 12,
+                sequence: 3,
+                command: b"put k v".to_vec(),
+                respond_when: ResponseMode::Committed,
+            }),
         ] {
             let request = ClientRequest {
                 request_id: 9,
@@ -546,6 +641,14 @@ mod tests {
                 message: "too many uncommitted entries".to_owned(),
             },
             ResponseBody::Status(metrics),
+            ResponseBody::SessionRegistered(12),
+            ResponseBody::Committed(LogIndex(44)),
+            ResponseBody::Refused(b"no such account".to_vec()),
+            ResponseBody::SessionExpired(12),
+            ResponseBody::Rejected {
+                reason: RejectionReason::Superseded,
+                message: "old".to_owned(),
+            },
         ] {
             let response = ClientResponse {
                 request_id: 5,

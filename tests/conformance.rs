@@ -199,6 +199,7 @@ fn append(
         prev_log_term: Term(prev_log_term),
         entries,
         leader_commit: LogIndex(leader_commit),
+        read_round: 0,
     })
 }
 
@@ -211,6 +212,7 @@ fn ack(term: u64, match_index: u64) -> Message {
         conflict_term: Term(0),
         conflict_index: LogIndex(0),
         last_log_index: LogIndex(match_index),
+        read_round: 0,
     })
 }
 
@@ -866,6 +868,7 @@ fn proposal_appends_current_term_entry_and_replicates_it() {
         prev_log_term: Term(1),
         entries: vec![entry],
         leader_commit: LogIndex(1),
+        read_round: 0,
     };
     assert_eq!(appends(&actions), [(2, expected.clone()), (3, expected)]);
 }

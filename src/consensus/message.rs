@@ -41,6 +41,8 @@ pub struct AppendEntries {
     pub entries: Vec<Entry>,
     /// The leader's commit index, capped by what the leader knows this follower holds.
     pub leader_commit: LogIndex,
+    /// The leader's latest ReadIndex round (thesis §6.4), echoed in the response.
+    pub read_round: u64,
 }
 
 /// The answer to [`AppendEntries`].
@@ -61,6 +63,9 @@ pub struct AppendEntriesResponse {
     pub conflict_index: LogIndex,
     /// The follower's last log index (informational).
     pub last_log_index: LogIndex,
+    /// The `read_round` of the request answered: an answer of the leader's term to round r
+    /// confirms the leader still led after every read of round r arrived.
+    pub read_round: u64,
 }
 
 /// Every message one server sends another.

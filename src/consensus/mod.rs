@@ -12,12 +12,15 @@
 //! §5.4.2), `progress.rs` (per-follower state), `quorum.rs` (majorities), `invariants.rs`
 //! (checks after every step).
 
+mod client_requests;
 mod election;
 mod invariants;
 pub mod message;
 pub mod progress;
 pub mod quorum;
+mod read_index;
 mod replication;
+pub mod sessions;
 
 pub use message::{
     AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
@@ -27,11 +30,13 @@ use crate::error::{ConfigError, LogError, Result};
 use crate::log::PersistentLog;
 use crate::state_machine::StateMachine;
 use crate::types::{LogIndex, ServerId, Term};
+use client_requests::Waiter;
 use invariants::Observed;
 use progress::Progress;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeMap, BTreeSet};
+use sessions::Sessions;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// Tunables of one server's consensus core. Validated by [`Config::validate`].
@@ -55,6 +60,10 @@ pub struct Config {
     /// [`ProposalOutcome::Overloaded`] instead of growing the log without bound while a majority
     /// is unreachable. Default 65,536.
     pub uncommitted_entries_max: u64,
+    /// Most client sessions the replicated session table keeps (thesis §6.3); opening one more
+    /// expires the least recently used. Part of the replicated state machine's definition, so it
+    /// must be equal on every server. Default 10,000.
+    pub sessions_max: usize,
     /// Test only: deliberately break one Raft rule, to prove the simulator catches it.
     #[doc(hidden)]
     pub testing_broken_rule: Option<BrokenRule>,
@@ -66,6 +75,8 @@ pub struct Config {
 pub enum BrokenRule {
     /// Commit an earlier term's entry by counting replicas, ignoring §5.4.2 (Figure 8).
     CommitPreviousTermByCount,
+    /// Answer reads from the leader's state machine at once, without ReadIndex (§6.4).
+    LocalReads,
 }
 
 impl Default for Config {
@@ -78,6 +89,7 @@ impl Default for Config {
             append_bytes_max: 1 << 20,
             in_flight_appends_max: 8,
             uncommitted_entries_max: 65_536,
+            sessions_max: 10_000,
             testing_broken_rule: None,
         }
     }
@@ -111,6 +123,7 @@ impl Config {
             ("append_bytes_max", self.append_bytes_max),
             ("in_flight_appends_max", self.in_flight_appends_max as u64),
             ("uncommitted_entries_max", self.uncommitted_entries_max),
+            ("sessions_max", self.sessions_max as u64),
         ] {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit { name });
@@ -158,7 +171,26 @@ pub enum TimerAction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProposalId(pub u64);
 
-/// What became of a proposal.
+/// When a proposer wants its answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ResponseMode {
+    /// Once applied, with the state machine's reply (the default).
+    #[default]
+    Applied,
+    /// Once committed (durable on a majority): sooner, with the index and no reply.
+    Committed,
+}
+
+/// Which session request a proposal is (thesis §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionRequest {
+    /// The session's id, as given by [`ProposalOutcome::SessionRegistered`].
+    pub session: u64,
+    /// The request's number in the session: 1, 2, 3, …; a retry repeats it.
+    pub sequence: u64,
+}
+
+/// What became of a proposal, a session registration or a read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProposalOutcome {
     /// Committed and applied at `index`; `result` is what `StateMachine::apply` returned.
@@ -185,6 +217,39 @@ pub enum ProposalOutcome {
         /// The configured limit that was reached.
         uncommitted_entries_max: u64,
     },
+    /// Committed at `index` ([`ResponseMode::Committed`]); it will be applied in order.
+    Committed {
+        /// Where the command sits in the log.
+        index: LogIndex,
+    },
+    /// [`StateMachine::validate`] refused the command; nothing was appended.
+    Refused {
+        /// The state machine's error.
+        error: Vec<u8>,
+    },
+    /// A session was opened.
+    SessionRegistered {
+        /// Its id: the index of its registration entry.
+        session: u64,
+    },
+    /// The session is not in the session table (expired, or never opened): the command was not
+    /// applied and never will be under this session.
+    SessionExpired {
+        /// The session named.
+        session: u64,
+    },
+    /// The session already applied a later request than this one: an old duplicate.
+    Superseded {
+        /// The session named.
+        session: u64,
+        /// The old request's number.
+        sequence: u64,
+    },
+    /// A linearizable read's answer (§6.4): what `StateMachine::query` returned.
+    Read {
+        /// The state machine's answer.
+        result: Vec<u8>,
+    },
 }
 
 /// The answer for one proposal.
@@ -206,12 +271,36 @@ pub enum Event {
         /// What it sent.
         message: Message,
     },
-    /// A client asks to append `command` to the log.
+    /// A client asks to append `command` to the log, outside any session, answered when
+    /// applied. Shorthand for [`Event::Propose`] without a session.
     ClientProposal {
         /// The caller's tag, echoed in the reply.
         id: ProposalId,
         /// The command for `StateMachine::apply`.
         command: Vec<u8>,
+    },
+    /// A client asks to append `command` to the log.
+    Propose {
+        /// The caller's tag, echoed in the reply.
+        id: ProposalId,
+        /// The command for `StateMachine::apply`.
+        command: Vec<u8>,
+        /// The session request it is, for exactly-once application; `None`: no session.
+        session: Option<SessionRequest>,
+        /// When to answer.
+        respond_when: ResponseMode,
+    },
+    /// A client asks for a new session (thesis §6.3).
+    RegisterSession {
+        /// The caller's tag, echoed in the reply.
+        id: ProposalId,
+    },
+    /// A client's linearizable read (thesis §6.4).
+    Query {
+        /// The caller's tag, echoed in the reply.
+        id: ProposalId,
+        /// The question for `StateMachine::query`.
+        query: Vec<u8>,
     },
     /// A timer armed by a [`TimerAction::Set`] fired.
     Timeout(Timer),
@@ -308,8 +397,21 @@ pub struct Consensus<L: PersistentLog, M: StateMachine> {
     votes_rejected: BTreeSet<ServerId>,
     /// Leader only: each peer's replication progress.
     progress: BTreeMap<ServerId, Progress>,
-    /// Proposals this server appended as leader, by (index, term), awaiting apply.
-    pending_proposals: BTreeMap<(LogIndex, Term), ProposalId>,
+    /// Proposals this server appended as leader, by (index, term), awaiting commit or apply.
+    pending_proposals: BTreeMap<(LogIndex, Term), Vec<Waiter>>,
+    /// The replicated session table (thesis §6.3), changed only by applying entries.
+    sessions: Sessions,
+    /// Leader only: the session request appended in this term and not yet applied, per session,
+    /// so a retry waits for the same entry instead of appending a second copy.
+    sessions_in_flight: HashMap<u64, (u64, LogIndex, Term)>,
+    /// Leader only: the index of this term's no-op. Until it is applied, the leader's state
+    /// machine and session table may lag what earlier leaders committed, so session requests and
+    /// reads wait in `waiting_for_term_start`.
+    term_start: LogIndex,
+    /// Session proposals and reads that arrived before the term's no-op was applied.
+    waiting_for_term_start: Vec<Event>,
+    /// Leader only: reads in flight (ReadIndex, §6.4).
+    reads: read_index::ReadState,
     /// Randomness for election timeouts, from the seed given at construction.
     rng: ChaCha8Rng,
     /// Actions gathered during the current step.
@@ -351,6 +453,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         let peers = voters.iter().copied().filter(|&v| v != id).collect();
         let durable_index = log.latest_log_index();
         let observed = Observed::new(log.current_term());
+        let config_sessions_max = config.sessions_max;
         Ok(Consensus {
             id,
             voters,
@@ -370,6 +473,11 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             votes_rejected: BTreeSet::new(),
             progress: BTreeMap::new(),
             pending_proposals: BTreeMap::new(),
+            sessions: Sessions::new(config_sessions_max),
+            sessions_in_flight: HashMap::new(),
+            term_start: LogIndex(0),
+            waiting_for_term_start: Vec::new(),
+            reads: read_index::ReadState::default(),
             rng: ChaCha8Rng::seed_from_u64(rng_seed),
             out: Actions::default(),
             observed,
@@ -390,11 +498,22 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     pub fn step(&mut self, event: Event) -> Result<Actions> {
         match event {
             Event::Message { from, message } => self.handle_message(from, message)?,
-            Event::ClientProposal { id, command } => self.propose(id, command)?,
+            Event::ClientProposal { id, command } => {
+                self.propose(id, command, None, ResponseMode::Applied)?;
+            }
+            Event::Propose {
+                id,
+                command,
+                session,
+                respond_when,
+            } => self.propose(id, command, session, respond_when)?,
+            Event::RegisterSession { id } => self.register_session(id)?,
+            Event::Query { id, query } => self.query(id, query),
             Event::Timeout(Timer::Election) => self.on_election_timeout()?,
             Event::Timeout(Timer::Heartbeat) => self.on_heartbeat_timeout()?,
             Event::PeerConnected(peer) => self.on_peer_connected(peer)?,
         }
+        self.settle()?;
         self.check_invariants();
         Ok(self.take_actions())
     }
@@ -413,6 +532,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         if self.role == Role::Leader {
             self.advance_commit_index()?;
         }
+        self.settle()?;
         self.check_invariants();
         Ok(self.take_actions())
     }
@@ -488,6 +608,11 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 .map(|(&peer, progress)| (peer, progress.match_index))
                 .collect(),
         }
+    }
+
+    /// The replicated client session table.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// The persistent log.
@@ -581,6 +706,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                         conflict_term: Term(0),
                         conflict_index: LogIndex(0),
                         last_log_index: self.log.latest_log_index(),
+                        read_round: 0,
                     }),
                 ),
                 _ => {}
@@ -638,6 +764,19 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         }
         if self.role == Role::Leader {
             self.out.timers.push(TimerAction::Cancel(Timer::Heartbeat));
+            // A deposed leader answers no read and appends no waiting proposal.
+            self.abandon_reads(leader);
+            for event in std::mem::take(&mut self.waiting_for_term_start) {
+                let id = match event {
+                    Event::Propose { id, .. } | Event::Query { id, .. } => id,
+                    _ => continue,
+                };
+                self.out.replies.push(ClientReply {
+                    id,
+                    outcome: ProposalOutcome::NotLeader { leader },
+                });
+            }
+            self.sessions_in_flight.clear();
         }
         self.role = Role::Follower;
         self.leader_id = leader;
@@ -695,6 +834,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         let noop_index = self.log.latest_log_index().next();
         let term = self.current_term();
         self.append_to_own_log(&[crate::log::Entry::noop(term)])?;
+        self.term_start = noop_index;
+        self.sessions_in_flight.clear();
         log::info!("{}: became leader; no-op at {noop_index}", self.who());
         self.progress = self
             .peers

@@ -37,6 +37,8 @@ pub struct Progress {
     /// Whether an acknowledgement advanced `match_index` since the last heartbeat, used to detect
     /// lost appends when the window stays full.
     acked_since_heartbeat: bool,
+    /// The highest ReadIndex round this follower answered in the leader's term (thesis §6.4).
+    acked_read_round: u64,
 }
 
 impl Progress {
@@ -49,7 +51,23 @@ impl Progress {
             state: ReplicationState::Probe { paused: false },
             in_flight: VecDeque::new(),
             acked_since_heartbeat: false,
+            acked_read_round: 0,
         }
+    }
+
+    /// Whether the leader is still looking for where the follower's log matches.
+    pub fn is_probing(&self) -> bool {
+        matches!(self.state, ReplicationState::Probe { .. })
+    }
+
+    /// Records an answer of the leader's term to read round `round`.
+    pub fn on_read_round(&mut self, round: u64) {
+        self.acked_read_round = self.acked_read_round.max(round);
+    }
+
+    /// The highest read round answered.
+    pub fn acked_read_round(&self) -> u64 {
+        self.acked_read_round
     }
 
     /// Whether the leader may send this follower an append now.

@@ -34,12 +34,18 @@ pub fn vote_result(voter_count: usize, granted: usize, rejected: usize) -> VoteR
 /// The highest index that a majority of voters hold, given each voter's match index (the leader's
 /// own counted only once durable). Reorders `match_indexes`. Returns 0 for no voters.
 pub fn committed_index(match_indexes: &mut [LogIndex]) -> LogIndex {
-    if match_indexes.is_empty() {
-        return LogIndex(0);
+    agreed_value(match_indexes)
+}
+
+/// The highest value that at least a majority of voters have reached, given each voter's value
+/// (a match index, a read round answered). Reorders `values`. The default for no voters.
+pub fn agreed_value<T: Ord + Copy + Default>(values: &mut [T]) -> T {
+    if values.is_empty() {
+        return T::default();
     }
-    match_indexes.sort_unstable_by(|a, b| b.cmp(a));
-    // Sorted high to low, the value at position majority-1 is held by at least a majority.
-    match_indexes[majority(match_indexes.len()) - 1]
+    values.sort_unstable_by(|a, b| b.cmp(a));
+    // Sorted high to low, the value at position majority-1 is reached by at least a majority.
+    values[majority(values.len()) - 1]
 }
 
 #[cfg(test)]

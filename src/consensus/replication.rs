@@ -3,9 +3,10 @@
 
 use super::progress::ReplicationState;
 use super::quorum;
+use super::sessions::Lookup;
 use super::{
-    AppendEntries, AppendEntriesResponse, BrokenRule, ClientReply, Consensus, Message, ProposalId,
-    ProposalOutcome, Role, Timer, TimerAction,
+    AppendEntries, AppendEntriesResponse, BrokenRule, ClientReply, Consensus, Message,
+    ProposalOutcome, ResponseMode, Role, Timer, TimerAction,
 };
 use crate::error::Result;
 use crate::log::{Entry, EntryKind, PersistentLog};
@@ -16,42 +17,6 @@ use crate::types::{LogIndex, ServerId, Term};
 const APPLY_BATCH_BYTES_MAX: u64 = 4 << 20;
 
 impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
-    /// §5.3: the leader appends the command to its own log and replicates it; anyone else
-    /// answers with the leader it knows, appending nothing.
-    pub(super) fn propose(&mut self, id: ProposalId, command: Vec<u8>) -> Result<()> {
-        if self.role != Role::Leader {
-            self.out.replies.push(ClientReply {
-                id,
-                outcome: ProposalOutcome::NotLeader {
-                    leader: self.leader_id,
-                },
-            });
-            return Ok(());
-        }
-        let index = self.log.latest_log_index().next();
-        let uncommitted = index.distance_from(self.commit_index.next());
-        let uncommitted_entries_max = self.config.uncommitted_entries_max;
-        if uncommitted >= uncommitted_entries_max {
-            // Back-pressure: a leader that cannot commit must not grow its log without bound.
-            self.out.replies.push(ClientReply {
-                id,
-                outcome: ProposalOutcome::Overloaded {
-                    uncommitted_entries_max,
-                },
-            });
-            return Ok(());
-        }
-        let term = self.current_term();
-        self.append_to_own_log(&[Entry::command(term, command)])?;
-        self.pending_proposals.insert((index, term), id);
-        for position in 0..self.peers.len() {
-            let peer = self.peers[position];
-            self.send_appends(peer)?;
-        }
-        // One voter: the entry commits once durable, which `sync` reports.
-        Ok(())
-    }
-
     /// Sends `peer` as many appends as its progress allows: one while probing, up to the
     /// in-flight window while replicating (pipelining), each batching up to the entry and byte
     /// limits.
@@ -87,6 +52,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 prev_log_term,
                 entries,
                 leader_commit: self.commit_index,
+                read_round: self.read_round(),
             });
             self.send(peer, message);
             if let Some(progress) = self.progress.get_mut(&peer) {
@@ -110,6 +76,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             timer: Timer::Heartbeat,
             after: self.config.heartbeat_interval,
         });
+        // Reads waiting for a round ride on these heartbeats (§6.4).
+        self.start_read_round_with_heartbeats();
         let window = self.config.in_flight_appends_max;
         for position in 0..self.peers.len() {
             let peer = self.peers[position];
@@ -134,6 +102,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 prev_log_term,
                 entries: Vec::new(),
                 leader_commit: self.commit_index.min(match_index),
+                read_round: self.read_round(),
             });
             self.send(peer, message);
             self.send_appends(peer)?;
@@ -165,6 +134,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             return Ok(());
         }
         let term = self.current_term();
+        let read_round = request.read_round;
         if self.role == Role::Candidate || self.leader_id.is_none() {
             // §5.2: a candidate that hears from a leader of its term accepts it.
             self.become_follower(term, Some(from))?;
@@ -184,7 +154,12 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         let our_last_index = self.log.latest_log_index();
         // §5.3 consistency check on the entry before the new ones.
         if request.prev_log_index > our_last_index {
-            self.reply_append(from, false, LogIndex(0), Term(0), our_last_index.next());
+            self.reply_append(
+                from,
+                false,
+                (LogIndex(0), Term(0), our_last_index.next()),
+                read_round,
+            );
             return Ok(());
         }
         let our_prev_term = self.term_at(request.prev_log_index)?;
@@ -207,7 +182,12 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 our_prev_term,
                 request.prev_log_index
             );
-            self.reply_append(from, false, LogIndex(0), our_prev_term, conflict_index);
+            self.reply_append(
+                from,
+                false,
+                (LogIndex(0), our_prev_term, conflict_index),
+                read_round,
+            );
             return Ok(());
         }
         // §5.3: skip entries we already hold; truncate only at a real conflict, so a delayed
@@ -247,18 +227,24 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             self.commit_index = commit_to;
             self.apply_committed()?;
         }
-        self.reply_append(from, true, last_new_index, Term(0), LogIndex(0));
+        self.reply_append(
+            from,
+            true,
+            (last_new_index, Term(0), LogIndex(0)),
+            read_round,
+        );
         Ok(())
     }
 
+    /// Answers an AppendEntries; `position` is (match index, conflict term, conflict index).
     fn reply_append(
         &mut self,
         to: ServerId,
         success: bool,
-        match_index: LogIndex,
-        conflict_term: Term,
-        conflict_index: LogIndex,
+        position: (LogIndex, Term, LogIndex),
+        read_round: u64,
     ) {
+        let (match_index, conflict_term, conflict_index) = position;
         let message = Message::AppendEntriesResponse(AppendEntriesResponse {
             term: self.current_term(),
             success,
@@ -266,6 +252,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             conflict_term,
             conflict_index,
             last_log_index: self.log.latest_log_index(),
+            read_round,
         });
         self.send(to, message);
     }
@@ -279,6 +266,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         if self.role != Role::Leader {
             return Ok(());
         }
+        // Any answer of our term, success or not, shows the follower still follows us (§6.4).
+        self.on_read_round_answer(from, response.read_round);
         let last_log_index = self.log.latest_log_index();
         if response.success {
             if response.match_index > last_log_index {
@@ -433,37 +422,85 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             );
             for entry in entries {
                 let index = self.last_applied.next();
-                let result = match entry.kind {
-                    EntryKind::Command => Some(self.state_machine.apply(&entry.data)),
+                let outcome = match entry.kind {
                     EntryKind::Noop => None,
+                    EntryKind::Command => Some(ProposalOutcome::Applied {
+                        index,
+                        result: self.state_machine.apply(&entry.data),
+                    }),
+                    EntryKind::RegisterSession => Some(ProposalOutcome::SessionRegistered {
+                        session: self.sessions.register(index),
+                    }),
+                    EntryKind::SessionCommand => Some(self.apply_session_command(index, &entry)),
                 };
                 self.last_applied = index;
-                self.resolve_proposals(index, entry.term, result);
+                self.resolve_proposals(index, entry.term, outcome);
             }
         }
         Ok(())
     }
 
-    /// Answers proposals at or below `index`: the one whose term matches was applied; any other
-    /// there was replaced by a different leader's entry.
-    fn resolve_proposals(&mut self, index: LogIndex, term: Term, mut result: Option<Vec<u8>>) {
+    /// §6.3: a session command is applied only if it is the session's next request; a retry of
+    /// the last one gets the recorded reply; anything else is refused without applying.
+    fn apply_session_command(&mut self, index: LogIndex, entry: &Entry) -> ProposalOutcome {
+        let Some((session, sequence, command)) = entry.session_parts() else {
+            log::error!("{}: malformed session entry at {index}", self.who());
+            return ProposalOutcome::SessionExpired { session: 0 };
+        };
+        if self
+            .sessions_in_flight
+            .get(&session)
+            .is_some_and(|&(in_flight, _, _)| in_flight <= sequence)
+        {
+            self.sessions_in_flight.remove(&session);
+        }
+        match self.sessions.lookup(session, sequence) {
+            Lookup::New => {
+                let result = self.state_machine.apply(&command);
+                self.sessions
+                    .record(session, sequence, index, result.clone());
+                ProposalOutcome::Applied { index, result }
+            }
+            Lookup::Duplicate {
+                index: original,
+                reply,
+            } => ProposalOutcome::Applied {
+                index: original,
+                result: reply,
+            },
+            Lookup::Superseded => ProposalOutcome::Superseded { session, sequence },
+            Lookup::Expired => ProposalOutcome::SessionExpired { session },
+        }
+    }
+
+    /// Answers proposals at or below `index`: those whose term matches wanted the entry just
+    /// applied and get `outcome`; any other there was replaced by a different leader's entry.
+    fn resolve_proposals(&mut self, index: LogIndex, term: Term, outcome: Option<ProposalOutcome>) {
         while let Some((&(pending_index, pending_term), _)) =
             self.pending_proposals.first_key_value()
         {
             if pending_index > index {
                 break;
             }
-            let Some(((_, _), id)) = self.pending_proposals.pop_first() else {
+            let Some(((_, _), waiters)) = self.pending_proposals.pop_first() else {
                 break;
             };
             let same_entry = pending_index == index && pending_term == term;
-            let outcome = match result.take().filter(|_| same_entry) {
-                Some(result) => ProposalOutcome::Applied { index, result },
-                None => ProposalOutcome::Dropped {
-                    index: pending_index,
-                },
-            };
-            self.out.replies.push(ClientReply { id, outcome });
+            for waiter in waiters {
+                let outcome = match (&outcome, waiter.respond_when) {
+                    (Some(_), ResponseMode::Committed) if same_entry => {
+                        ProposalOutcome::Committed { index }
+                    }
+                    (Some(outcome), ResponseMode::Applied) if same_entry => outcome.clone(),
+                    _ => ProposalOutcome::Dropped {
+                        index: pending_index,
+                    },
+                };
+                self.out.replies.push(ClientReply {
+                    id: waiter.id,
+                    outcome,
+                });
+            }
         }
     }
 

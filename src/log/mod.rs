@@ -29,6 +29,12 @@ pub enum EntryKind {
     /// An application command, handed to [`StateMachine::apply`](crate::StateMachine::apply)
     /// once committed.
     Command,
+    /// Opens a client session (thesis §6.3); the session's id is this entry's index. No data.
+    RegisterSession,
+    /// An application command inside a client session: the data is the session id and the
+    /// request's sequence number (each a little-endian u64) followed by the command. Applied at
+    /// most once per (session, sequence number); see [`Entry::session_command`].
+    SessionCommand,
 }
 
 impl EntryKind {
@@ -37,6 +43,8 @@ impl EntryKind {
         match self {
             EntryKind::Noop => 0,
             EntryKind::Command => 1,
+            EntryKind::RegisterSession => 2,
+            EntryKind::SessionCommand => 3,
         }
     }
 
@@ -45,10 +53,15 @@ impl EntryKind {
         match code {
             0 => Some(EntryKind::Noop),
             1 => Some(EntryKind::Command),
+            2 => Some(EntryKind::RegisterSession),
+            3 => Some(EntryKind::SessionCommand),
             _ => None,
         }
     }
 }
+
+/// Bytes in front of the command of a [`EntryKind::SessionCommand`] entry.
+pub const SESSION_HEADER_BYTES: usize = 16;
 
 /// One log entry: the term of the leader that created it, its kind and its bytes (§5.3).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -82,6 +95,40 @@ impl Entry {
             kind: EntryKind::Noop,
             data: Bytes::new(),
         }
+    }
+
+    /// The entry that opens a client session in `term` (thesis §6.3).
+    pub fn register_session(term: Term) -> Self {
+        Entry {
+            term,
+            kind: EntryKind::RegisterSession,
+            data: Bytes::new(),
+        }
+    }
+
+    /// Request `sequence` of client session `session`, carrying `command`, in `term`.
+    pub fn session_command(term: Term, session: u64, sequence: u64, command: &[u8]) -> Self {
+        let mut data = Vec::with_capacity(SESSION_HEADER_BYTES + command.len());
+        data.extend_from_slice(&session.to_le_bytes());
+        data.extend_from_slice(&sequence.to_le_bytes());
+        data.extend_from_slice(command);
+        Entry {
+            term,
+            kind: EntryKind::SessionCommand,
+            data: Bytes::from(data),
+        }
+    }
+
+    /// For a [`EntryKind::SessionCommand`]: its session id, sequence number and command.
+    /// `None` for other kinds, or if the data is too short to hold the header (only a faulty
+    /// peer or disk produces that).
+    pub fn session_parts(&self) -> Option<(u64, u64, Bytes)> {
+        if self.kind != EntryKind::SessionCommand || self.data.len() < SESSION_HEADER_BYTES {
+            return None;
+        }
+        let session = u64::from_le_bytes(self.data[..8].try_into().ok()?);
+        let sequence = u64::from_le_bytes(self.data[8..16].try_into().ok()?);
+        Some((session, sequence, self.data.slice(SESSION_HEADER_BYTES..)))
     }
 
     /// What this entry counts against a byte budget: its data plus [`Entry::OVERHEAD_BYTES`].

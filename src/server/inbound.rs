@@ -10,7 +10,7 @@ use super::connection::{CloseReason, Connection, Kind, ReadEnd};
 use super::outbound::Proposer;
 use super::timers::Deadline;
 use super::{deadline_after, Reactor, CONNECTIONS_MAX};
-use crate::consensus::{Event, ProposalId, Role};
+use crate::consensus::{Event, ProposalId, SessionRequest};
 use crate::error::Result;
 use crate::log::PersistentLog;
 use crate::state_machine::StateMachine;
@@ -167,51 +167,48 @@ where
         }
     }
 
-    /// Proposals go through the core and are answered when it replies; queries and status
-    /// requests are answered at once.
+    /// Proposals, session registrations and reads go through the core and are answered when it
+    /// replies; status requests are answered at once.
     fn handle_client_request(&mut self, token: Token, request: ClientRequest) -> Result<()> {
         let ClientRequest { request_id, body } = request;
+        let command_len = match &body {
+            RequestBody::Propose(command) => Some(command.len()),
+            RequestBody::SessionPropose(proposal) => Some(proposal.command.len()),
+            _ => None,
+        };
+        if let Some(len) = command_len.filter(|&len| len as u64 > self.command_bytes_max()) {
+            // The AppendEntries carrying it must still fit every peer's message limit, or
+            // replication would stall on it forever.
+            let body = ResponseBody::Rejected {
+                reason: RejectionReason::TooLarge,
+                message: format!(
+                    "command of {len} bytes exceeds the limit of {} bytes (half the message limit)",
+                    self.command_bytes_max()
+                ),
+            };
+            self.respond(token, request_id, body);
+            return Ok(());
+        }
         match body {
-            RequestBody::Propose(command) if command.len() as u64 > self.command_bytes_max() => {
-                // The AppendEntries carrying it must still fit every peer's message limit, or
-                // replication would stall on it forever.
-                let body = ResponseBody::Rejected {
-                    reason: RejectionReason::TooLarge,
-                    message: format!(
-                        "command of {} bytes exceeds the limit of {} bytes (half the message limit)",
-                        command.len(),
-                        self.command_bytes_max()
-                    ),
-                };
-                self.respond(token, request_id, body);
-                Ok(())
-            }
-            RequestBody::Propose(command) => {
-                let Some(serial) = self.connections.get(token.0).map(Connection::serial) else {
-                    return Ok(());
-                };
-                self.proposals_issued = self.proposals_issued.wrapping_add(1);
-                let id = ProposalId(self.proposals_issued);
-                self.proposals.insert(
+            RequestBody::Propose(command) => self.submit(token, request_id, |id| {
+                Event::ClientProposal { id, command }
+            }),
+            RequestBody::SessionPropose(proposal) => {
+                self.submit(token, request_id, |id| Event::Propose {
                     id,
-                    Proposer {
-                        token,
-                        serial,
-                        request_id,
-                    },
-                );
-                self.step(Event::ClientProposal { id, command })
+                    command: proposal.command,
+                    session: Some(SessionRequest {
+                        session: proposal.session,
+                        sequence: proposal.sequence,
+                    }),
+                    respond_when: proposal.respond_when,
+                })
+            }
+            RequestBody::RegisterSession => {
+                self.submit(token, request_id, |id| Event::RegisterSession { id })
             }
             RequestBody::Query(query) => {
-                // Not yet linearizable: a deposed leader that has not heard of its successor
-                // answers from its own state. ReadIndex (thesis §6.4) will close that gap.
-                let body = if self.consensus.role() == Role::Leader {
-                    ResponseBody::Applied(self.consensus.state_machine().query(&query))
-                } else {
-                    self.not_leader_response(self.consensus.leader_id())
-                };
-                self.respond(token, request_id, body);
-                Ok(())
+                self.submit(token, request_id, |id| Event::Query { id, query })
             }
             RequestBody::Status => {
                 let body = ResponseBody::Status(self.consensus.metrics());
@@ -219,5 +216,28 @@ where
                 Ok(())
             }
         }
+    }
+
+    /// Hands a client's request to the core under a fresh id, remembering who to answer.
+    fn submit(
+        &mut self,
+        token: Token,
+        request_id: u64,
+        event: impl FnOnce(ProposalId) -> Event,
+    ) -> Result<()> {
+        let Some(serial) = self.connections.get(token.0).map(Connection::serial) else {
+            return Ok(());
+        };
+        self.proposals_issued = self.proposals_issued.wrapping_add(1);
+        let id = ProposalId(self.proposals_issued);
+        self.proposals.insert(
+            id,
+            Proposer {
+                token,
+                serial,
+                request_id,
+            },
+        );
+        self.step(event(id))
     }
 }

@@ -168,6 +168,20 @@ where
                      (uncommitted_entries_max); retry later"
                 ),
             },
+            ProposalOutcome::Committed { index } => ResponseBody::Committed(index),
+            ProposalOutcome::Refused { error } => ResponseBody::Refused(error),
+            ProposalOutcome::SessionRegistered { session } => {
+                ResponseBody::SessionRegistered(session)
+            }
+            ProposalOutcome::SessionExpired { session } => ResponseBody::SessionExpired(session),
+            ProposalOutcome::Superseded { session, sequence } => ResponseBody::Rejected {
+                reason: RejectionReason::Superseded,
+                message: format!(
+                    "session {session} already applied a request after {sequence}; this one \
+                     is an old duplicate"
+                ),
+            },
+            ProposalOutcome::Read { result } => ResponseBody::Applied(result),
         };
         self.respond(proposer.token, proposer.request_id, body);
     }

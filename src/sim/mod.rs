@@ -673,9 +673,14 @@ impl Simulation {
                     self.rng.gen_range(1_000..20_000)
                 }
             }
-            ProposalOutcome::Dropped { .. } | ProposalOutcome::Overloaded { .. } => {
-                self.rng.gen_range(0..5_000)
-            }
+            ProposalOutcome::Dropped { .. }
+            | ProposalOutcome::Overloaded { .. }
+            | ProposalOutcome::Committed { .. }
+            | ProposalOutcome::Refused { .. }
+            | ProposalOutcome::SessionRegistered { .. }
+            | ProposalOutcome::SessionExpired { .. }
+            | ProposalOutcome::Superseded { .. }
+            | ProposalOutcome::Read { .. } => self.rng.gen_range(0..5_000),
         };
         self.clock.schedule(after, SimEvent::ClientSend { client });
     }
