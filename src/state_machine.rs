@@ -48,8 +48,9 @@ impl StateMachine for NullStateMachine {
 /// A key-value map driven by a tiny text protocol, for tests and the simulator.
 ///
 /// Commands: `put <key> <value>` replies with the previous value (empty if none);
-/// `cas <key> <expected> <new>` replies `ok` or the current value; anything else replies
-/// `error: ...`. Queries: `get <key>` replies with the value (empty if none). Keys contain no
+/// `cas <key> <expected> <new>` replies `ok` or the current value. Anything else is refused by
+/// [`StateMachine::validate`] before it reaches the log (and replies `error: ...` if applied
+/// anyway, e.g. when proposed through a leader without the check). Queries: `get <key>` replies with the value (empty if none). Keys contain no
 /// spaces; values are the rest of the command. It also keeps the number of commands applied and
 /// a running digest of them, so tests can compare two replicas cheaply.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -130,6 +131,21 @@ impl StateMachine for KvStateMachine {
         }
     }
 
+    fn validate(&self, command: &[u8]) -> Result<(), Vec<u8>> {
+        let Ok(text) = std::str::from_utf8(command) else {
+            return Err(b"command is not utf-8".to_vec());
+        };
+        match text.split_once(' ') {
+            Some(("put", rest)) if !rest.is_empty() => Ok(()),
+            Some(("cas", rest)) if rest.splitn(3, ' ').count() == 3 => Ok(()),
+            _ => Err(format!(
+                "unknown command {text:?}: expected `put <key> <value>` or \
+                 `cas <key> <expected> <new>`"
+            )
+            .into_bytes()),
+        }
+    }
+
     fn query(&self, query: &[u8]) -> Vec<u8> {
         match std::str::from_utf8(query)
             .ok()
@@ -180,6 +196,16 @@ mod tests {
         assert_eq!(kv.apply(b"cas a 2 3"), b"ok");
         assert_eq!(kv.query(b"get a"), b"3");
         assert_eq!(kv.applied_count(), 4);
+    }
+
+    #[test]
+    fn kv_validates_commands_before_the_log() {
+        let kv = KvStateMachine::new();
+        assert_eq!(kv.validate(b"put a 1"), Ok(()));
+        assert_eq!(kv.validate(b"cas a 1 2"), Ok(()));
+        for bad in [&b"frob a"[..], b"cas a 1", b"put", b"\xff"] {
+            assert!(kv.validate(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

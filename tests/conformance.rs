@@ -17,8 +17,8 @@
 
 use mioraft::consensus::{
     Actions, AppendEntries, AppendEntriesResponse, BrokenRule, ClientReply, Config, Consensus,
-    Envelope, Event, Message, ProposalId, ProposalOutcome, RequestVote, RequestVoteResponse, Timer,
-    TimerAction,
+    Envelope, Event, Message, ProposalId, ProposalOutcome, RequestVote, RequestVoteResponse,
+    ResponseMode, SessionRequest, Timer, TimerAction,
 };
 use mioraft::{
     Entry, EntryKind, KvStateMachine, LogIndex, MemLog, PersistentLog, Role, ServerId,
@@ -1404,4 +1404,311 @@ fn proposal_at_follower_is_redirected_and_commits_once() {
             "server {id}"
         );
     }
+}
+
+// ---- Client sessions (thesis §6.3) and reads (thesis §6.4) ----
+//
+// Beyond CONFORMANCE.md: the rules that make proposals exactly-once and reads linearizable.
+
+/// An acknowledgement of `match_index` that answers read round `round`.
+fn ack_round(term: u64, match_index: u64, round: u64) -> Message {
+    let Message::AppendEntriesResponse(mut response) = ack(term, match_index) else {
+        unreachable!("ack builds a response");
+    };
+    response.read_round = round;
+    Message::AppendEntriesResponse(response)
+}
+
+fn step(node: &mut Node, event: Event) -> Actions {
+    node.step(event).expect("step")
+}
+
+fn session_propose(node: &mut Node, id: u64, request: (u64, u64), command: &str) -> Actions {
+    session_propose_when(node, id, request, command, ResponseMode::Applied)
+}
+
+fn session_propose_when(
+    node: &mut Node,
+    id: u64,
+    (session, sequence): (u64, u64),
+    command: &str,
+    respond_when: ResponseMode,
+) -> Actions {
+    step(
+        node,
+        Event::Propose {
+            id: ProposalId(id),
+            command: command.as_bytes().to_vec(),
+            session: Some(SessionRequest { session, sequence }),
+            respond_when,
+        },
+    )
+}
+
+fn query(node: &mut Node, id: u64, question: &str) -> Actions {
+    step(
+        node,
+        Event::Query {
+            id: ProposalId(id),
+            query: question.as_bytes().to_vec(),
+        },
+    )
+}
+
+/// The leader's own write is durable and follower 2 acknowledges up to `match_index`: with three
+/// servers, that commits it.
+fn commit_through(leader: &mut Node, match_index: u64) -> Actions {
+    let mut actions = sync(leader);
+    actions.merge(receive(leader, 2, ack(1, match_index)));
+    actions
+}
+
+fn outcomes_of(actions: &Actions) -> Vec<(u64, ProposalOutcome)> {
+    actions
+        .replies
+        .iter()
+        .map(|reply| (reply.id.0, reply.outcome.clone()))
+        .collect()
+}
+
+/// Leader of three with session 2 registered (its entry is t1@2) and committed.
+fn leader_with_session() -> Node {
+    let mut leader = leader(3);
+    let _ = step(&mut leader, Event::RegisterSession { id: ProposalId(1) });
+    let actions = commit_through(&mut leader, 2);
+    assert_eq!(
+        outcomes_of(&actions),
+        [(1, ProposalOutcome::SessionRegistered { session: 2 })]
+    );
+    leader
+}
+
+/// §6.3: a retried request that was applied is answered from the session table with the original
+/// reply and index, and appends nothing; older requests and unknown sessions are refused.
+#[test]
+fn session_retry_is_answered_from_the_table_without_appending() {
+    let mut leader = leader_with_session();
+    let _ = session_propose(&mut leader, 10, (2, 1), "put k a");
+    let actions = commit_through(&mut leader, 3);
+    assert_eq!(outcomes_of(&actions), [(10, applied(3, ""))]);
+
+    // The reply was lost; the client retries, after "put k b" by someone else changed the value.
+    let _ = propose(&mut leader, 11, "put k b");
+    let _ = commit_through(&mut leader, 4);
+    let actions = session_propose(&mut leader, 12, (2, 1), "put k a");
+    assert_eq!(
+        outcomes_of(&actions),
+        [(12, applied(3, ""))],
+        "original reply"
+    );
+    assert_eq!(leader.last_log_index(), LogIndex(4), "nothing appended");
+    assert_eq!(leader.state_machine().get("k"), Some("b"), "not re-applied");
+
+    let _ = session_propose(&mut leader, 13, (2, 2), "put k c");
+    let _ = commit_through(&mut leader, 5);
+    let actions = session_propose(&mut leader, 14, (2, 1), "put k a");
+    assert_eq!(
+        outcomes_of(&actions),
+        [(
+            14,
+            ProposalOutcome::Superseded {
+                session: 2,
+                sequence: 1
+            }
+        )]
+    );
+    let actions = session_propose(&mut leader, 15, (99, 1), "put k z");
+    assert_eq!(
+        outcomes_of(&actions),
+        [(15, ProposalOutcome::SessionExpired { session: 99 })]
+    );
+    assert_eq!(leader.last_log_index(), LogIndex(5));
+}
+
+/// §6.3: a retry that arrives while the original is still in flight waits for the same entry.
+#[test]
+fn retry_of_an_in_flight_request_shares_its_entry() {
+    let mut leader = leader_with_session();
+    let _ = session_propose(&mut leader, 10, (2, 1), "put k a");
+    let _ = session_propose(&mut leader, 11, (2, 1), "put k a");
+    assert_eq!(leader.last_log_index(), LogIndex(3), "one entry for both");
+    let actions = commit_through(&mut leader, 3);
+    assert_eq!(
+        outcomes_of(&actions),
+        [(10, applied(3, "")), (11, applied(3, ""))]
+    );
+}
+
+/// §6.3: when a new leader's log holds the same request twice (appended by different leaders),
+/// every server applies it once; the session table is rebuilt from the log alone.
+#[test]
+fn duplicate_session_entries_apply_once_everywhere() {
+    let mut follower = node(2, 3);
+    let entries = vec![
+        Entry::noop(Term(1)),
+        Entry::register_session(Term(1)),
+        Entry::session_command(Term(1), 2, 1, b"put k a"),
+        Entry::session_command(Term(1), 2, 1, b"put k a"),
+        Entry::session_command(Term(1), 2, 2, b"cas k a b"),
+        Entry::session_command(Term(1), 2, 1, b"put k a"),
+    ];
+    let _ = receive_and_sync(&mut follower, 1, append(1, 1, (0, 0), entries, 6));
+    assert_eq!(follower.last_applied(), LogIndex(6));
+    let state_machine = follower.state_machine();
+    assert_eq!(state_machine.applied_count(), 2, "each request once");
+    assert_eq!(state_machine.get("k"), Some("b"));
+}
+
+/// §6.3: the session table keeps `sessions_max` sessions; opening one more expires the least
+/// recently used, by log position alone, and its next command is not applied.
+#[test]
+fn the_least_recently_used_session_expires_through_the_log() {
+    let config = Config {
+        sessions_max: 2,
+        ..Config::default()
+    };
+    let mut follower = build(2, 3, MemLog::new(), config);
+    let entries = vec![
+        Entry::register_session(Term(1)),                  // session 1
+        Entry::register_session(Term(1)),                  // session 2
+        Entry::session_command(Term(1), 1, 1, b"put a 1"), // session 1 used last
+        Entry::register_session(Term(1)),                  // session 4: session 2 expires
+        Entry::session_command(Term(1), 2, 1, b"put b 1"), // refused: expired
+        Entry::session_command(Term(1), 1, 2, b"put a 2"),
+    ];
+    let _ = receive_and_sync(&mut follower, 1, append(1, 1, (0, 0), entries, 6));
+    let sessions = follower.sessions();
+    assert!(sessions.contains(1) && sessions.contains(4) && !sessions.contains(2));
+    let state_machine = follower.state_machine();
+    assert_eq!(state_machine.get("b"), None, "an expired session's command");
+    assert_eq!(state_machine.get("a"), Some("2"));
+}
+
+/// A command the state machine refuses never enters the log; the client gets its error.
+#[test]
+fn validation_refuses_a_command_before_the_log() {
+    let mut leader = leader_with_session();
+    let actions = session_propose(&mut leader, 10, (2, 1), "frobnicate k");
+    let outcomes = outcomes_of(&actions);
+    let [(10, ProposalOutcome::Refused { error })] = &outcomes[..] else {
+        panic!("expected a refusal, got {outcomes:?}");
+    };
+    assert!(String::from_utf8_lossy(error).contains("unknown command"));
+    assert!(appends(&actions).is_empty());
+    assert_eq!(leader.last_log_index(), LogIndex(2), "nothing appended");
+}
+
+/// A proposal may ask to be answered once committed, with its index.
+#[test]
+fn committed_mode_answers_with_the_index() {
+    let mut leader = leader_with_session();
+    let _ = session_propose_when(&mut leader, 10, (2, 1), "put k a", ResponseMode::Committed);
+    let actions = commit_through(&mut leader, 3);
+    assert_eq!(
+        outcomes_of(&actions),
+        [(10, ProposalOutcome::Committed { index: LogIndex(3) })]
+    );
+    // A retry is answered the same way, from the session table.
+    let actions = session_propose_when(&mut leader, 11, (2, 1), "put k a", ResponseMode::Committed);
+    assert_eq!(
+        outcomes_of(&actions),
+        [(11, ProposalOutcome::Committed { index: LogIndex(3) })]
+    );
+}
+
+/// §6.4: a read waits for a heartbeat round a majority answers, then sees every committed write.
+#[test]
+fn a_read_waits_for_a_majority_to_confirm_leadership() {
+    let mut leader = leader(3);
+    let _ = propose(&mut leader, 1, "put k v");
+    let _ = commit_through(&mut leader, 2);
+    let actions = query(&mut leader, 7, "get k");
+    assert!(actions.replies.is_empty(), "not before the round");
+    let rounds: Vec<(u64, u64)> = appends(&actions)
+        .into_iter()
+        .map(|(to, request)| (to, request.read_round))
+        .collect();
+    assert_eq!(rounds, [(2, 1), (3, 1)], "one heartbeat per follower");
+    // An answer to an older round confirms nothing.
+    let actions = receive(&mut leader, 2, ack_round(1, 2, 0));
+    assert!(actions.replies.is_empty());
+    let actions = receive(&mut leader, 3, ack_round(1, 1, 1));
+    assert_eq!(
+        outcomes_of(&actions),
+        [(
+            7,
+            ProposalOutcome::Read {
+                result: b"v".to_vec()
+            }
+        )]
+    );
+}
+
+/// §6.4: reads that arrive while a round is outstanding share the next one.
+#[test]
+fn reads_arriving_during_a_round_share_the_next_one() {
+    let mut leader = leader(3);
+    let _ = query(&mut leader, 1, "get k");
+    let mut later = query(&mut leader, 2, "get k");
+    later.merge(query(&mut leader, 3, "get k"));
+    assert!(appends(&later).is_empty(), "round 1 is still outstanding");
+    let actions = receive(&mut leader, 2, ack_round(1, 1, 1));
+    assert_eq!(actions.replies.len(), 1, "read 1 answered");
+    let rounds: BTreeSet<u64> = appends(&actions)
+        .into_iter()
+        .map(|(_, request)| request.read_round)
+        .collect();
+    assert_eq!(
+        rounds,
+        BTreeSet::from([2]),
+        "round 2 started for reads 2 and 3"
+    );
+    let actions = receive(&mut leader, 3, ack_round(1, 1, 2));
+    let answered: Vec<u64> = actions.replies.iter().map(|reply| reply.id.0).collect();
+    assert_eq!(answered, [2, 3]);
+}
+
+/// §6.4: a leader deposed while a read waits never answers it.
+#[test]
+fn a_deposed_leader_answers_no_read() {
+    let mut leader = leader(3);
+    let _ = query(&mut leader, 7, "get k");
+    let actions = receive(&mut leader, 2, append(2, 2, (1, 1), Vec::new(), 1));
+    assert_eq!(
+        outcomes_of(&actions),
+        [(
+            7,
+            ProposalOutcome::NotLeader {
+                leader: Some(ServerId(2))
+            }
+        )]
+    );
+    // A late answer to the old round changes nothing.
+    let actions = receive(&mut leader, 3, ack_round(1, 1, 1));
+    assert!(actions.replies.is_empty());
+}
+
+/// §6.4, §8: until its no-op is applied a new leader may not know what earlier leaders
+/// committed, so reads and session requests wait for it.
+#[test]
+fn reads_and_session_requests_wait_for_the_term_noop() {
+    let mut leader = node(1, 3);
+    win_election(&mut leader);
+    let mut actions = query(&mut leader, 1, "get k");
+    actions.merge(session_propose(&mut leader, 2, (5, 1), "put k v"));
+    assert!(actions.replies.is_empty());
+    assert_eq!(leader.last_log_index(), LogIndex(1), "only the no-op");
+    let actions = receive(&mut leader, 2, ack_round(1, 1, 0));
+    // The no-op committed: the session request is now looked up (session 5 does not exist) and
+    // the read starts its round.
+    assert_eq!(
+        outcomes_of(&actions),
+        [(2, ProposalOutcome::SessionExpired { session: 5 })]
+    );
+    assert!(appends(&actions).iter().any(|(_, r)| r.read_round == 1));
+    let actions = receive(&mut leader, 2, ack_round(1, 1, 1));
+    assert_eq!(
+        outcomes_of(&actions),
+        [(1, ProposalOutcome::Read { result: Vec::new() })]
+    );
 }

@@ -5,14 +5,15 @@
 //! Nothing here sleeps to synchronize: every wait polls a condition (metrics, or a status
 //! request) against a deadline and fails with the last value it saw. Listeners bind port 0.
 
+use mioraft::consensus::ResponseMode;
 use mioraft::consensus::{Message, RequestVote};
 use mioraft::error::LogError;
 use mioraft::framing::FrameReader;
 use mioraft::log::{Entry, PersistentLog};
-use mioraft::wire::{self, ClientRequest, Preamble, RequestBody, ResponseBody};
+use mioraft::wire::{self, ClientRequest, Preamble, RequestBody, ResponseBody, SessionProposal};
 use mioraft::{
-    Error, KvStateMachine, LogIndex, MemLog, Metrics, Role, Server, ServerBuilder, ServerHandle,
-    ServerId, Term,
+    Client, Error, KvStateMachine, LogIndex, MemLog, Metrics, Role, Server, ServerBuilder,
+    ServerHandle, ServerId, Term,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
@@ -268,6 +269,100 @@ fn three_servers_elect_one_leader_and_apply_proposals_everywhere() {
         .request(RequestBody::Query(b"get k4".to_vec()))
         .expect("query");
     assert_eq!(value, ResponseBody::Applied(b"v4".to_vec()));
+}
+
+/// The value at `key`, read linearizably through `cluster` with the library's client.
+fn read(cluster: &Cluster, key: &str) -> Vec<u8> {
+    let mut client = Client::new(cluster.addresses()).with_timeout(WAIT);
+    client
+        .query(format!("get {key}").as_bytes())
+        .expect("linearizable read")
+}
+
+/// Sends request `sequence` of `session` to the server at `address` and reads the answer.
+fn session_propose(
+    address: SocketAddr,
+    session: u64,
+    sequence: u64,
+    command: &str,
+) -> io::Result<ResponseBody> {
+    TestClient::connect(address)?.request(session_request(session, sequence, command))
+}
+
+fn session_request(session: u64, sequence: u64, command: &str) -> RequestBody {
+    RequestBody::SessionPropose(SessionProposal {
+        session,
+        sequence,
+        command: command.as_bytes().to_vec(),
+        respond_when: ResponseMode::Applied,
+    })
+}
+
+/// Thesis §6.3, over real sockets: the reply to a proposal is lost (the client hangs up before
+/// reading it); the retry, on a new connection and again at a new leader after the old one
+/// stops, gets the original reply, and the command is applied only once.
+#[test]
+fn a_retried_proposal_is_applied_once_and_gets_the_original_reply() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    let leader_address = cluster.addresses[&leader];
+    let mut client = TestClient::connect(leader_address).expect("connect");
+    let ResponseBody::SessionRegistered(session) = client
+        .request(RequestBody::RegisterSession)
+        .expect("register")
+    else {
+        panic!("no session");
+    };
+    // Send request 1 and hang up without reading the answer: the reply is lost.
+    let frame = wire::encode_request(&ClientRequest {
+        request_id: 99,
+        body: session_request(session, 1, "put k a"),
+    });
+    client.stream.write_all(&frame).expect("send");
+    drop(client);
+    wait_for("the lost request to be applied", || {
+        let value = read(&cluster, "k");
+        (value == b"a").then_some(()).ok_or(format!("{value:?}"))
+    });
+    // Someone else writes; re-applying the lost request would now change the value back.
+    assert_eq!(propose(&cluster.addresses(), "put k b"), b"a");
+
+    let retry = session_propose(leader_address, session, 1, "put k a").expect("retry");
+    assert_eq!(
+        retry,
+        ResponseBody::Applied(Vec::new()),
+        "the original reply"
+    );
+    assert_eq!(read(&cluster, "k"), b"b", "applied once");
+
+    cluster.stop(leader);
+    let new_leader = cluster.wait_for_leader();
+    let retry = session_propose(cluster.addresses[&new_leader], session, 1, "put k a")
+        .expect("retry at the new leader");
+    assert_eq!(
+        retry,
+        ResponseBody::Applied(Vec::new()),
+        "the original reply"
+    );
+    assert_eq!(read(&cluster, "k"), b"b", "applied once");
+}
+
+/// Client sessions from the library's client: exactly-once proposals, linearizable reads, a
+/// refusal by the state machine's `validate`, and a proposal answered at commit.
+#[test]
+fn client_sessions_reads_refusals_and_commit_answers() {
+    let cluster = Cluster::start(3);
+    cluster.wait_for_leader();
+    let mut client = Client::new(cluster.addresses()).with_timeout(WAIT);
+    assert_eq!(client.propose(b"put k 1").expect("applied"), b"");
+    assert!(client.session().is_some());
+    assert_eq!(client.query(b"get k").expect("read"), b"1");
+    let error = client.propose(b"frobnicate k").unwrap_err();
+    assert!(matches!(error, Error::Refused { .. }), "{error}");
+    assert!(error.to_string().contains("unknown command"), "{error}");
+    let index = client.propose_committed(b"put k 2").expect("committed");
+    assert!(index > LogIndex(2), "{index}");
+    assert_eq!(client.query(b"get k").expect("read"), b"2");
 }
 
 #[test]
