@@ -1,9 +1,10 @@
-//! Clients proposing against a 3-server cluster on 127.0.0.1, over real sockets and the Cap'n
-//! Proto wire: proposals per second and latency percentiles.
+//! Clients proposing to (or reading from) a 3-server cluster on 127.0.0.1, over real sockets and
+//! the Cap'n Proto wire: operations per second and latency percentiles.
 //!
-//! Run: `cargo bench --bench cluster_latency -- [--file] [--clients N] [--proposals N]`.
+//! Run: `cargo bench --bench cluster_latency -- [--file] [--reads] [--clients N] [--proposals N]`.
 //! `--file` keeps each server's log in a `FileLog` (fsync on every sync) in a temporary
-//! directory; the default is `MemLog`. Each client has one proposal outstanding at a time.
+//! directory; the default is `MemLog`. `--reads` measures linearizable reads (`Client::query`,
+//! ReadIndex) instead of proposals. Each client has one operation outstanding at a time.
 
 use hdrhistogram::Histogram;
 use mioraft::log::FileLog;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 struct Options {
     file: bool,
+    reads: bool,
     clients: u64,
     proposals: u64,
 }
@@ -22,6 +24,7 @@ struct Options {
 fn options() -> Options {
     let mut options = Options {
         file: false,
+        reads: false,
         clients: 1,
         proposals: 20_000,
     };
@@ -34,6 +37,7 @@ fn options() -> Options {
         };
         match arg.as_str() {
             "--file" => options.file = true,
+            "--reads" => options.reads = true,
             "--clients" => options.clients = number("--clients").max(1),
             "--proposals" => options.proposals = number("--proposals"),
             _ => {} // cargo bench passes --bench
@@ -42,8 +46,14 @@ fn options() -> Options {
     options
 }
 
-/// Runs `per_client` proposals on each of `clients` threads; returns (proposals/s, latencies).
-fn drive(addresses: &[SocketAddr], clients: u64, per_client: u64) -> (f64, Histogram<u64>) {
+/// Runs `per_client` proposals (or reads) on each of `clients` threads; returns (operations/s,
+/// latencies).
+fn drive(
+    addresses: &[SocketAddr],
+    clients: u64,
+    per_client: u64,
+    reads: bool,
+) -> (f64, Histogram<u64>) {
     // Warm up: find the leader and settle connections.
     let mut warm = Client::new(addresses.to_vec());
     for n in 0..100 {
@@ -58,11 +68,17 @@ fn drive(addresses: &[SocketAddr], clients: u64, per_client: u64) -> (f64, Histo
                 let mut client = Client::new(addresses).with_timeout(Duration::from_secs(30));
                 let mut latencies = Histogram::<u64>::new(3).expect("histogram");
                 for n in 0..per_client {
-                    let command = format!("put c{client_number}k{} {n}", n % 64);
                     let sent = Instant::now();
-                    client
-                        .propose(command.as_bytes())
-                        .expect("proposal applied");
+                    if reads {
+                        client
+                            .query(format!("get warm {}", n % 100).as_bytes())
+                            .expect("read answered");
+                    } else {
+                        let command = format!("put c{client_number}k{} {n}", n % 64);
+                        client
+                            .propose(command.as_bytes())
+                            .expect("proposal applied");
+                    }
                     latencies
                         .record(sent.elapsed().as_micros() as u64)
                         .expect("latency fits");
@@ -91,14 +107,24 @@ fn run<L: PersistentLog + Send + 'static>(
         .wait_for_leader(Duration::from_secs(10))
         .expect("a leader is elected");
     let per_client = (options.proposals / options.clients).max(1);
-    let (rate, latencies) = drive(&cluster.addresses(), options.clients, per_client);
+    let (rate, latencies) = drive(
+        &cluster.addresses(),
+        options.clients,
+        per_client,
+        options.reads,
+    );
+    let what = if options.reads {
+        "linearizable reads"
+    } else {
+        "proposals"
+    };
     println!(
-        "mioraft: {} client(s), 3 servers on 127.0.0.1, {storage}, {} proposals",
+        "mioraft: {} client(s), 3 servers on 127.0.0.1, {storage}, {} {what}",
         options.clients,
         per_client * options.clients
     );
     println!(
-        "  {rate:.0} proposals/s; latency p50 {} us, p99 {} us, max {} us",
+        "  {rate:.0} {what}/s; latency p50 {} us, p99 {} us, max {} us",
         latencies.value_at_quantile(0.50),
         latencies.value_at_quantile(0.99),
         latencies.max()
