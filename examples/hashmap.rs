@@ -74,6 +74,18 @@ impl StateMachine for HashMapMachine {
         }
     }
 
+    /// Refused before the log, so they never take a log slot: malformed commands and empty keys.
+    fn validate(&self, command: &[u8]) -> Result<(), Vec<u8>> {
+        match decode(command) {
+            Some((PUT | CAS, fields)) if fields.first().is_some_and(String::is_empty) => {
+                Err(b"the key must not be empty".to_vec())
+            }
+            Some((PUT, fields)) if fields.len() == 2 => Ok(()),
+            Some((CAS, fields)) if fields.len() == 3 => Ok(()),
+            _ => Err(b"malformed command".to_vec()),
+        }
+    }
+
     fn query(&self, query: &[u8]) -> Vec<u8> {
         match decode(query) {
             Some((GET, fields)) if fields.len() == 1 => self
@@ -244,7 +256,17 @@ fn demo() -> Result<(), String> {
     let value = client
         .query(&encode(GET, &["key7"]))
         .map_err(|e| e.to_string())?;
-    println!("get key7 -> {:?}", String::from_utf8_lossy(&value));
+    println!(
+        "get key7 -> {:?} (a linearizable read)",
+        String::from_utf8_lossy(&value)
+    );
+    match client.propose(&encode(PUT, &["", "nothing"])) {
+        Err(mioraft::Error::Refused { error }) => println!(
+            "put with an empty key -> refused by the state machine before the log: {}",
+            String::from_utf8_lossy(&error)
+        ),
+        other => return Err(format!("an empty key should be refused, got {other:?}")),
+    }
     println!();
     common::print_status(&cluster.addresses());
 
