@@ -49,8 +49,8 @@ pub enum Error {
     /// `sessions_max` most recently used); the command was not applied.
     #[error(
         "client session {session} expired (the cluster keeps a bounded number of sessions and \
-         dropped this least recently used one); the command was not applied, and the next call \
-         opens a new session"
+         dropped this least recently used one); this attempt was not applied (an earlier attempt \
+         of the same call may have been), and the next call opens a new session"
     )]
     SessionExpired {
         /// The expired session's id.

@@ -1517,12 +1517,16 @@ fn session_retry_is_answered_from_the_table_without_appending() {
             }
         )]
     );
+    // An unknown session is not refused from the leader's table (a deposed leader's table may
+    // lack newer sessions): the entry is appended, and applying it gives the answer.
     let actions = session_propose(&mut leader, 15, (99, 1), "put k z");
+    assert!(actions.replies.is_empty());
+    let actions = commit_through(&mut leader, 6);
     assert_eq!(
         outcomes_of(&actions),
         [(15, ProposalOutcome::SessionExpired { session: 99 })]
     );
-    assert_eq!(leader.last_log_index(), LogIndex(5));
+    assert_eq!(leader.state_machine().get("k"), Some("c"), "not applied");
 }
 
 /// §6.3: a retry that arrives while the original is still in flight waits for the same entry.
@@ -1699,16 +1703,19 @@ fn reads_and_session_requests_wait_for_the_term_noop() {
     assert!(actions.replies.is_empty());
     assert_eq!(leader.last_log_index(), LogIndex(1), "only the no-op");
     let actions = receive(&mut leader, 2, ack_round(1, 1, 0));
-    // The no-op committed: the session request is now looked up (session 5 does not exist) and
-    // the read starts its round.
-    assert_eq!(
-        outcomes_of(&actions),
-        [(2, ProposalOutcome::SessionExpired { session: 5 })]
-    );
+    // The no-op committed: the session request is now appended (at 2) and the read starts its
+    // round.
+    assert!(actions.replies.is_empty());
+    assert_eq!(leader.last_log_index(), LogIndex(2));
     assert!(appends(&actions).iter().any(|(_, r)| r.read_round == 1));
     let actions = receive(&mut leader, 2, ack_round(1, 1, 1));
     assert_eq!(
         outcomes_of(&actions),
         [(1, ProposalOutcome::Read { result: Vec::new() })]
+    );
+    let actions = commit_through(&mut leader, 2);
+    assert_eq!(
+        outcomes_of(&actions),
+        [(2, ProposalOutcome::SessionExpired { session: 5 })]
     );
 }

@@ -161,9 +161,10 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 session: request.session,
                 sequence: request.sequence,
             }),
-            Lookup::Expired => Some(ProposalOutcome::SessionExpired {
-                session: request.session,
-            }),
+            // Not an answer to give from here: a leader cut off from the cluster (it does not
+            // know yet) lacks the sessions a newer leader opened. The entry goes into the log and
+            // applying it gives the answer every server agrees on.
+            Lookup::Expired => None,
         }
     }
 

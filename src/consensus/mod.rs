@@ -232,8 +232,10 @@ pub enum ProposalOutcome {
         /// Its id: the index of its registration entry.
         session: u64,
     },
-    /// The session is not in the session table (expired, or never opened): the command was not
-    /// applied and never will be under this session.
+    /// The session is not in the session table (expired, or never opened) when this request was
+    /// applied: this request did not take effect now and never will under this session. An
+    /// earlier attempt of the same request may have taken effect before the session expired
+    /// (thesis §6.3), so for a retried request the outcome is unknown.
     SessionExpired {
         /// The session named.
         session: u64,

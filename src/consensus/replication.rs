@@ -488,10 +488,14 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             let same_entry = pending_index == index && pending_term == term;
             for waiter in waiters {
                 let outcome = match (&outcome, waiter.respond_when) {
-                    (Some(_), ResponseMode::Committed) if same_entry => {
+                    // Only an entry that took effect is "committed" to its proposer; an expired
+                    // session's or a superseded request's answer says so instead.
+                    (Some(ProposalOutcome::Applied { .. }), ResponseMode::Committed)
+                        if same_entry =>
+                    {
                         ProposalOutcome::Committed { index }
                     }
-                    (Some(outcome), ResponseMode::Applied) if same_entry => outcome.clone(),
+                    (Some(outcome), _) if same_entry => outcome.clone(),
                     _ => ProposalOutcome::Dropped {
                         index: pending_index,
                     },

@@ -19,6 +19,31 @@ pub struct SimConfig {
     pub client_count: usize,
     /// How long a client waits for a reply before retrying elsewhere (virtual).
     pub client_timeout: Duration,
+    /// How long a client keeps retrying one operation before giving up on it (virtual). A
+    /// proposal given up on is indeterminate: it may still be applied later.
+    pub client_give_up_after: Duration,
+    /// How many keys the clients share (`k0`, `k1`, ...); each key's history is checked for
+    /// linearizability on its own.
+    pub keys: usize,
+    /// Percent of client operations that are reads (`get`, by ReadIndex).
+    pub read_percent: u32,
+    /// Percent of client operations that are compare-and-swaps; the rest are puts.
+    pub cas_percent: u32,
+    /// Percent of proposals answered once committed ([`ResponseMode::Committed`]) rather than
+    /// applied: their outputs are unknown, but they must take effect before they return.
+    ///
+    /// [`ResponseMode::Committed`]: crate::consensus::ResponseMode::Committed
+    pub committed_percent: u32,
+    /// Whether clients take a `SessionExpired` answer at its word, as
+    /// [`ProposalOutcome::SessionExpired`] documents it: the proposal was not applied and never
+    /// will be (the end-of-run check then holds the log to that). When false, such a proposal is
+    /// recorded as indeterminate instead. Taking it at its word is sound only while no session
+    /// really expires (the default `sessions_max`): once a session is dropped from the table, a
+    /// retry of a request applied before is answered the same way, and the outcome is unknown
+    /// (thesis §6.3).
+    ///
+    /// [`ProposalOutcome::SessionExpired`]: crate::consensus::ProposalOutcome::SessionExpired
+    pub session_expired_is_final: bool,
     /// Run the [`Checker`](super::Checker) after every event (switch off only to measure the core's speed).
     pub check_invariants: bool,
 }
@@ -32,12 +57,18 @@ impl SimConfig {
             faults: FaultConfig::reliable(),
             client_count: 0,
             client_timeout: Duration::from_secs(1),
+            client_give_up_after: Duration::from_secs(10),
+            keys: 3,
+            read_percent: 30,
+            cas_percent: 30,
+            committed_percent: 0,
+            session_expired_is_final: true,
             check_invariants: true,
         }
     }
 
     /// Every fault kind at strengths drawn from `rng`, with batching and pipelining limits drawn
-    /// too, and a few clients.
+    /// too, and a few clients with a workload drawn too.
     pub fn random(node_count: usize, rng: &mut impl Rng) -> Self {
         let core = Config {
             // One-entry appends in a third of the runs, so a follower can hold an earlier term's
@@ -51,12 +82,22 @@ impl SimConfig {
             append_bytes_max: rng.gen_range(64..=4096),
             ..Config::default()
         };
+        let faults = FaultConfig::random(rng);
+        let client_count = rng.gen_range(2..=8);
+        let client_timeout = Duration::from_millis(rng.gen_range(300..=1500));
+        // Drawn after the knobs above, so those stay what they were for every seed.
         SimConfig {
             node_count,
             core,
-            faults: FaultConfig::random(rng),
-            client_count: rng.gen_range(1..=6),
-            client_timeout: Duration::from_millis(rng.gen_range(300..=1500)),
+            faults,
+            client_count,
+            client_timeout,
+            client_give_up_after: client_timeout * rng.gen_range(2..=6),
+            keys: rng.gen_range(1..=3),
+            read_percent: rng.gen_range(10..=50),
+            cas_percent: rng.gen_range(10..=40),
+            committed_percent: if rng.gen_bool(0.5) { 0 } else { 10 },
+            session_expired_is_final: true,
             check_invariants: true,
         }
     }
@@ -66,10 +107,16 @@ impl fmt::Display for SimConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} servers, {} clients (timeout {:?}), append {} entries/{} bytes max, {} in flight; {}",
+            "{} servers, {} clients (timeout {:?}, give up after {:?}; {} keys, {}% reads, {}% cas, \
+             {}% answered at commit), append {} entries/{} bytes max, {} in flight; {}",
             self.node_count,
             self.client_count,
             self.client_timeout,
+            self.client_give_up_after,
+            self.keys,
+            self.read_percent,
+            self.cas_percent,
+            self.committed_percent,
             self.core.append_entries_max,
             self.core.append_bytes_max,
             self.core.in_flight_appends_max,

@@ -1,8 +1,9 @@
 //! The deterministic cluster simulator (DESIGN.md §6.1): many [`Consensus`] servers in one
 //! thread, a virtual clock, a network that drops, duplicates, delays, reorders and partitions,
-//! disks whose unsynced writes a crash may lose, and simulated clients proposing commands. After
-//! every event the [`Checker`] verifies the Raft invariants. Everything random comes from one
-//! seed, so a seed replays a run exactly.
+//! disks whose unsynced writes a crash may lose, and simulated clients of the session protocol
+//! (`clients.rs`). After every event the [`Checker`] verifies the Raft invariants; at the end of
+//! a run the clients' histories are checked for linearizability and exactly-once application
+//! (`history.rs`). Everything random comes from one seed, so a seed replays a run exactly.
 //!
 //! # Examples
 //! ```
@@ -16,31 +17,36 @@
 //! ```
 
 mod checker;
+mod clients;
 mod clock;
 mod config;
 mod faults;
+mod history;
 pub mod linearizability;
 mod network;
 mod random_run;
 pub mod sim_log;
 
 pub use checker::{entry_digest, Checker};
+pub use clients::{ClientOp, ClientStats, LostReply};
 pub use clock::{micros, Clock, Micros};
 pub use config::SimConfig;
 pub use faults::{FaultConfig, FaultCounts};
+pub use history::HistoryReport;
 pub use network::{Fate, Network};
 pub use random_run::{run_random, run_random_with, SimFailure, SimReport, FAULT_PHASE};
 pub use sim_log::SimLog;
 
 use crate::consensus::{
-    Actions, Consensus, Event, Message, ProposalId, ProposalOutcome, Role, Timer, TimerAction,
+    Actions, Consensus, Event, Message, ProposalId, ProposalOutcome, ResponseMode, Role,
+    SessionRequest, Timer, TimerAction,
 };
 use crate::state_machine::KvStateMachine;
 use crate::types::{LogIndex, ServerId};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 /// A simulated server: the core with its crash-aware log and the KV test state machine.
@@ -70,6 +76,17 @@ enum SimEvent {
         client: usize,
         attempt: u64,
     },
+    ClientRequest {
+        client: usize,
+        node: ServerId,
+        event: Event,
+    },
+    ClientReply {
+        client: usize,
+        from: ServerId,
+        proposal: ProposalId,
+        outcome: ProposalOutcome,
+    },
     Fault,
     IsolateLeader {
         node: ServerId,
@@ -91,16 +108,6 @@ struct Slot {
     led_term: Option<crate::types::Term>,
 }
 
-#[derive(Debug, Clone)]
-struct SimClient {
-    leader_guess: ServerId,
-    attempt: u64,
-    outstanding: Option<ProposalId>,
-    acknowledged: u64,
-}
-
-/// Proposal ids at or above this belong to simulated clients; below, to direct `propose` calls.
-const CLIENT_ID_BASE: u64 = 1 << 40;
 /// Most events one simulation may process: far above any honest run (a 10 s faulty run takes
 /// well under a million), so only a livelock reaches it.
 pub const EVENTS_MAX: u64 = 50_000_000;
@@ -111,6 +118,8 @@ const WAIT_BUDGET: Duration = Duration::from_secs(60);
 pub struct Simulation {
     seed: u64,
     config: SimConfig,
+    /// The configuration as built, for failure reports (healing changes `config` later).
+    description: String,
     rng: ChaCha8Rng,
     clock: Clock<SimEvent>,
     slots: Vec<Slot>,
@@ -118,7 +127,12 @@ pub struct Simulation {
     network: Network,
     checker: Checker,
     counts: FaultCounts,
-    clients: Vec<SimClient>,
+    clients: Vec<clients::SimClient>,
+    /// Clients start no new operation (those under way go on until answered or given up).
+    clients_stopped: bool,
+    /// Clients whose next `Applied` reply a test asked to lose.
+    lose_applied_reply: BTreeSet<usize>,
+    lost_replies: Vec<LostReply>,
     direct_replies: HashMap<ProposalId, ProposalOutcome>,
     next_direct_id: u64,
     faults_active: bool,
@@ -144,11 +158,15 @@ impl Simulation {
             checker: Checker::new(),
             counts: FaultCounts::default(),
             clients: Vec::new(),
+            clients_stopped: false,
+            lose_applied_reply: BTreeSet::new(),
+            lost_replies: Vec::new(),
             direct_replies: HashMap::new(),
             next_direct_id: 1,
             faults_active: false,
             failure: None,
             events_processed: 0,
+            description: config.to_string(),
             config,
         };
         for &id in &voters {
@@ -185,9 +203,32 @@ impl Simulation {
         self.checker.committed_count()
     }
 
-    /// Client proposals acknowledged as applied so far.
+    /// Client proposals answered as applied (or committed) so far.
     pub fn acknowledged_count(&self) -> u64 {
-        self.clients.iter().map(|client| client.acknowledged).sum()
+        self.clients
+            .iter()
+            .map(|client| client.stats.completed - client.stats.reads)
+            .sum()
+    }
+
+    /// What the simulated clients did so far, summed over clients.
+    pub fn client_stats(&self) -> ClientStats {
+        let mut total = ClientStats::default();
+        for client in &self.clients {
+            total += &client.stats;
+        }
+        total
+    }
+
+    /// The history `client` recorded so far: its finished operations, in the order they
+    /// finished (or were given up on).
+    pub fn client_history(&self, client: usize) -> &[ClientOp] {
+        &self.clients[client].history
+    }
+
+    /// How many simulated clients there are.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
     }
 
     /// Every server id.
@@ -211,18 +252,47 @@ impl Simulation {
             .map(|node| node.id())
     }
 
-    /// Starts the simulated clients (each proposes, waits for its reply, and proposes again).
+    /// Starts the simulated clients: each opens a session, then performs one operation after
+    /// another (see `clients.rs`).
     pub fn start_clients(&mut self) {
         for client in 0..self.config.client_count {
             let leader_guess = *self.voters.choose(&mut self.rng).expect("servers");
-            self.clients.push(SimClient {
-                leader_guess,
-                attempt: 0,
-                outstanding: None,
-                acknowledged: 0,
-            });
-            self.clock.schedule(0, SimEvent::ClientSend { client });
+            self.clients.push(clients::SimClient::new(leader_guess));
+            let after = self.rng.gen_range(0..1_000);
+            self.clock.schedule(after, SimEvent::ClientSend { client });
         }
+    }
+
+    /// Clients start no new operation; those under way go on until answered or given up.
+    pub fn stop_clients(&mut self) {
+        self.clients_stopped = true;
+    }
+
+    /// Whether every client is stopped and waits for nothing.
+    pub fn clients_idle(&self) -> bool {
+        self.clients_stopped && self.clients.iter().all(clients::SimClient::is_idle)
+    }
+
+    /// Stops the clients and runs until each has its last operation answered or given up.
+    ///
+    /// # Errors
+    /// An invariant violation, or clients still busy after a minute of virtual time.
+    pub fn run_until_clients_idle(&mut self) -> Result<(), SimFailure> {
+        self.stop_clients();
+        self.run_until("the clients finish their operations", WAIT_BUDGET, |sim| {
+            sim.clients_idle()
+        })
+    }
+
+    /// Test hook: the next `Applied` reply to `client`'s current attempt is lost on its way, as
+    /// if the connection broke just then. The client times out and retries the same request.
+    pub fn lose_next_applied_reply(&mut self, client: usize) {
+        self.lose_applied_reply.insert(client);
+    }
+
+    /// The replies lost through [`Simulation::lose_next_applied_reply`], in order.
+    pub fn lost_replies(&self) -> &[LostReply] {
+        &self.lost_replies
     }
 
     /// Starts injecting crashes, restarts, partitions and heals at the configured rate.
@@ -297,8 +367,7 @@ impl Simulation {
 
     /// Proposes `command` at server `id` directly (no client), returning the id to look for.
     pub fn propose(&mut self, id: ServerId, command: &[u8]) -> ProposalId {
-        let proposal = ProposalId(self.next_direct_id);
-        self.next_direct_id += 1;
+        let proposal = self.next_direct_proposal();
         self.step_node(
             id,
             Event::ClientProposal {
@@ -306,6 +375,74 @@ impl Simulation {
                 command: command.to_vec(),
             },
         );
+        proposal
+    }
+
+    /// Asks server `id` directly (no client, no network) to open a session; the reply names it.
+    pub fn register_session(&mut self, id: ServerId) -> ProposalId {
+        let proposal = self.next_direct_proposal();
+        self.step_node(id, Event::RegisterSession { id: proposal });
+        proposal
+    }
+
+    /// Proposes `command` at server `id` directly as request `request` of a session, to be
+    /// answered as `respond_when` says.
+    pub fn propose_in_session(
+        &mut self,
+        id: ServerId,
+        request: SessionRequest,
+        command: &[u8],
+        respond_when: ResponseMode,
+    ) -> ProposalId {
+        let proposal = self.next_direct_proposal();
+        self.step_node(
+            id,
+            Event::Propose {
+                id: proposal,
+                command: command.to_vec(),
+                session: Some(request),
+                respond_when,
+            },
+        );
+        proposal
+    }
+
+    /// Sends a linearizable read to server `id` directly.
+    pub fn query(&mut self, id: ServerId, query: &[u8]) -> ProposalId {
+        let proposal = self.next_direct_proposal();
+        self.step_node(
+            id,
+            Event::Query {
+                id: proposal,
+                query: query.to_vec(),
+            },
+        );
+        proposal
+    }
+
+    /// Takes the answer to a direct request, if it came.
+    pub fn take_reply(&mut self, proposal: ProposalId) -> Option<ProposalOutcome> {
+        self.direct_replies.remove(&proposal)
+    }
+
+    /// Runs until the direct request `proposal` is answered and returns the answer.
+    ///
+    /// # Errors
+    /// An invariant violation, or no answer within a minute of virtual time (e.g. the server
+    /// crashed).
+    pub fn run_until_reply(&mut self, proposal: ProposalId) -> Result<ProposalOutcome, SimFailure> {
+        self.run_until(
+            &format!("an answer to direct request {}", proposal.0),
+            WAIT_BUDGET,
+            |sim| sim.direct_replies.contains_key(&proposal),
+        )?;
+        Ok(self.take_reply(proposal).expect("just checked"))
+    }
+
+    fn next_direct_proposal(&mut self) -> ProposalId {
+        let proposal = ProposalId(self.next_direct_id);
+        self.next_direct_id += 1;
+        assert!(proposal.0 < clients::CLIENT_ID_BASE, "direct ids run out");
         proposal
     }
 
@@ -488,14 +625,24 @@ impl Simulation {
                 self.after_node_event(node, result);
             }
             SimEvent::ClientSend { client } => self.client_send(client),
-            SimEvent::ClientTimeout { client, attempt } => {
-                let state = &mut self.clients[client];
-                if state.attempt == attempt && state.outstanding.is_some() {
-                    state.outstanding = None;
-                    state.leader_guess = *self.voters.choose(&mut self.rng).expect("servers");
-                    self.clock.schedule(0, SimEvent::ClientSend { client });
+            SimEvent::ClientTimeout { client, attempt } => self.client_timeout(client, attempt),
+            SimEvent::ClientRequest {
+                client,
+                node,
+                event,
+            } => {
+                if self.node(node).is_none() {
+                    self.clients[client].stats.requests_lost += 1;
+                    return;
                 }
+                self.step_node(node, event);
             }
+            SimEvent::ClientReply {
+                client,
+                from,
+                proposal,
+                outcome,
+            } => self.client_reply(client, from, proposal, outcome),
             SimEvent::Fault => self.inject_fault(),
             SimEvent::IsolateLeader { node, term } => {
                 let still_leading = self
@@ -625,7 +772,7 @@ impl Simulation {
             }
         }
         for reply in actions.replies {
-            self.route_reply(reply.id, reply.outcome);
+            self.route_reply(id, reply.id, reply.outcome);
         }
         if actions.sync_required && !self.slots[index].sync_scheduled {
             self.slots[index].sync_scheduled = true;
@@ -644,68 +791,13 @@ impl Simulation {
         }
     }
 
-    fn route_reply(&mut self, proposal: ProposalId, outcome: ProposalOutcome) {
-        if proposal.0 < CLIENT_ID_BASE {
-            self.direct_replies.insert(proposal, outcome);
-            return;
-        }
-        let client = ((proposal.0 - CLIENT_ID_BASE) >> 20) as usize;
-        let Some(state) = self.clients.get_mut(client) else {
-            return;
-        };
-        if state.outstanding != Some(proposal) {
-            return;
-        }
-        state.outstanding = None;
-        let after = match outcome {
-            ProposalOutcome::Applied { .. } => {
-                state.acknowledged += 1;
-                self.rng.gen_range(0..1_000)
+    fn route_reply(&mut self, from: ServerId, proposal: ProposalId, outcome: ProposalOutcome) {
+        match clients::client_of(proposal) {
+            Some(client) => self.route_client_reply(client, from, proposal, outcome),
+            None => {
+                self.direct_replies.insert(proposal, outcome);
             }
-            ProposalOutcome::NotLeader { leader } => {
-                state.leader_guess = match leader {
-                    Some(leader) => leader,
-                    None => *self.voters.choose(&mut self.rng).expect("servers"),
-                };
-                if leader.is_some() {
-                    0
-                } else {
-                    self.rng.gen_range(1_000..20_000)
-                }
-            }
-            ProposalOutcome::Dropped { .. }
-            | ProposalOutcome::Overloaded { .. }
-            | ProposalOutcome::Committed { .. }
-            | ProposalOutcome::Refused { .. }
-            | ProposalOutcome::SessionRegistered { .. }
-            | ProposalOutcome::SessionExpired { .. }
-            | ProposalOutcome::Superseded { .. }
-            | ProposalOutcome::Read { .. } => self.rng.gen_range(0..5_000),
-        };
-        self.clock.schedule(after, SimEvent::ClientSend { client });
-    }
-
-    fn client_send(&mut self, client: usize) {
-        let state = &mut self.clients[client];
-        if state.outstanding.is_some() {
-            return;
         }
-        state.attempt += 1;
-        let attempt = state.attempt;
-        let proposal = ProposalId(CLIENT_ID_BASE + ((client as u64) << 20) + (attempt & 0xf_ffff));
-        state.outstanding = Some(proposal);
-        let target = state.leader_guess;
-        let command = format!("put k{} c{client}-{attempt}", client % 3).into_bytes();
-        let timeout = micros(self.config.client_timeout);
-        self.clock
-            .schedule(timeout, SimEvent::ClientTimeout { client, attempt });
-        self.step_node(
-            target,
-            Event::ClientProposal {
-                id: proposal,
-                command,
-            },
-        );
     }
 
     fn inject_fault(&mut self) {
@@ -785,7 +877,7 @@ impl Simulation {
             seed: self.seed,
             time_us: self.clock.now(),
             reason,
-            config: self.config.to_string(),
+            config: self.description.clone(),
             counts: Box::new(self.counts.clone()),
         }
     }

@@ -49,10 +49,10 @@ impl Network {
             counts.messages_dropped += 1;
             return (Fate::Dropped, sequence);
         }
-        let mut delays = vec![Self::delay(faults, rng)];
+        let mut delays = vec![Self::draw_delay(faults, rng)];
         if faults.duplicate_probability > 0.0 && rng.gen_bool(faults.duplicate_probability) {
             counts.messages_duplicated += 1;
-            delays.push(Self::delay(faults, rng));
+            delays.push(Self::draw_delay(faults, rng));
         }
         (Fate::Deliver(delays), sequence)
     }
@@ -106,7 +106,8 @@ impl Network {
         self.sides.clear();
     }
 
-    fn delay(faults: &FaultConfig, rng: &mut impl Rng) -> Micros {
+    /// One message's delay, drawn uniformly from the configured range.
+    pub(crate) fn draw_delay(faults: &FaultConfig, rng: &mut impl Rng) -> Micros {
         if faults.delay_max_us > faults.delay_min_us {
             rng.gen_range(faults.delay_min_us..=faults.delay_max_us)
         } else {

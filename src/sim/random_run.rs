@@ -1,7 +1,7 @@
 //! One randomized run per seed, and what it reports: faults, then healing, then demanded
 //! progress, with every invariant checked after every event.
 
-use super::{FaultCounts, Micros, SimConfig, Simulation};
+use super::{ClientStats, FaultCounts, HistoryReport, Micros, SimConfig, Simulation};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::fmt;
@@ -45,8 +45,12 @@ pub struct SimReport {
     pub counts: FaultCounts,
     /// Entries committed cluster-wide.
     pub committed: u64,
-    /// Client proposals acknowledged as applied.
+    /// Client proposals acknowledged as applied (or committed).
     pub acknowledged: u64,
+    /// What the simulated clients did.
+    pub clients: ClientStats,
+    /// What the end-of-run history checks covered.
+    pub history: HistoryReport,
     /// Virtual time simulated.
     pub time_us: Micros,
 }
@@ -55,9 +59,13 @@ pub struct SimReport {
 pub const FAULT_PHASE: Duration = Duration::from_secs(10);
 
 /// One randomized run: a cluster of `node_count` with every fault kind at strengths chosen by
-/// `seed` and clients proposing throughout; then every fault heals, and the cluster must elect a
-/// leader, commit a new entry and apply it on every server. Invariants are checked after every
-/// event; a panic inside the core is reported as a failure of the seed.
+/// `seed` and session clients reading and writing throughout; then every fault heals, the clients
+/// finish the operations under way (answered or given up), and the cluster must elect a leader,
+/// commit a new entry and apply it on every server. Invariants are checked after every event; at
+/// the end the clients' histories must be linearizable per key and every request applied at most
+/// once, with each answer naming where and how it was applied (see
+/// [`Simulation::check_client_histories`]). A panic inside the core is reported as a failure of
+/// the seed.
 ///
 /// # Errors
 /// The seed, its knobs and what broke.
@@ -84,14 +92,18 @@ pub fn run_random_with(
         simulation.start_faults();
         simulation.run_for(FAULT_PHASE)?;
         simulation.heal_all();
+        simulation.run_until_clients_idle()?;
         let leader = simulation.run_until_leader()?;
         let index = simulation.propose_and_wait(leader, b"put healed yes")?;
         simulation.run_until_applied_everywhere(index)?;
+        let history = simulation.check_client_histories()?;
         Ok(SimReport {
             seed,
             counts: simulation.counts().clone(),
             committed: simulation.committed_count(),
             acknowledged: simulation.acknowledged_count(),
+            clients: simulation.client_stats(),
+            history,
             time_us: simulation.now_us(),
         })
     }));
