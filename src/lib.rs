@@ -23,6 +23,12 @@
 //! Implement [`StateMachine`]: `apply` must be deterministic, because every server applies the
 //! same commands in the same order and must reach the same state.
 //!
+//! # Clients
+//! [`Client`] is blocking: it finds the leader, retries proposals exactly once through a
+//! session and reads linearizably. With the cargo feature `async-client`, `AsyncClient` makes
+//! the same calls as `async fn`s on any async runtime, which it reaches through a small trait,
+//! `AsyncRuntime`, that the application implements (a TCP connect and a timer).
+//!
 //! # Your own storage
 //! Implement [`PersistentLog`] and run the shared suite against it with
 //! [`persistent_log_conformance!`].
@@ -47,6 +53,8 @@ pub mod wire;
 mod messages_capnp;
 
 pub use client::Client;
+#[cfg(feature = "async-client")]
+pub use client::{AsyncClient, AsyncRuntime};
 pub use consensus::{Consensus, Role};
 pub use error::{ConfigError, Error, LogError, Result, WireError};
 pub use log::{Entry, EntryKind, MemLog, PersistentLog};

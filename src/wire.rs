@@ -12,7 +12,7 @@ use crate::messages_capnp as schema;
 use crate::metrics::Metrics;
 use crate::types::{LogIndex, ServerId, Term};
 use bytes::Bytes;
-use capnp::message::{Builder, ReaderOptions};
+use capnp::message::{Builder, HeapAllocator, ReaderOptions, ReaderSegments};
 use capnp::serialize;
 
 /// The first message on every connection: who opened it (DESIGN.md §4).
@@ -135,19 +135,25 @@ impl std::fmt::Display for RejectionReason {
 
 // ---- encoding ----
 
-fn to_frame(message: &Builder<capnp::message::HeapAllocator>) -> Vec<u8> {
+fn to_frame(message: &Builder<HeapAllocator>) -> Vec<u8> {
     serialize::write_message_to_words(message)
 }
 
 /// Encodes a preamble as one frame.
 pub fn encode_preamble(preamble: &Preamble) -> Vec<u8> {
+    to_frame(&preamble_message(preamble))
+}
+
+/// Builds a preamble as a Cap'n Proto message, for writers that do their own framing (such as
+/// `capnp_futures::serialize::write_message`). [`encode_preamble`] is this message, framed.
+pub fn preamble_message(preamble: &Preamble) -> Builder<HeapAllocator> {
     let mut message = Builder::new_default();
     let mut root = message.init_root::<schema::connection_preamble::Builder>();
     match *preamble {
         Preamble::Peer(id) => root.set_peer(id.0),
         Preamble::Client(id) => root.set_client(id),
     }
-    to_frame(&message)
+    message
 }
 
 /// Encodes a peer message as one frame.
@@ -205,6 +211,13 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
 
 /// Encodes a client request as one frame.
 pub fn encode_request(request: &ClientRequest) -> Vec<u8> {
+    to_frame(&request_message(request))
+}
+
+/// Builds a client request as a Cap'n Proto message, for writers that do their own framing
+/// (such as `capnp_futures::serialize::write_message`). [`encode_request`] is this message,
+/// framed.
+pub fn request_message(request: &ClientRequest) -> Builder<HeapAllocator> {
     let mut builder = Builder::new_default();
     let mut root = builder.init_root::<schema::client_request::Builder>();
     root.set_request_id(request.request_id);
@@ -224,7 +237,7 @@ pub fn encode_request(request: &ClientRequest) -> Vec<u8> {
             });
         }
     }
-    to_frame(&builder)
+    builder
 }
 
 /// Encodes a client response as one frame.
@@ -287,9 +300,26 @@ pub fn encode_response(response: &ClientResponse) -> Vec<u8> {
 // ---- decoding: every value is checked ----
 
 fn reader_options(frame: &[u8]) -> ReaderOptions {
+    reader_options_for_bytes(frame.len())
+}
+
+fn reader_options_for_bytes(bytes: usize) -> ReaderOptions {
     let mut options = ReaderOptions::new();
     // Bound the work a message can cause to a small multiple of its size (no amplification).
-    options.traversal_limit_in_words(Some(frame.len() / 8 * 4 + 1024));
+    options.traversal_limit_in_words(Some(bytes / 8 * 4 + 1024));
+    options.nesting_limit(16);
+    options
+}
+
+/// Options for reading messages straight off a stream with a reader that does its own framing
+/// (such as `capnp_futures::serialize::read_message`): a message announcing more than
+/// `message_bytes_max` bytes is refused from its segment table, before anything is allocated
+/// for it. Decode what it reads with [`decode_response_message`], which checks the content as
+/// [`decode_response`] does.
+pub fn stream_reader_options(message_bytes_max: u64) -> ReaderOptions {
+    let words = usize::try_from(message_bytes_max / 8).unwrap_or(usize::MAX);
+    let mut options = ReaderOptions::new();
+    options.traversal_limit_in_words(Some(words));
     options.nesting_limit(16);
     options
 }
@@ -469,8 +499,28 @@ pub fn decode_request(frame: &[u8]) -> Result<ClientRequest, WireError> {
 /// # Errors
 /// A [`WireError`] naming what was wrong.
 pub fn decode_response(frame: &[u8]) -> Result<ClientResponse, WireError> {
+    decode_response_fields(&read(frame)?)
+}
+
+/// Decodes a client response already read off a stream as a Cap'n Proto message (for example by
+/// `capnp_futures::serialize::read_message` with [`stream_reader_options`]). The same checks as
+/// [`decode_response`], under the same traversal limit for the message's size.
+///
+/// # Errors
+/// A [`WireError`] naming what was wrong.
+pub fn decode_response_message<S: ReaderSegments>(
+    message: capnp::message::Reader<S>,
+) -> Result<ClientResponse, WireError> {
+    let bytes = message.size_in_words().saturating_mul(8);
+    let message =
+        capnp::message::Reader::new(message.into_segments(), reader_options_for_bytes(bytes));
+    decode_response_fields(&message)
+}
+
+fn decode_response_fields<S: ReaderSegments>(
+    message: &capnp::message::Reader<S>,
+) -> Result<ClientResponse, WireError> {
     use schema::client_response::Which;
-    let message = read(frame)?;
     let root = message.get_root::<schema::client_response::Reader>()?;
     let body = match root.which().map_err(not_in_schema("ClientResponse"))? {
         Which::Applied(result) => ResponseBody::Applied(result?.to_vec()),
@@ -659,6 +709,37 @@ mod tests {
                 response
             );
         }
+    }
+
+    /// Messages read off a stream by a reader that frames them itself (as the async client's
+    /// capnp-futures does) decode as frames do, and oversized ones are refused from their
+    /// segment table.
+    #[test]
+    fn stream_read_responses_decode_and_oversized_ones_are_refused() {
+        let response = ClientResponse {
+            request_id: 5,
+            body: ResponseBody::Applied(vec![7; 100]),
+        };
+        let frame = encode_response(&response);
+        let mut input = &frame[..];
+        let options = stream_reader_options(crate::framing::MESSAGE_BYTES_MAX_DEFAULT);
+        let message = serialize::read_message(&mut input, options).unwrap();
+        assert_eq!(decode_response_message(message).unwrap(), response);
+        let mut input = &frame[..];
+        let too_small = stream_reader_options(frame.len() as u64 / 2);
+        let Err(error) = serialize::read_message(&mut input, too_small) else {
+            panic!("a message larger than the limit was read");
+        };
+        assert!(error.to_string().contains("too large"), "{error}");
+        let request = ClientRequest {
+            request_id: 9,
+            body: RequestBody::RegisterSession,
+        };
+        let frame = serialize::write_message_to_words(&request_message(&request));
+        assert_eq!(decode_request(&frame).unwrap(), request);
+        let preamble = Preamble::Client(3);
+        let frame = serialize::write_message_to_words(&preamble_message(&preamble));
+        assert_eq!(decode_preamble(&frame).unwrap(), preamble);
     }
 
     #[test]

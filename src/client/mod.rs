@@ -1,35 +1,33 @@
-//! The blocking [`Client`]: finds the leader, follows redirects, retries, and gives up with a
-//! typed error at its deadline (DESIGN.md §4). It speaks the protocol of `schema/messages.capnp`
-//! over plain `std::net` sockets.
+//! Clients of a mioraft cluster: the blocking [`Client`] and, with the `async-client` feature,
+//! the `AsyncClient` for applications on an async runtime. Both find the leader, follow
+//! redirects, retry, and give up with a typed error at their deadline (DESIGN.md §4); they speak
+//! the protocol of `schema/messages.capnp` and take every decision in one shared module, so they
+//! behave alike.
 //!
-//! Proposals go through a client session (thesis §6.3): the client opens one on its first
+//! Proposals go through a client session (thesis §6.3): a client opens one on its first
 //! proposal and numbers its requests, so a retry after a lost reply, a broken connection or a
 //! leader change is applied at most once and answered with the original reply.
+
+#[cfg(feature = "async-client")]
+mod async_client;
+mod policy;
+
+#[cfg(feature = "async-client")]
+pub use async_client::{AsyncClient, AsyncRuntime};
 
 use crate::consensus::ResponseMode;
 use crate::error::{Error, Result};
 use crate::framing::{FrameReader, MESSAGE_BYTES_MAX_DEFAULT};
 use crate::metrics::Metrics;
 use crate::types::LogIndex;
-use crate::wire::{
-    self, ClientRequest, ClientResponse, Preamble, RejectionReason, RequestBody, ResponseBody,
-    SessionProposal,
-};
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
+use crate::wire::{self, ClientRequest, ClientResponse, Preamble, RequestBody, ResponseBody};
+use policy::{Call, Route, Session, Step};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// The default deadline for one call.
 pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
-/// The first pause after "unknown leader" or a failed connection; it doubles up to
-/// [`BACKOFF_MAX`].
-const BACKOFF_MIN: Duration = Duration::from_millis(10);
-/// The longest pause between attempts.
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
-/// The longest one connection attempt may take.
-const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(1);
 
 /// A blocking client of a mioraft cluster.
 ///
@@ -57,17 +55,14 @@ const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(1);
 /// ```
 #[derive(Debug)]
 pub struct Client {
-    cluster: Vec<SocketAddr>,
+    /// The cluster's addresses and the server to try next.
+    route: Route,
     timeout: Duration,
     client_id: u64,
     next_request_id: u64,
-    /// Index in `cluster` of the server to try next.
-    target: usize,
     connection: Option<Connection>,
-    /// The session proposals run in, once opened.
-    session: Option<u64>,
-    /// The sequence number of the next proposal in `session`.
-    next_sequence: u64,
+    /// The session proposals run in, once opened, and its next sequence number.
+    session: Session,
 }
 
 #[derive(Debug)]
@@ -80,22 +75,13 @@ struct Connection {
 impl Client {
     /// A client of the servers at `cluster` (any of them; it finds the leader itself).
     pub fn new(cluster: impl IntoIterator<Item = SocketAddr>) -> Client {
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u32(std::process::id());
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_nanos()),
-        );
         Client {
-            cluster: cluster.into_iter().collect(),
+            route: Route::new(cluster),
             timeout: TIMEOUT_DEFAULT,
-            client_id: hasher.finish(),
+            client_id: policy::new_client_id(),
             next_request_id: 1,
-            target: 0,
             connection: None,
-            session: None,
-            next_sequence: 1,
+            session: Session::new(),
         }
     }
 
@@ -112,7 +98,7 @@ impl Client {
 
     /// The session this client's proposals run in, once opened by the first proposal.
     pub fn session(&self) -> Option<u64> {
-        self.session
+        self.session.id()
     }
 
     /// Appends `command` to the replicated log, exactly once, and returns what the state
@@ -122,13 +108,10 @@ impl Client {
     /// [`Error::Timeout`] if no leader answered before the deadline (saying what went wrong
     /// last; the command may still be applied); [`Error::Refused`] if the state machine's
     /// `validate` refused it; [`Error::SessionExpired`] if the cluster dropped this client's
-    /// session (not applied; the next call opens a new one); [`Error::Rejected`] if the cluster
+    /// session (this attempt not applied; the next call opens a new one); [`Error::Rejected`] if the cluster
     /// refused it for good (too large, malformed).
     pub fn propose(&mut self, command: &[u8]) -> Result<Vec<u8>> {
-        match self.propose_in_session(command, ResponseMode::Applied)? {
-            ResponseBody::Applied(result) => Ok(result),
-            other => Err(unexpected(other)),
-        }
+        policy::applied(self.propose_in_session(command, ResponseMode::Applied)?)
     }
 
     /// Like [`Client::propose`], but answered as soon as the command is committed (durable on a
@@ -137,12 +120,7 @@ impl Client {
     /// # Errors
     /// As for [`Client::propose`].
     pub fn propose_committed(&mut self, command: &[u8]) -> Result<LogIndex> {
-        match self.propose_in_session(command, ResponseMode::Committed)? {
-            ResponseBody::Committed(index) => Ok(index),
-            // A retry of a request applied since is answered from the session table.
-            ResponseBody::Applied(_) => Err(unexpected(ResponseBody::Applied(Vec::new()))),
-            other => Err(unexpected(other)),
-        }
+        policy::committed(self.propose_in_session(command, ResponseMode::Committed)?)
     }
 
     /// Asks the state machine a read-only `query`, linearizably: the answer reflects every
@@ -152,10 +130,7 @@ impl Client {
     /// As for [`Client::propose`].
     pub fn query(&mut self, query: &[u8]) -> Result<Vec<u8>> {
         let deadline = Instant::now() + self.timeout;
-        match self.call(RequestBody::Query(query.to_vec()), deadline)? {
-            ResponseBody::Applied(result) => Ok(result),
-            other => Err(unexpected(other)),
-        }
+        policy::applied(self.call(RequestBody::Query(query.to_vec()), deadline)?)
     }
 
     /// Opens a session if there is none, then sends the next request in it until a final
@@ -166,35 +141,16 @@ impl Client {
         respond_when: ResponseMode,
     ) -> Result<ResponseBody> {
         let deadline = Instant::now() + self.timeout;
-        let session = match self.session {
+        let session = match self.session.id() {
             Some(session) => session,
-            None => match self.call(RequestBody::RegisterSession, deadline)? {
-                ResponseBody::SessionRegistered(session) => {
-                    self.session = Some(session);
-                    self.next_sequence = 1;
-                    session
-                }
-                other => return Err(unexpected(other)),
-            },
-        };
-        let sequence = self.next_sequence;
-        // Whatever happens to this request, the next one gets a new number: a request that timed
-        // out may still be applied, and must not be mistaken for the next one.
-        self.next_sequence += 1;
-        let body = RequestBody::SessionPropose(SessionProposal {
-            session,
-            sequence,
-            command: command.to_vec(),
-            respond_when,
-        });
-        match self.call(body, deadline)? {
-            ResponseBody::Refused(error) => Err(Error::Refused { error }),
-            ResponseBody::SessionExpired(session) => {
-                self.session = None;
-                Err(Error::SessionExpired { session })
+            None => {
+                let answer = self.call(RequestBody::RegisterSession, deadline)?;
+                self.session.registered(answer)?
             }
-            answer => Ok(answer),
-        }
+        };
+        let proposal = self.session.proposal(session, command, respond_when);
+        let answer = self.call(proposal, deadline)?;
+        self.session.settle(answer)
     }
 
     /// Asks one server, leader or not, for its [`Metrics`].
@@ -204,122 +160,55 @@ impl Client {
     /// nonsense; [`Error::Timeout`] if it does not answer in time.
     pub fn status(&mut self, server: SocketAddr) -> Result<Metrics> {
         let deadline = Instant::now() + self.timeout;
-        if self
-            .connection
-            .as_ref()
-            .is_none_or(|connection| connection.address != server)
-        {
-            self.connection = None;
-            self.connection = Some(self.connect(server, deadline)?);
-        }
-        match self.exchange(&RequestBody::Status, deadline) {
-            Ok(ResponseBody::Status(metrics)) => Ok(metrics),
-            Ok(other) => Err(unexpected(other)),
-            Err(error) => {
-                self.connection = None;
-                Err(error)
-            }
-        }
+        policy::status(self.attempt(server, &RequestBody::Status, deadline)?)
     }
 
     /// Sends `body` until a server gives a final answer or the deadline passes.
     fn call(&mut self, body: RequestBody, deadline: Instant) -> Result<ResponseBody> {
-        if self.cluster.is_empty() {
-            return Err(Error::Timeout {
-                timeout: Duration::ZERO,
-                last_problem: "the client was given no server addresses".to_owned(),
-            });
-        }
-        let mut backoff = BACKOFF_MIN;
-        let mut last_problem = String::from("no attempt finished");
+        let mut call = Call::start(&self.route, self.timeout)?;
         loop {
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    timeout: self.timeout,
-                    last_problem,
-                });
-            }
-            let address = self.cluster[self.target % self.cluster.len()];
-            if self
-                .connection
-                .as_ref()
-                .is_none_or(|connection| connection.address != address)
-            {
-                self.connection = None;
-                match self.connect(address, deadline) {
-                    Ok(connection) => self.connection = Some(connection),
-                    Err(error) => {
-                        last_problem = error.to_string();
-                        self.next_server();
-                        pause(&mut backoff, deadline);
-                        continue;
-                    }
-                }
-            }
-            let response = match self.exchange(&body, deadline) {
-                Ok(response) => response,
-                Err(error) => {
-                    last_problem = error.to_string();
-                    self.connection = None;
-                    self.next_server();
-                    pause(&mut backoff, deadline);
-                    continue;
-                }
+            call.check_deadline(remaining(deadline))?;
+            let address = self.route.target();
+            let step = match self.attempt(address, &body, deadline) {
+                Ok(answer) => call.answered(&mut self.route, address, answer, remaining(deadline)),
+                Err(error) => call.failed(&mut self.route, &error, remaining(deadline)),
             };
-            match response {
-                ResponseBody::NotLeader {
-                    leader_id,
-                    leader_address,
-                } => {
-                    // Follow hints only to addresses of the cluster we were given.
-                    let hinted = leader_address
-                        .parse::<SocketAddr>()
-                        .ok()
-                        .and_then(|hint| self.cluster.iter().position(|&a| a == hint));
-                    match hinted {
-                        Some(position) if position != self.target % self.cluster.len() => {
-                            self.target = position;
-                        }
-                        _ => {
-                            last_problem = format!(
-                                "{address} names leader {leader_id} at {leader_address}, \
-                                 which is not one of the cluster's addresses"
-                            );
-                            self.next_server();
-                            pause(&mut backoff, deadline);
-                        }
-                    }
-                }
-                ResponseBody::UnknownLeader => {
-                    last_problem = format!("{address} knows no leader (election under way)");
-                    pause(&mut backoff, deadline);
-                }
-                ResponseBody::Rejected { reason, message } => match reason {
-                    RejectionReason::Dropped | RejectionReason::Overloaded => {
-                        last_problem = format!("{address}: {reason}: {message}");
-                        pause(&mut backoff, deadline);
-                    }
-                    RejectionReason::ShuttingDown => {
-                        last_problem = format!("{address}: {reason}: {message}");
+            match step {
+                Step::Answer(answer) => return Ok(answer),
+                Step::Fail(error) => return Err(error),
+                Step::Retry { close, pause } => {
+                    if close {
                         self.connection = None;
-                        self.next_server();
                     }
-                    RejectionReason::TooLarge
-                    | RejectionReason::BadRequest
-                    | RejectionReason::Superseded => {
-                        return Err(Error::Rejected {
-                            reason: reason.to_string(),
-                            message,
-                        });
+                    if let Some(pause) = pause {
+                        std::thread::sleep(pause);
                     }
-                },
-                answer => return Ok(answer),
+                }
             }
         }
     }
 
-    fn next_server(&mut self) {
-        self.target = (self.target + 1) % self.cluster.len().max(1);
+    /// Sends `body` to `address`, over the current connection if it leads there or a new one,
+    /// and waits for the answer. The connection is dropped if anything fails.
+    fn attempt(
+        &mut self,
+        address: SocketAddr,
+        body: &RequestBody,
+        deadline: Instant,
+    ) -> Result<ResponseBody> {
+        if self
+            .connection
+            .as_ref()
+            .is_none_or(|connection| connection.address != address)
+        {
+            self.connection = None;
+            self.connection = Some(self.connect(address, deadline)?);
+        }
+        let answer = self.exchange(body, deadline);
+        if answer.is_err() {
+            self.connection = None;
+        }
+        answer
     }
 
     fn connect(&self, address: SocketAddr, deadline: Instant) -> Result<Connection> {
@@ -327,10 +216,7 @@ impl Client {
             address: address.to_string(),
             source,
         };
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let attempt = remaining
-            .min(CONNECT_TIMEOUT_MAX)
-            .max(Duration::from_millis(1));
+        let attempt = policy::connect_timeout(remaining(deadline));
         let mut stream = TcpStream::connect_timeout(&address, attempt).map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
         stream
@@ -390,23 +276,15 @@ impl Client {
     }
 }
 
-/// Sleeps for the current backoff (never past the deadline) and doubles it.
-fn pause(backoff: &mut Duration, deadline: Instant) {
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    std::thread::sleep((*backoff).min(remaining));
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
-}
-
-fn unexpected(body: ResponseBody) -> Error {
-    Error::Rejected {
-        reason: "unexpected answer".to_owned(),
-        message: format!("{body:?}"),
-    }
+/// Time left until `deadline`.
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{RejectionReason, SessionProposal};
     use std::net::TcpListener;
     use std::thread;
 

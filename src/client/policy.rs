@@ -1,0 +1,532 @@
+//! What a client does, apart from I/O: shared by the blocking [`Client`](super::Client) and the
+//! `AsyncClient`, so that both follow one protocol (DESIGN.md §4, thesis §6.3).
+//!
+//! Nothing here touches a socket or reads a clock. A client tells it what happened (a server's
+//! answer, a failed connection) and how much time its call has left; it answers with what to do
+//! next: return the answer, try again (at which server, after which pause, on a fresh connection
+//! or not), or fail for good. [`Session`] keeps the session id and the sequence numbers.
+
+use crate::consensus::ResponseMode;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::types::LogIndex;
+use crate::wire::{RejectionReason, RequestBody, ResponseBody, SessionProposal};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The first pause after "unknown leader" or a failed connection; it doubles up to
+/// [`BACKOFF_MAX`].
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// The longest pause between attempts.
+pub(super) const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// The longest one connection attempt may take.
+pub(super) const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(1);
+
+/// A random id for a new client, sent in its connection preamble.
+pub(super) fn new_client_id() -> u64 {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos()),
+    );
+    hasher.finish()
+}
+
+/// How long a connection attempt may take with `remaining` left in the call.
+pub(super) fn connect_timeout(remaining: Duration) -> Duration {
+    remaining
+        .min(CONNECT_TIMEOUT_MAX)
+        .max(Duration::from_millis(1))
+}
+
+/// The cluster's addresses and the one a client sends to next. It lives as long as the client,
+/// so a call starts at the server the previous one ended with (usually the leader).
+#[derive(Debug)]
+pub(super) struct Route {
+    cluster: Vec<SocketAddr>,
+    /// Index in `cluster` of the server to try next.
+    target: usize,
+}
+
+impl Route {
+    pub(super) fn new(cluster: impl IntoIterator<Item = SocketAddr>) -> Route {
+        Route {
+            cluster: cluster.into_iter().collect(),
+            target: 0,
+        }
+    }
+
+    /// The server to send the next attempt to.
+    ///
+    /// # Panics
+    /// If the cluster is empty; [`Call::start`] refuses such a call first.
+    pub(super) fn target(&self) -> SocketAddr {
+        self.cluster[self.target % self.cluster.len()]
+    }
+
+    fn next_server(&mut self) {
+        self.target = (self.target + 1) % self.cluster.len().max(1);
+    }
+
+    /// Moves to a hinted leader if `hint` is one of the cluster's addresses other than the
+    /// current target; hints elsewhere are never followed (DESIGN.md §4).
+    fn follow(&mut self, hint: &str) -> bool {
+        let hinted = hint
+            .parse::<SocketAddr>()
+            .ok()
+            .and_then(|hint| self.cluster.iter().position(|&a| a == hint));
+        match hinted {
+            Some(position) if position != self.target % self.cluster.len() => {
+                self.target = position;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What a client does after one attempt of a call.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// The call's answer: return it.
+    Answer(ResponseBody),
+    /// The call failed for good: return the error.
+    Fail(Error),
+    /// Try again at [`Route::target`]: first close the connection if `close`, then sleep for
+    /// `pause` if there is one.
+    Retry {
+        close: bool,
+        pause: Option<Duration>,
+    },
+}
+
+/// The retry state of one call: its backoff and the last problem met, for the timeout error.
+#[derive(Debug)]
+pub(super) struct Call {
+    timeout: Duration,
+    backoff: Duration,
+    last_problem: String,
+}
+
+impl Call {
+    /// Starts a call with the client's `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] at once if the client was given no server to ask.
+    pub(super) fn start(route: &Route, timeout: Duration) -> Result<Call> {
+        if route.cluster.is_empty() {
+            return Err(Error::Timeout {
+                timeout: Duration::ZERO,
+                last_problem: "the client was given no server addresses".to_owned(),
+            });
+        }
+        Ok(Call {
+            timeout,
+            backoff: BACKOFF_MIN,
+            last_problem: String::from("no attempt finished"),
+        })
+    }
+
+    /// Checked before every attempt.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], with the last problem met, once no time is left.
+    pub(super) fn check_deadline(&mut self, remaining: Duration) -> Result<()> {
+        if remaining.is_zero() {
+            return Err(Error::Timeout {
+                timeout: self.timeout,
+                last_problem: std::mem::take(&mut self.last_problem),
+            });
+        }
+        Ok(())
+    }
+
+    /// A connection could not be opened, or a request or its answer was lost with the
+    /// connection: move to the next server after a pause. A proposal is resent under its
+    /// sequence number, so it is still applied at most once.
+    pub(super) fn failed(&mut self, route: &mut Route, error: &Error, remaining: Duration) -> Step {
+        self.last_problem = error.to_string();
+        route.next_server();
+        Step::Retry {
+            close: true,
+            pause: Some(self.pause(remaining)),
+        }
+    }
+
+    /// Server `from` answered `body`.
+    pub(super) fn answered(
+        &mut self,
+        route: &mut Route,
+        from: SocketAddr,
+        body: ResponseBody,
+        remaining: Duration,
+    ) -> Step {
+        match body {
+            ResponseBody::NotLeader {
+                leader_id,
+                leader_address,
+            } => {
+                if route.follow(&leader_address) {
+                    return Step::Retry {
+                        close: false,
+                        pause: None,
+                    };
+                }
+                self.last_problem = format!(
+                    "{from} names leader {leader_id} at {leader_address}, \
+                     which is not one of the cluster's addresses"
+                );
+                route.next_server();
+                self.retry_after_pause(remaining)
+            }
+            ResponseBody::UnknownLeader => {
+                self.last_problem = format!("{from} knows no leader (election under way)");
+                self.retry_after_pause(remaining)
+            }
+            ResponseBody::Rejected { reason, message } => match reason {
+                RejectionReason::Dropped | RejectionReason::Overloaded => {
+                    self.last_problem = format!("{from}: {reason}: {message}");
+                    self.retry_after_pause(remaining)
+                }
+                RejectionReason::ShuttingDown => {
+                    self.last_problem = format!("{from}: {reason}: {message}");
+                    route.next_server();
+                    Step::Retry {
+                        close: true,
+                        pause: None,
+                    }
+                }
+                RejectionReason::TooLarge
+                | RejectionReason::BadRequest
+                | RejectionReason::Superseded => Step::Fail(Error::Rejected {
+                    reason: reason.to_string(),
+                    message,
+                }),
+            },
+            answer => Step::Answer(answer),
+        }
+    }
+
+    fn retry_after_pause(&mut self, remaining: Duration) -> Step {
+        Step::Retry {
+            close: false,
+            pause: Some(self.pause(remaining)),
+        }
+    }
+
+    /// The current backoff (never past the deadline); doubles it for next time.
+    fn pause(&mut self, remaining: Duration) -> Duration {
+        let pause = self.backoff.min(remaining);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        pause
+    }
+}
+
+/// A client's session (thesis §6.3): its id once the cluster opened it, and the sequence number
+/// of the next proposal in it.
+#[derive(Debug)]
+pub(super) struct Session {
+    id: Option<u64>,
+    next_sequence: u64,
+}
+
+impl Session {
+    pub(super) fn new() -> Session {
+        Session {
+            id: None,
+            next_sequence: 1,
+        }
+    }
+
+    /// The open session's id.
+    pub(super) fn id(&self) -> Option<u64> {
+        self.id
+    }
+
+    /// Records the answer to [`RequestBody::RegisterSession`]; the new session numbers its
+    /// proposals from 1.
+    ///
+    /// # Errors
+    /// Any answer other than `SessionRegistered`.
+    pub(super) fn registered(&mut self, answer: ResponseBody) -> Result<u64> {
+        match answer {
+            ResponseBody::SessionRegistered(session) => {
+                self.id = Some(session);
+                self.next_sequence = 1;
+                Ok(session)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The next proposal in `session`, under a new sequence number. Whatever happens to it, the
+    /// next one gets the next number: a request that timed out may still be applied, and must
+    /// not be mistaken for the next one. Its retries resend this same request.
+    pub(super) fn proposal(
+        &mut self,
+        session: u64,
+        command: &[u8],
+        respond_when: ResponseMode,
+    ) -> RequestBody {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        RequestBody::SessionPropose(SessionProposal {
+            session,
+            sequence,
+            command: command.to_vec(),
+            respond_when,
+        })
+    }
+
+    /// The final answer to a proposal, as the caller sees it.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] with the state machine's error; [`Error::SessionExpired`], after which
+    /// the session is forgotten and the next proposal opens a new one.
+    pub(super) fn settle(&mut self, answer: ResponseBody) -> Result<ResponseBody> {
+        match answer {
+            ResponseBody::Refused(error) => Err(Error::Refused { error }),
+            ResponseBody::SessionExpired(session) => {
+                self.id = None;
+                Err(Error::SessionExpired { session })
+            }
+            answer => Ok(answer),
+        }
+    }
+}
+
+/// The state machine's reply in an answer to `propose` or `query`.
+pub(super) fn applied(answer: ResponseBody) -> Result<Vec<u8>> {
+    match answer {
+        ResponseBody::Applied(result) => Ok(result),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The log index in an answer to `propose_committed`.
+pub(super) fn committed(answer: ResponseBody) -> Result<LogIndex> {
+    match answer {
+        ResponseBody::Committed(index) => Ok(index),
+        // A retry of a request applied since is answered from the session table.
+        ResponseBody::Applied(_) => Err(unexpected(ResponseBody::Applied(Vec::new()))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The metrics in an answer to `status`.
+pub(super) fn status(answer: ResponseBody) -> Result<Metrics> {
+    match answer {
+        ResponseBody::Status(metrics) => Ok(metrics),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(body: ResponseBody) -> Error {
+    Error::Rejected {
+        reason: "unexpected answer".to_owned(),
+        message: format!("{body:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::ServerId;
+
+    fn addresses(count: u16) -> Vec<SocketAddr> {
+        (0..count)
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], 9001 + port)))
+            .collect()
+    }
+
+    fn not_leader(address: &str) -> ResponseBody {
+        ResponseBody::NotLeader {
+            leader_id: ServerId(3),
+            leader_address: address.to_owned(),
+        }
+    }
+
+    const PLENTY: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn an_empty_cluster_fails_at_once() {
+        let error = Call::start(&Route::new([]), PLENTY).unwrap_err();
+        assert!(error.to_string().contains("no server addresses"), "{error}");
+    }
+
+    #[test]
+    fn a_hint_to_a_cluster_address_is_followed_at_once() {
+        let cluster = addresses(3);
+        let mut route = Route::new(cluster.clone());
+        let mut call = Call::start(&route, PLENTY).unwrap();
+        let step = call.answered(&mut route, cluster[0], not_leader("127.0.0.1:9003"), PLENTY);
+        assert!(
+            matches!(
+                step,
+                Step::Retry {
+                    close: false,
+                    pause: None
+                }
+            ),
+            "{step:?}"
+        );
+        assert_eq!(route.target(), cluster[2]);
+    }
+
+    #[test]
+    fn a_hint_outside_the_cluster_or_to_itself_moves_on_after_a_pause() {
+        let cluster = addresses(2);
+        let mut route = Route::new(cluster.clone());
+        let mut call = Call::start(&route, PLENTY).unwrap();
+        for hint in ["10.9.9.9:9001", "not an address", "127.0.0.1:9001"] {
+            let from = route.target();
+            let step = call.answered(&mut route, from, not_leader(hint), PLENTY);
+            assert!(
+                matches!(
+                    step,
+                    Step::Retry {
+                        close: false,
+                        pause: Some(_)
+                    }
+                ),
+                "{step:?}"
+            );
+            assert_ne!(route.target(), from, "{hint}");
+        }
+        let error = call.check_deadline(Duration::ZERO).unwrap_err().to_string();
+        assert!(
+            error.contains("not one of the cluster's addresses"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn backoff_starts_at_10ms_doubles_to_500ms_and_never_passes_the_deadline() {
+        let mut route = Route::new(addresses(1));
+        let mut call = Call::start(&route, PLENTY).unwrap();
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            let from = route.target();
+            match call.answered(&mut route, from, ResponseBody::UnknownLeader, PLENTY) {
+                Step::Retry {
+                    close: false,
+                    pause: Some(pause),
+                } => pauses.push(pause.as_millis()),
+                step => panic!("{step:?}"),
+            }
+        }
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 500, 500]);
+        let short = Duration::from_millis(3);
+        let step = call.failed(&mut route, &Error::ServerStopped("x".into()), short);
+        assert!(matches!(step, Step::Retry { close: true, pause: Some(p) } if p == short));
+    }
+
+    #[test]
+    fn retryable_rejections_pause_and_final_ones_fail() {
+        let mut route = Route::new(addresses(2));
+        let mut call = Call::start(&route, PLENTY).unwrap();
+        let rejected = |reason| ResponseBody::Rejected {
+            reason,
+            message: "because".to_owned(),
+        };
+        for reason in [RejectionReason::Dropped, RejectionReason::Overloaded] {
+            let from = route.target();
+            let step = call.answered(&mut route, from, rejected(reason), PLENTY);
+            assert!(matches!(
+                step,
+                Step::Retry {
+                    close: false,
+                    pause: Some(_)
+                }
+            ));
+            assert_eq!(route.target(), from, "stays with the leader");
+        }
+        let from = route.target();
+        let step = call.answered(
+            &mut route,
+            from,
+            rejected(RejectionReason::ShuttingDown),
+            PLENTY,
+        );
+        assert!(matches!(
+            step,
+            Step::Retry {
+                close: true,
+                pause: None
+            }
+        ));
+        assert_ne!(route.target(), from);
+        for reason in [
+            RejectionReason::TooLarge,
+            RejectionReason::BadRequest,
+            RejectionReason::Superseded,
+        ] {
+            let from = route.target();
+            let step = call.answered(&mut route, from, rejected(reason), PLENTY);
+            assert!(
+                matches!(step, Step::Fail(Error::Rejected { .. })),
+                "{step:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_timeout_names_the_last_problem() {
+        let cluster = addresses(1);
+        let mut route = Route::new(cluster.clone());
+        let mut call = Call::start(&route, Duration::from_millis(200)).unwrap();
+        call.answered(&mut route, cluster[0], ResponseBody::UnknownLeader, PLENTY);
+        let error = call.check_deadline(Duration::ZERO).unwrap_err().to_string();
+        assert!(error.contains("within 200ms"), "{error}");
+        assert!(error.contains("127.0.0.1:9001 knows no leader"), "{error}");
+    }
+
+    #[test]
+    fn sessions_number_proposals_and_forget_an_expired_session() {
+        let mut session = Session::new();
+        assert_eq!(session.id(), None);
+        assert_eq!(
+            session
+                .registered(ResponseBody::SessionRegistered(7))
+                .unwrap(),
+            7
+        );
+        let sequence = |body: RequestBody| match body {
+            RequestBody::SessionPropose(proposal) => (proposal.session, proposal.sequence),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            sequence(session.proposal(7, b"a", ResponseMode::Applied)),
+            (7, 1)
+        );
+        assert_eq!(
+            sequence(session.proposal(7, b"b", ResponseMode::Committed)),
+            (7, 2)
+        );
+        assert!(matches!(
+            session.settle(ResponseBody::Refused(b"no".to_vec())),
+            Err(Error::Refused { .. })
+        ));
+        assert_eq!(session.id(), Some(7));
+        assert!(matches!(
+            session.settle(ResponseBody::SessionExpired(7)),
+            Err(Error::SessionExpired { session: 7 })
+        ));
+        assert_eq!(session.id(), None);
+        assert_eq!(
+            session
+                .registered(ResponseBody::SessionRegistered(9))
+                .unwrap(),
+            9
+        );
+        assert_eq!(
+            sequence(session.proposal(9, b"c", ResponseMode::Applied)),
+            (9, 1)
+        );
+        assert!(session.registered(ResponseBody::UnknownLeader).is_err());
+    }
+}
