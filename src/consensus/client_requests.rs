@@ -120,20 +120,11 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             && !self.waiting_for_term_start.is_empty()
         {
             for event in std::mem::take(&mut self.waiting_for_term_start) {
-                match event {
-                    Event::Propose {
-                        id,
-                        command,
-                        session,
-                        respond_when,
-                    } => self.propose(id, command, session, respond_when)?,
-                    Event::Query { id, query } => self.query(id, query),
-                    other => unreachable!("only proposals and reads wait: {other:?}"),
-                }
+                debug_assert!(matches!(event, Event::Propose { .. } | Event::Query { .. }));
+                self.dispatch(event)?;
             }
         }
-        self.advance_reads(false);
-        Ok(())
+        self.advance_reads()
     }
 
     /// Whether this leader has applied its term's no-op: its state machine and session table

@@ -498,6 +498,14 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     /// A [`LogError`] from the persistent log. The server must then stop: its state can no
     /// longer be trusted.
     pub fn step(&mut self, event: Event) -> Result<Actions> {
+        self.dispatch(event)?;
+        self.settle()?;
+        self.check_invariants();
+        Ok(self.take_actions())
+    }
+
+    /// Hands `event` to the rule that handles it.
+    fn dispatch(&mut self, event: Event) -> Result<()> {
         match event {
             Event::Message { from, message } => self.handle_message(from, message)?,
             Event::ClientProposal { id, command } => {
@@ -515,9 +523,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             Event::Timeout(Timer::Heartbeat) => self.on_heartbeat_timeout()?,
             Event::PeerConnected(peer) => self.on_peer_connected(peer)?,
         }
-        self.settle()?;
-        self.check_invariants();
-        Ok(self.take_actions())
+        Ok(())
     }
 
     /// Makes every write so far durable, then releases the messages that waited for it and lets a

@@ -15,8 +15,9 @@
 //! never answers. Replicating entries confirms rounds too, so under write load reads need no
 //! extra messages.
 
-use super::{quorum, AppendEntries, BrokenRule};
-use super::{ClientReply, Consensus, Message, ProposalId, ProposalOutcome, Role};
+use super::{quorum, BrokenRule};
+use super::{ClientReply, Consensus, ProposalId, ProposalOutcome, Role};
+use crate::error::Result;
 use crate::log::PersistentLog;
 use crate::state_machine::StateMachine;
 use crate::types::{LogIndex, ServerId};
@@ -90,18 +91,20 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         self.reads.unconfirmed.push_back((round, read));
     }
 
-    /// Starts a read round if reads wait for one and none is outstanding (`forced`: at a
-    /// heartbeat, even if one is), then moves confirmed reads on and answers those applied.
-    pub(super) fn advance_reads(&mut self, forced: bool) {
+    /// Starts a read round if reads wait for one and none is outstanding (at a heartbeat, one
+    /// starts anyway: `start_read_round_with_heartbeats`), then moves confirmed reads on and
+    /// answers those applied.
+    pub(super) fn advance_reads(&mut self) -> Result<()> {
         if self.role != Role::Leader {
-            return;
+            return Ok(());
         }
         let outstanding = self.reads.confirmed < self.reads.round;
-        if self.reads.round_wanted() && (forced || !outstanding) {
-            self.start_read_round();
+        if self.reads.round_wanted() && !outstanding {
+            self.start_read_round()?;
         }
-        self.confirm_reads();
+        self.confirm_reads()?;
         self.answer_applied_reads();
+        Ok(())
     }
 
     /// At a heartbeat: if reads wait for a round, the heartbeats about to go out start it.
@@ -114,9 +117,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     /// Sends every caught-up follower a heartbeat carrying the new round. Probing followers learn
     /// it from their next probe: a heartbeat would move them to streaming from their match index
     /// before the probe has found it.
-    fn start_read_round(&mut self) {
+    fn start_read_round(&mut self) -> Result<()> {
         self.reads.round += 1;
-        let round = self.reads.round;
         for position in 0..self.peers.len() {
             let peer = self.peers[position];
             let Some(progress) = self.progress.get(&peer) else {
@@ -125,22 +127,11 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             if progress.is_probing() {
                 continue;
             }
-            let match_index = progress.match_index;
-            let Ok(prev_log_term) = self.term_at(match_index) else {
-                continue;
-            };
-            let message = Message::AppendEntries(AppendEntries {
-                term: self.current_term(),
-                leader_id: self.id,
-                prev_log_index: match_index,
-                prev_log_term,
-                entries: Vec::new(),
-                leader_commit: self.commit_index.min(match_index),
-                read_round: round,
-            });
+            let message = self.heartbeat(progress.match_index)?;
             self.send(peer, message);
         }
-        log::trace!("{}: read round {round} started", self.who());
+        log::trace!("{}: read round {} started", self.who(), self.reads.round);
+        Ok(())
     }
 
     /// Records that `peer` answered `round` in our term.
@@ -158,7 +149,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     }
 
     /// The highest round a majority answered (the leader answers every round it starts).
-    fn confirm_reads(&mut self) {
+    fn confirm_reads(&mut self) -> Result<()> {
         let mut rounds: Vec<u64> = self
             .progress
             .values()
@@ -178,9 +169,10 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         }
         if self.reads.round_wanted() && self.reads.confirmed == self.reads.round {
             // The outstanding round is done and more reads arrived meanwhile: go again.
-            self.start_read_round();
-            self.confirm_reads();
+            self.start_read_round()?;
+            self.confirm_reads()?;
         }
+        Ok(())
     }
 
     fn answer_applied_reads(&mut self) {

@@ -94,20 +94,26 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 self.send_appends(peer)?;
                 continue;
             }
-            let prev_log_term = self.term_at(match_index)?;
-            let message = Message::AppendEntries(AppendEntries {
-                term: self.current_term(),
-                leader_id: self.id,
-                prev_log_index: match_index,
-                prev_log_term,
-                entries: Vec::new(),
-                leader_commit: self.commit_index.min(match_index),
-                read_round: self.read_round(),
-            });
+            let message = self.heartbeat(match_index)?;
             self.send(peer, message);
             self.send_appends(peer)?;
         }
         Ok(())
+    }
+
+    /// A heartbeat for a follower known to hold `match_index`: no entries, the consistency check
+    /// at that index (so it cannot fail spuriously), the commit index capped there, and the
+    /// current read round (§6.4).
+    pub(super) fn heartbeat(&self, match_index: LogIndex) -> Result<Message> {
+        Ok(Message::AppendEntries(AppendEntries {
+            term: self.current_term(),
+            leader_id: self.id,
+            prev_log_index: match_index,
+            prev_log_term: self.term_at(match_index)?,
+            entries: Vec::new(),
+            leader_commit: self.commit_index.min(match_index),
+            read_round: self.read_round(),
+        }))
     }
 
     /// §5.3: the receiver's side of AppendEntries, the terms already equal.
