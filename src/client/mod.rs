@@ -288,8 +288,11 @@ mod tests {
     use std::net::TcpListener;
     use std::thread;
 
-    /// A scripted server: answers every request on every connection with `answer(request)`.
-    fn fake_server(answer: impl Fn(&ClientRequest) -> ResponseBody + Send + 'static) -> SocketAddr {
+    /// A scripted server: answers every request on every connection with `answer(request)`, or
+    /// hangs up on that connection when it returns `None`.
+    fn scripted_server(
+        answer: impl Fn(&ClientRequest) -> Option<ResponseBody> + Send + 'static,
+    ) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let address = listener.local_addr().expect("address");
         thread::spawn(move || {
@@ -311,9 +314,12 @@ mod tests {
                         let Ok(request) = wire::decode_request(&frame) else {
                             break 'connection;
                         };
+                        let Some(body) = answer(&request) else {
+                            break 'connection;
+                        };
                         let response = ClientResponse {
                             request_id: request.request_id,
-                            body: answer(&request),
+                            body,
                         };
                         if stream.write_all(&wire::encode_response(&response)).is_err() {
                             break 'connection;
@@ -323,6 +329,11 @@ mod tests {
             }
         });
         address
+    }
+
+    /// A scripted server that always answers.
+    fn fake_server(answer: impl Fn(&ClientRequest) -> ResponseBody + Send + 'static) -> SocketAddr {
+        scripted_server(move |request| Some(answer(request)))
     }
 
     fn unused_address() -> SocketAddr {
@@ -385,61 +396,25 @@ mod tests {
         assert!(error.to_string().contains("exceeds 8"), "{error}");
     }
 
-    /// A server that registers session 7 and records every session request it sees; it closes
-    /// the connection instead of answering the first `drop_first` of them.
     /// Every (session, sequence) a recording server saw, in order.
     type Seen = std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>;
 
+    /// A server that registers session 7 and records every session request it sees; it closes
+    /// the connection instead of answering the first `drop_first` of them.
     fn recording_server(
         drop_first: usize,
         answer: impl Fn(&SessionProposal) -> ResponseBody + Send + 'static,
     ) -> (SocketAddr, Seen) {
-        use std::sync::{Arc, Mutex};
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = Arc::clone(&seen);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let address = listener.local_addr().expect("address");
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let mut frames = FrameReader::new(MESSAGE_BYTES_MAX_DEFAULT);
-                let mut buffer = [0u8; 4096];
-                let mut preamble_seen = false;
-                'connection: while let Ok(read) = stream.read(&mut buffer) {
-                    if read == 0 {
-                        break;
-                    }
-                    frames.extend(&buffer[..read]);
-                    while let Ok(Some(frame)) = frames.next_frame() {
-                        if !preamble_seen {
-                            preamble_seen = true;
-                            continue;
-                        }
-                        let Ok(request) = wire::decode_request(&frame) else {
-                            break 'connection;
-                        };
-                        let body = match &request.body {
-                            RequestBody::RegisterSession => ResponseBody::SessionRegistered(7),
-                            RequestBody::SessionPropose(proposal) => {
-                                let mut seen = record.lock().expect("lock");
-                                seen.push((proposal.session, proposal.sequence));
-                                if seen.len() <= drop_first {
-                                    break 'connection;
-                                }
-                                answer(proposal)
-                            }
-                            _ => ResponseBody::UnknownLeader,
-                        };
-                        let response = ClientResponse {
-                            request_id: request.request_id,
-                            body,
-                        };
-                        if stream.write_all(&wire::encode_response(&response)).is_err() {
-                            break 'connection;
-                        }
-                    }
-                }
+        let seen = Seen::default();
+        let record = std::sync::Arc::clone(&seen);
+        let address = scripted_server(move |request| match &request.body {
+            RequestBody::RegisterSession => Some(ResponseBody::SessionRegistered(7)),
+            RequestBody::SessionPropose(proposal) => {
+                let mut seen = record.lock().expect("lock");
+                seen.push((proposal.session, proposal.sequence));
+                (seen.len() > drop_first).then(|| answer(proposal))
             }
+            _ => Some(ResponseBody::UnknownLeader),
         });
         (address, seen)
     }
