@@ -1373,11 +1373,9 @@ mod checks {
     //! operations that cannot change the verdict, since the search is exponential in
     //! indeterminate operations:
     //! * indeterminate reads: they change nothing and constrain nothing;
-    //! * indeterminate writes of a value nobody observed (no output and no compare-and-swap's
-    //!   expected value names it). Values are unique, so in any linearization the ops that
-    //!   follow such a write, until the next blind put, are indeterminate ones that did nothing
-    //!   (a completed op would have observed the value); dropping the write and those leaves a
-    //!   valid linearization, and the converse holds since indeterminate ops are optional.
+    //! * indeterminate writes of a value nobody observed, by the simulator's own
+    //!   `linearizability::prune_unobserved_writes` (its documentation has the argument; it
+    //!   needs unique written values, which the clients here write too).
     //!
     //! Calls the cluster answered as "not applied" are left out altogether: if one took effect
     //! after all, whatever observed its value has no explanation and the check fails.
@@ -1386,7 +1384,7 @@ mod checks {
     use mioraft::log::{FileLog, PersistentLog};
     use mioraft::sim::linearizability::{self, Operation, RegisterInput, RegisterModel, Verdict};
     use mioraft::{LogIndex, ServerId};
-    use std::collections::{BTreeMap, HashMap, HashSet};
+    use std::collections::{BTreeMap, HashMap};
     use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
@@ -1398,39 +1396,21 @@ mod checks {
     }
 
     pub fn reduce(calls: &[RegisterCall]) -> Reduced {
-        let mut observed: HashSet<&str> = HashSet::new();
-        for call in calls.iter().filter(|call| !call.not_applied) {
-            if let Some(output) = &call.op.output {
-                observed.insert(output);
-            }
-            if let RegisterInput::Cas { expected, .. } = &call.op.input {
-                observed.insert(expected);
-            }
-        }
-        let mut reduced = Reduced {
-            operations: Vec::new(),
-            reads_dropped: 0,
-            writes_dropped: 0,
-        };
         // A call the cluster said was not applied is left out: it must not have taken effect.
-        for call in calls.iter().filter(|call| !call.not_applied) {
-            let keep = call.op.output.is_some()
-                || match &call.op.input {
-                    RegisterInput::Get => {
-                        reduced.reads_dropped += 1;
-                        false
-                    }
-                    RegisterInput::Put(written) | RegisterInput::Cas { new: written, .. } => {
-                        let seen = observed.contains(written.as_str());
-                        reduced.writes_dropped += usize::from(!seen);
-                        seen
-                    }
-                };
-            if keep {
-                reduced.operations.push(call.op.clone());
-            }
+        let applicable = calls.iter().filter(|call| !call.not_applied);
+        let (indeterminate_reads, operations): (Vec<_>, Vec<_>) = applicable
+            .map(|call| call.op.clone())
+            .partition(|op| op.output.is_none() && op.input == RegisterInput::Get);
+        let kept = linearizability::prune_unobserved_writes(&operations);
+        let writes_dropped = operations.len() - kept.len();
+        Reduced {
+            operations: kept
+                .into_iter()
+                .map(|position| operations[position].clone())
+                .collect(),
+            reads_dropped: indeterminate_reads.len(),
+            writes_dropped,
         }
-        reduced
     }
 
     #[derive(Default)]
