@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example hashmap -- demo
 //! cargo run --release --example hashmap -- server 1  1 127.0.0.1:9001  2 127.0.0.1:9002  3 127.0.0.1:9003
+//! cargo run --release --example hashmap -- server 1 --snapshot-entries 1000  1 127.0.0.1:9001  2 127.0.0.1:9002  3 127.0.0.1:9003
 //! cargo run --release --example hashmap -- put greeting hello  127.0.0.1:9001 127.0.0.1:9002 127.0.0.1:9003
 //! cargo run --release --example hashmap -- get greeting  127.0.0.1:9001
 //! cargo run --release --example hashmap -- status  127.0.0.1:9001 127.0.0.1:9002 127.0.0.1:9003
@@ -11,8 +12,11 @@
 mod common;
 
 use clap::Parser;
-use mioraft::{Client, StateMachine};
+use mioraft::consensus::Config;
+use mioraft::log::FileLog;
+use mioraft::{Client, MemLog, PersistentLog, Server, ServerId, StateMachine};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -98,27 +102,95 @@ impl StateMachine for HashMapMachine {
         }
     }
 
+    /// The whole map, keys in ascending order so that equal maps give equal bytes whatever
+    /// order the `HashMap` iterates in:
+    /// `SNAPSHOT_VERSION`, the entry count as a little-endian u64, then each key and its value
+    /// as in `encode` (a little-endian u32 length, then the bytes). Built in one allocation of
+    /// the exact size; besides it, only references to the entries are held while sorting.
     fn snapshot(&self) -> Vec<u8> {
-        let mut keys: Vec<&String> = self.map.keys().collect();
-        keys.sort();
-        let mut fields = Vec::new();
-        for key in keys {
-            fields.push(key.as_str());
-            fields.push(self.map[key].as_str());
-        }
-        encode(0, &fields)
-    }
-
-    fn restore_snapshot(&mut self, snapshot: Vec<u8>) {
-        self.map.clear();
-        if let Some((_, fields)) = decode(&snapshot) {
-            for pair in fields.chunks(2) {
-                if let [key, value] = pair {
-                    self.map.insert(key.clone(), value.clone());
-                }
+        let mut entries: Vec<(&String, &String)> = self.map.iter().collect();
+        entries.sort_unstable();
+        let size = entries.iter().fold(1 + 8, |size, (key, value)| {
+            size + 8 + key.len() + value.len()
+        });
+        let mut out = Vec::with_capacity(size);
+        out.push(SNAPSHOT_VERSION);
+        out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for (key, value) in entries {
+            for field in [key, value] {
+                out.extend_from_slice(&(field.len() as u32).to_le_bytes());
+                out.extend_from_slice(field.as_bytes());
             }
         }
+        out
     }
+
+    /// Replaces the map with the snapshot's. Bytes that are not one of our snapshots are
+    /// logged as an error and leave the map empty, as a new server starts: every replica
+    /// given the same bytes ends in the same state, and none keeps a stale mix.
+    fn restore_snapshot(&mut self, snapshot: Vec<u8>) {
+        // The old map goes first, so only the snapshot's bytes are held beside the new one.
+        self.map = HashMap::new();
+        match restore(&snapshot) {
+            Ok(map) => self.map = map,
+            Err(reason) => log::error!(
+                "not a hashmap snapshot ({} bytes): {reason}; the map is left empty",
+                snapshot.len()
+            ),
+        }
+    }
+}
+
+/// The first byte of a snapshot: its format.
+const SNAPSHOT_VERSION: u8 = 1;
+
+/// Decodes a snapshot made by `HashMapMachine::snapshot`, checking every length, that the text
+/// is UTF-8, that keys ascend (so none repeats) and that nothing follows the last entry.
+fn restore(snapshot: &[u8]) -> Result<HashMap<String, String>, String> {
+    let Some((&SNAPSHOT_VERSION, rest)) = snapshot.split_first() else {
+        return Err(format!(
+            "the first byte is not format version {SNAPSHOT_VERSION}"
+        ));
+    };
+    let (count, mut rest) = rest
+        .split_first_chunk::<8>()
+        .ok_or("the entry count is cut short")?;
+    let count = u64::from_le_bytes(*count);
+    // Each entry takes at least 8 bytes: a forged count cannot make us reserve more than the
+    // snapshot's own size.
+    let mut map = HashMap::with_capacity((count as usize).min(rest.len() / 8));
+    let mut previous: Option<&str> = None;
+    for number in 0..count {
+        let key = take_text(&mut rest).map_err(|e| format!("key {number}: {e}"))?;
+        let value = take_text(&mut rest).map_err(|e| format!("value {number}: {e}"))?;
+        if previous.is_some_and(|previous| previous >= key) {
+            return Err(format!(
+                "key {number} ({key:?}) is not after the one before it"
+            ));
+        }
+        previous = Some(key);
+        map.insert(key.to_owned(), value.to_owned());
+    }
+    if !rest.is_empty() {
+        return Err(format!(
+            "{} bytes follow the last of {count} entries",
+            rest.len()
+        ));
+    }
+    Ok(map)
+}
+
+/// Takes one length-prefixed UTF-8 field off the front of `bytes`.
+fn take_text<'a>(bytes: &mut &'a [u8]) -> Result<&'a str, String> {
+    let (length, rest) = bytes
+        .split_first_chunk::<4>()
+        .ok_or("its length is cut short")?;
+    let length = u32::from_le_bytes(*length) as usize;
+    let field = rest
+        .get(..length)
+        .ok_or_else(|| format!("{length} bytes announced, {} left", rest.len()))?;
+    *bytes = &rest[length..];
+    std::str::from_utf8(field).map_err(|error| format!("not UTF-8: {error}"))
 }
 
 #[derive(Parser)]
@@ -135,6 +207,10 @@ enum Cli {
         /// Keep the log in memory instead: nothing survives a restart.
         #[arg(long, conflicts_with = "data_dir")]
         memory: bool,
+        /// Snapshot the map and compact the log every N applied entries (default 100000; the
+        /// log is also compacted once 64 MiB of entries were applied).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        snapshot_entries: Option<u64>,
     },
     /// Read a key (from the leader).
     Get {
@@ -189,11 +265,12 @@ fn run(cli: Cli) -> Result<(), String> {
             nodes,
             data_dir,
             memory,
-        } => common::run_server(
-            id,
+            snapshot_entries,
+        } => serve(
+            ServerId(id),
             &common::parse_nodes(&nodes)?,
-            HashMapMachine::default(),
             common::Storage::from_flags("hashmap", id, data_dir, memory),
+            snapshot_entries.unwrap_or(Config::default().snapshot_entries),
         ),
         Cli::Get { key, nodes } => {
             let value = client(&nodes)?
@@ -226,6 +303,59 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cli::Demo => demo(),
+    }
+}
+
+/// Runs server `id` of `nodes` until it stops, as `common::run_server` does, with its snapshot
+/// policy: a snapshot every `snapshot_entries` applied entries, or 64 MiB of them (the default).
+fn serve(
+    id: ServerId,
+    nodes: &[(ServerId, SocketAddr)],
+    storage: common::Storage,
+    snapshot_entries: u64,
+) -> Result<(), String> {
+    let Some(&(_, address)) = nodes.iter().find(|&&(node, _)| node == id) else {
+        return Err(format!(
+            "server {id} is not in the node list; list every node, this one included, as \
+             <node-id> <node-address>"
+        ));
+    };
+    let peers: HashMap<ServerId, SocketAddr> = nodes
+        .iter()
+        .copied()
+        .filter(|&(node, _)| node != id)
+        .collect();
+    fn run<L: PersistentLog + Send + 'static>(
+        id: ServerId,
+        address: SocketAddr,
+        peers: HashMap<ServerId, SocketAddr>,
+        log: L,
+        snapshot_entries: u64,
+    ) -> Result<(), String> {
+        Server::new(id, address, log, HashMapMachine::default())
+            .with_peers(peers)
+            .with_snapshot_policy(snapshot_entries, Config::default().snapshot_bytes)
+            .run()
+            .map_err(|e| e.to_string())
+    }
+    match storage {
+        common::Storage::Files(dir) => {
+            let log = FileLog::open(&dir)
+                .map_err(|e| format!("cannot open the data directory {}: {e}", dir.display()))?;
+            eprintln!(
+                "{id}: serving on {address}, log in {}, a snapshot every {snapshot_entries} \
+                 entries",
+                dir.display()
+            );
+            run(id, address, peers, log, snapshot_entries)
+        }
+        common::Storage::Memory => {
+            eprintln!(
+                "{id}: serving on {address}, log in memory, a snapshot every {snapshot_entries} \
+                 entries"
+            );
+            run(id, address, peers, MemLog::new(), snapshot_entries)
+        }
     }
 }
 
@@ -314,4 +444,92 @@ fn demo() -> Result<(), String> {
     cluster.shutdown();
     println!("\nstopped the cluster; demo complete");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(machine: &mut HashMapMachine, key: &str, value: &str) {
+        machine.apply(&encode(PUT, &[key, value]));
+    }
+
+    /// A map with keys and values of awkward lengths and characters.
+    fn sample() -> HashMapMachine {
+        let mut machine = HashMapMachine::default();
+        put(&mut machine, "greeting", "hello world");
+        put(&mut machine, "with spaces and ✓", "");
+        put(&mut machine, "long", &"v".repeat(300));
+        for n in 0..50 {
+            put(&mut machine, &format!("key{n}"), &format!("value{n}"));
+        }
+        machine
+    }
+
+    #[test]
+    fn snapshot_round_trips_and_is_deterministic() {
+        let machine = sample();
+        let snapshot = machine.snapshot();
+        assert_eq!(snapshot.len(), snapshot.capacity(), "sized up front");
+        let mut copy = HashMapMachine::default();
+        copy.restore_snapshot(snapshot.clone());
+        assert_eq!(copy.map, machine.map);
+        assert_eq!(copy.snapshot(), snapshot, "equal maps, equal bytes");
+        assert_eq!(copy.query(&encode(GET, &["greeting"])), b"hello world");
+        // Built in another order, the same map gives the same bytes.
+        let mut reversed = HashMapMachine::default();
+        let mut keys: Vec<_> = machine.map.iter().collect();
+        keys.sort();
+        for (key, value) in keys.into_iter().rev() {
+            put(&mut reversed, key, value);
+        }
+        assert_eq!(reversed.snapshot(), snapshot);
+        // The empty map too.
+        let mut empty = sample();
+        empty.restore_snapshot(HashMapMachine::default().snapshot());
+        assert!(empty.map.is_empty());
+    }
+
+    #[test]
+    fn restore_replaces_the_previous_map() {
+        let mut source = HashMapMachine::default();
+        put(&mut source, "only", "this");
+        let mut machine = sample();
+        machine.restore_snapshot(source.snapshot());
+        assert_eq!(machine.map, source.map);
+    }
+
+    #[test]
+    fn malformed_snapshots_leave_an_empty_map_without_panicking() {
+        let good = sample().snapshot();
+        let mut one = HashMapMachine::default();
+        put(&mut one, "a", "1");
+        let one = one.snapshot();
+        let entry = &one[9..];
+        let mut bad: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            vec![2],
+            // The earlier, unversioned encoding.
+            encode(0, &["a", "1"]),
+            [&good[..], b"x"].concat(),
+            // A count far beyond the bytes.
+            [&[SNAPSHOT_VERSION][..], &u64::MAX.to_le_bytes()].concat(),
+            // The same key twice.
+            [&[SNAPSHOT_VERSION][..], &2u64.to_le_bytes(), entry, entry].concat(),
+        ];
+        bad.extend((0..good.len()).map(|length| good[..length].to_vec()));
+        let mut not_utf8 = one.clone();
+        not_utf8[13] = 0xff;
+        bad.push(not_utf8);
+        for snapshot in bad {
+            let mut machine = sample();
+            machine.restore_snapshot(snapshot.clone());
+            assert!(machine.map.is_empty(), "{snapshot:?}");
+        }
+        for position in 0..good.len() {
+            let mut corrupted = good.clone();
+            corrupted[position] ^= 0x5a;
+            HashMapMachine::default().restore_snapshot(corrupted);
+        }
+    }
 }

@@ -49,14 +49,40 @@ impl StateMachine for Register {
         }
     }
 
+    /// `SNAPSHOT_VERSION`, then the value's UTF-8 bytes.
     fn snapshot(&self) -> Vec<u8> {
-        self.value.clone().into_bytes()
+        let mut out = Vec::with_capacity(1 + self.value.len());
+        out.push(SNAPSHOT_VERSION);
+        out.extend_from_slice(self.value.as_bytes());
+        out
     }
 
-    fn restore_snapshot(&mut self, snapshot: Vec<u8>) {
-        self.value = String::from_utf8_lossy(&snapshot).into_owned();
+    /// Takes the snapshot's value. Bytes that are not one of our snapshots are logged as an
+    /// error and leave the empty value a new register starts with, the same on every replica.
+    fn restore_snapshot(&mut self, mut snapshot: Vec<u8>) {
+        self.value = String::new();
+        if snapshot.first() != Some(&SNAPSHOT_VERSION) {
+            log::error!(
+                "not a register snapshot ({} bytes): the first byte is not format version \
+                 {SNAPSHOT_VERSION}; the value is left empty",
+                snapshot.len()
+            );
+            return;
+        }
+        // The value is the snapshot's own buffer, less its first byte: no copy.
+        snapshot.remove(0);
+        match String::from_utf8(snapshot) {
+            Ok(value) => self.value = value,
+            Err(error) => log::error!(
+                "not a register snapshot: the value is not UTF-8 ({}); the value is left empty",
+                error.utf8_error()
+            ),
+        }
     }
 }
+
+/// The first byte of a snapshot: its format.
+const SNAPSHOT_VERSION: u8 = 1;
 
 #[derive(Parser)]
 #[command(name = "register", about = "A replicated register on mioraft")]
@@ -149,6 +175,53 @@ fn run(cli: Cli) -> Result<(), String> {
         Cli::Status { nodes } => {
             common::print_status(&common::parse_addresses(&nodes)?);
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holding(value: &str) -> Register {
+        let mut register = Register::default();
+        register.apply(format!("P{value}").as_bytes());
+        register
+    }
+
+    #[test]
+    fn snapshot_round_trips() {
+        for value in ["", "hello", "with spaces, ✓ and \0 inside"] {
+            let snapshot = holding(value).snapshot();
+            assert_eq!(snapshot.len(), snapshot.capacity(), "sized up front");
+            let mut copy = Register::default();
+            copy.restore_snapshot(snapshot);
+            assert_eq!(copy.value, value);
+            assert_eq!(copy.query(b"G"), value.as_bytes());
+        }
+    }
+
+    #[test]
+    fn restore_replaces_the_previous_value() {
+        let mut register = holding("old");
+        register.restore_snapshot(holding("new").snapshot());
+        assert_eq!(register.value, "new");
+        assert_eq!(register.apply(b"Cnew\0newer"), b"ok");
+    }
+
+    #[test]
+    fn malformed_snapshots_leave_an_empty_value_without_panicking() {
+        let bad: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            // The earlier, unversioned encoding: the bare value.
+            b"hello".to_vec(),
+            vec![2, b'x'],
+            vec![SNAPSHOT_VERSION, 0xff, 0xfe],
+        ];
+        for snapshot in bad {
+            let mut register = holding("before");
+            register.restore_snapshot(snapshot.clone());
+            assert_eq!(register.value, "", "{snapshot:?}");
         }
     }
 }

@@ -73,6 +73,8 @@ struct Message {
     requestVoteResponse @1 :RequestVoteResponse;
     appendEntries @2 :AppendEntries;
     appendEntriesResponse @3 :AppendEntriesResponse;
+    installSnapshot @4 :InstallSnapshot;
+    installSnapshotResponse @5 :InstallSnapshotResponse;
   }
 }
 
@@ -115,6 +117,48 @@ struct AppendEntriesResponse {
   lastLogIndex @5 :UInt64;
   # The request's readRound, echoed.
   readRound @6 :UInt64;
+}
+
+# What a snapshot replaces and how to check its bytes (Raft §7).
+struct SnapshotMeta {
+  # The index of the last entry the snapshot replaces (at least 1).
+  lastIndex @0 :UInt64;
+  # The term of that entry (at least 1).
+  lastTerm @1 :UInt64;
+  # The voting members as of lastIndex: server ids, ascending, none repeated, never 0.
+  voters @2 :List(UInt64);
+  # The length of the snapshot's bytes.
+  size @3 :UInt64;
+  # crc32c (Castagnoli) of the snapshot's bytes.
+  checksum @4 :UInt32;
+}
+
+# InstallSnapshot (Raft §7): one chunk of the leader's snapshot, for a follower that needs
+# entries the leader has discarded. Chunks go in order of offset; the follower's responses say
+# how much it holds, so the leader resumes from there after a lost chunk or a reconnection.
+struct InstallSnapshot {
+  term @0 :UInt64;
+  leaderId @1 :UInt64;
+  # Which snapshot (the same in every chunk of it).
+  meta @2 :SnapshotMeta;
+  # Where `data` starts in the snapshot's bytes; offset + length of data is at most meta.size.
+  offset @3 :UInt64;
+  # The chunk; the last one ends at meta.size.
+  data @4 :Data;
+}
+
+struct InstallSnapshotResponse {
+  term @0 :UInt64;
+  # The lastIndex of the snapshot answered about.
+  lastIndex @1 :UInt64;
+  # How many leading bytes of that snapshot the follower holds: the next chunk it wants starts
+  # here (0: start over).
+  received @2 :UInt64;
+  # The follower now holds everything up to matchIndex (the snapshot is installed, or its log
+  # already covered it).
+  done @3 :Bool;
+  # When done: the index up to which the follower's log is known to match the leader's.
+  matchIndex @4 :UInt64;
 }
 
 # A client's request. `requestId` is chosen by the client and echoed in the response.
@@ -173,6 +217,9 @@ enum RejectionReason {
   badRequest @4;
   # The session has already applied a higher sequence number: this request is an old duplicate.
   superseded @5;
+  # The server cannot tell whether the command was applied: it installed a snapshot that covers
+  # the command's entry. Retrying in the same session is safe (answered exactly once).
+  outcomeUnknown @6;
 }
 
 # A server's view of itself (the fields of mioraft's Metrics).
@@ -187,6 +234,10 @@ struct Status {
   lastApplied @6 :UInt64;
   # On the leader: each follower's match index.
   peers @7 :List(PeerStatus);
+  # The last index covered by the server's newest snapshot (0: none, Raft §7).
+  snapshotIndex @8 :UInt64;
+  # The first index its log still holds (1 until compacted).
+  firstLogIndex @9 :UInt64;
 }
 
 struct PeerStatus {

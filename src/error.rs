@@ -168,6 +168,15 @@ pub enum LogError {
         /// What this version writes.
         expected: &'static str,
     },
+    /// A snapshot operation was out of order, or a snapshot's data does not match its length or
+    /// checksum.
+    #[error("snapshot {location}: {reason}")]
+    Snapshot {
+        /// The snapshot file, or a description of the snapshot when it has no file.
+        location: String,
+        /// What was wrong.
+        reason: String,
+    },
     /// Stored data failed validation.
     #[error("corrupt log file {path} at offset {offset}: {reason}")]
     Corrupt {
@@ -218,6 +227,36 @@ pub enum ConfigError {
         message_bytes_max: u64,
         /// The core's batch limit.
         append_bytes_max: u64,
+    },
+    /// A server's message limit cannot carry one full InstallSnapshot chunk (§7).
+    #[error(
+        "message_bytes_max {message_bytes_max} must be at least snapshot_chunk_bytes \
+         {snapshot_chunk_bytes} plus {overhead_bytes} bytes of message header, or snapshot \
+         chunks would not fit in a message"
+    )]
+    MessageLimitBelowSnapshotChunk {
+        /// The server's message limit.
+        message_bytes_max: u64,
+        /// The core's chunk size.
+        snapshot_chunk_bytes: u64,
+        /// Room each chunk's message needs besides the chunk.
+        overhead_bytes: u64,
+    },
+    /// The snapshot chunks a leader may have in flight to one follower would not fit in the
+    /// part of that connection's output buffer they may take; overflowing it closes the
+    /// connection, and the transfer would start over and overflow again.
+    #[error(
+        "snapshot_chunks_in_flight {snapshot_chunks_in_flight} chunks of snapshot_chunk_bytes \
+         {snapshot_chunk_bytes} (plus headers) must fit in {budget_bytes} bytes, half of a \
+         connection's output buffer"
+    )]
+    SnapshotWindowTooLarge {
+        /// The core's chunk size.
+        snapshot_chunk_bytes: u64,
+        /// The core's window of unacknowledged chunks per follower.
+        snapshot_chunks_in_flight: u64,
+        /// What the window may take of a connection's output buffer.
+        budget_bytes: u64,
     },
     /// The voter set does not contain this server, or contains the reserved id 0.
     #[error("voting members {voters:?} must contain this server {id} and never the reserved id 0")]

@@ -21,7 +21,10 @@
 //!
 //! # Your own state machine
 //! Implement [`StateMachine`]: `apply` must be deterministic, because every server applies the
-//! same commands in the same order and must reach the same state.
+//! same commands in the same order and must reach the same state. `snapshot` and
+//! `restore_snapshot` must be real: servers snapshot their state to keep the log bounded (§7,
+//! see [`consensus::Config::snapshot_entries`]), restart from the newest snapshot, and bring a
+//! far-behind or new server up to date by sending it one.
 //!
 //! # Clients
 //! [`Client`] is blocking: it finds the leader, retries proposals exactly once through a
@@ -57,7 +60,7 @@ pub use client::Client;
 pub use client::{AsyncClient, AsyncRuntime};
 pub use consensus::{Consensus, Role};
 pub use error::{ConfigError, Error, LogError, Result, WireError};
-pub use log::{Entry, EntryKind, MemLog, PersistentLog};
+pub use log::{Entry, EntryKind, MemLog, PersistentLog, SnapshotMeta};
 pub use metrics::Metrics;
 pub use server::{Server, ServerBuilder, ServerHandle};
 pub use state_machine::{KvStateMachine, NullStateMachine, StateMachine};

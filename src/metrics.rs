@@ -24,4 +24,8 @@ pub struct Metrics {
     pub last_applied: LogIndex,
     /// On the leader: each follower's match index. Empty on other servers.
     pub match_indexes: BTreeMap<ServerId, LogIndex>,
+    /// The last index covered by its newest snapshot (0: none) (§7).
+    pub snapshot_index: LogIndex,
+    /// The first index its log still holds (1 until compacted).
+    pub first_log_index: LogIndex,
 }

@@ -50,9 +50,23 @@ impl StateMachine for NullStateMachine {
 /// Commands: `put <key> <value>` replies with the previous value (empty if none);
 /// `cas <key> <expected> <new>` replies `ok` or the current value. Anything else is refused by
 /// [`StateMachine::validate`] before it reaches the log (and replies `error: ...` if applied
-/// anyway, e.g. when proposed through a leader without the check). Queries: `get <key>` replies with the value (empty if none). Keys contain no
-/// spaces; values are the rest of the command. It also keeps the number of commands applied and
-/// a running digest of them, so tests can compare two replicas cheaply.
+/// anyway, e.g. when proposed through a leader without the check). Queries: `get <key>` replies
+/// with the value (empty if none). Keys contain no spaces; values are the rest of the command.
+/// It also keeps the number of commands applied and a running digest of them, so tests can
+/// compare two replicas cheaply.
+///
+/// Snapshots (§7) hold the map and the digest, so a replica restored from one has the digest
+/// of every command the snapshot covers; [`applied_count`](Self::applied_count) counts only
+/// what this instance applied itself and starts again at 0 on restore. The derived equality
+/// compares all three, the count included.
+///
+/// The snapshot encoding, deterministic for a given state (keys in ascending order):
+/// ```text
+/// version: 1 byte (1) | digest: u64 LE | entry count: varint
+/// then per entry, keys strictly ascending: key length: varint | key | value length: varint | value
+/// ```
+/// where a varint is unsigned LEB128 (7 bits a byte, low first, high bit set on all but the
+/// last) and keys and values are UTF-8.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KvStateMachine {
     entries: BTreeMap<String, String>,
@@ -71,12 +85,14 @@ impl KvStateMachine {
         self.entries.get(key).map(String::as_str)
     }
 
-    /// How many commands have been applied since creation or the last restore.
+    /// How many commands have been applied since creation or the last restore (a restore sets
+    /// it to 0: a snapshot does not carry it).
     pub fn applied_count(&self) -> u64 {
         self.applied_count
     }
 
-    /// A digest of every command applied, in order (FNV-1a over the commands).
+    /// A digest of every command applied, in order (FNV-1a over the commands), including those
+    /// a restored snapshot covers.
     pub fn digest(&self) -> u64 {
         self.digest
     }
@@ -156,30 +172,148 @@ impl StateMachine for KvStateMachine {
         }
     }
 
+    /// The map and the digest in the encoding of the type's documentation, built in one
+    /// allocation of the exact size.
     fn snapshot(&self) -> Vec<u8> {
-        let mut out = format!("{} {}\n", self.applied_count, self.digest);
+        let count = self.entries.len() as u64;
+        let size = self
+            .entries
+            .iter()
+            .fold(1 + 8 + varint_len(count), |size, (key, value)| {
+                size + varint_len(key.len() as u64)
+                    + key.len()
+                    + varint_len(value.len() as u64)
+                    + value.len()
+            });
+        let mut out = Vec::with_capacity(size);
+        out.push(KV_SNAPSHOT_VERSION);
+        out.extend_from_slice(&self.digest.to_le_bytes());
+        put_varint(&mut out, count);
         for (key, value) in &self.entries {
-            out.push_str(key);
-            out.push(' ');
-            out.push_str(value);
-            out.push('\n');
+            put_varint(&mut out, key.len() as u64);
+            out.extend_from_slice(key.as_bytes());
+            put_varint(&mut out, value.len() as u64);
+            out.extend_from_slice(value.as_bytes());
         }
-        out.into_bytes()
+        debug_assert_eq!(out.len(), size, "the size computed up front is exact");
+        out
     }
 
+    /// Replaces the map and digest with the snapshot's, and sets the applied count to 0.
+    ///
+    /// Bytes that are not a snapshot of this type (unknown version, truncated, trailing bytes,
+    /// keys out of order or repeated, text that is not UTF-8) are logged as an error and leave
+    /// the machine empty, as [`KvStateMachine::new`] makes it: the same on every replica given
+    /// the same bytes, and plainly not the state any command sequence produced (digest 0).
     fn restore_snapshot(&mut self, snapshot: Vec<u8>) {
+        // The old state goes first: the new map is built while only the snapshot's bytes are
+        // held besides it.
         *self = Self::default();
-        let text = String::from_utf8_lossy(&snapshot);
-        let mut lines = text.lines();
-        if let Some((count, digest)) = lines.next().and_then(|l| l.split_once(' ')) {
-            self.applied_count = count.parse().unwrap_or(0);
-            self.digest = digest.parse().unwrap_or(0);
-        }
-        for line in lines {
-            let (key, value) = line.split_once(' ').unwrap_or((line, ""));
-            self.entries.insert(key.to_owned(), value.to_owned());
+        if let Err(reason) = self.restore_from(&snapshot) {
+            log::error!(
+                "KvStateMachine: not a snapshot of ours ({} bytes): {reason}; the map is left \
+                 empty",
+                snapshot.len()
+            );
+            *self = Self::default();
         }
     }
+}
+
+/// The first byte of a [`KvStateMachine`] snapshot.
+const KV_SNAPSHOT_VERSION: u8 = 1;
+
+impl KvStateMachine {
+    /// Decodes `snapshot` into `self`, which is empty.
+    fn restore_from(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let mut input = SnapshotReader(snapshot);
+        let version = input.bytes(1, "version")?[0];
+        if version != KV_SNAPSHOT_VERSION {
+            return Err(format!(
+                "format version {version}, this version reads {KV_SNAPSHOT_VERSION}"
+            ));
+        }
+        let digest = input.bytes(8, "digest")?;
+        self.digest = u64::from_le_bytes(digest.try_into().expect("8 bytes"));
+        let count = input.varint("entry count")?;
+        for number in 0..count {
+            let key = input.text("key")?;
+            let value = input.text("value")?;
+            if self
+                .entries
+                .last_key_value()
+                .is_some_and(|(last, _)| last.as_str() >= key)
+            {
+                return Err(format!(
+                    "key {number} ({key:?}) is not after the one before it"
+                ));
+            }
+            self.entries.insert(key.to_owned(), value.to_owned());
+        }
+        if !input.0.is_empty() {
+            return Err(format!(
+                "{} bytes after the last of {count} entries",
+                input.0.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a snapshot's fields front to back; every read checks the bytes are there.
+struct SnapshotReader<'a>(&'a [u8]);
+
+impl<'a> SnapshotReader<'a> {
+    fn bytes(&mut self, count: usize, what: &str) -> Result<&'a [u8], String> {
+        if self.0.len() < count {
+            return Err(format!(
+                "{what} needs {count} bytes, {} are left",
+                self.0.len()
+            ));
+        }
+        let (taken, rest) = self.0.split_at(count);
+        self.0 = rest;
+        Ok(taken)
+    }
+
+    fn varint(&mut self, what: &str) -> Result<u64, String> {
+        let mut value: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = self.bytes(1, what)?[0];
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(format!("{what} does not fit 64 bits"));
+            }
+            value |= bits << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(format!("{what} does not fit 64 bits"))
+    }
+
+    /// A length-prefixed UTF-8 string.
+    fn text(&mut self, what: &str) -> Result<&'a str, String> {
+        let length = self.varint(what)?;
+        let length = usize::try_from(length).map_err(|_| format!("{what} of {length} bytes"))?;
+        let bytes = self.bytes(length, what)?;
+        std::str::from_utf8(bytes).map_err(|error| format!("{what} is not UTF-8: {error}"))
+    }
+}
+
+/// Appends `value` as an unsigned LEB128 varint.
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// How many bytes [`put_varint`] writes for `value`.
+fn varint_len(value: u64) -> usize {
+    let bits = 64 - value.leading_zeros() as usize;
+    bits.div_ceil(7).max(1)
 }
 
 #[cfg(test)]
@@ -208,14 +342,134 @@ mod tests {
         }
     }
 
-    #[test]
-    fn kv_snapshot_round_trips() {
+    /// A map with keys and values of awkward lengths and characters.
+    fn sample() -> KvStateMachine {
         let mut kv = KvStateMachine::new();
         kv.apply(b"put k hello world");
         kv.apply(b"put j x");
+        kv.apply(b"put empty");
+        kv.apply("put ünïcödé ✓ and spaces".as_bytes());
+        kv.apply(format!("put long {}", "v".repeat(300)).as_bytes());
+        kv.apply(b"cas j x y");
+        kv
+    }
+
+    #[test]
+    fn kv_snapshot_round_trips_with_its_digest() {
+        let kv = sample();
+        let snapshot = kv.snapshot();
+        assert_eq!(snapshot.len(), snapshot.capacity(), "sized up front");
         let mut copy = KvStateMachine::new();
-        copy.restore_snapshot(kv.snapshot());
-        assert_eq!(copy, kv);
+        copy.restore_snapshot(snapshot.clone());
+        assert_eq!(copy.entries, kv.entries);
+        assert_eq!(copy.digest(), kv.digest());
+        assert_eq!(copy.applied_count(), 0, "counts from the restore");
+        assert_eq!(copy.query(b"get j"), b"y");
+        assert_eq!(
+            copy.query("get ünïcödé".as_bytes()),
+            "✓ and spaces".as_bytes()
+        );
+        assert_eq!(copy.snapshot(), snapshot, "deterministic");
+        // Both go on alike: the digest continues from the snapshot's.
+        let mut original = kv;
+        original.apply(b"put z 1");
+        copy.apply(b"put z 1");
+        assert_eq!(copy.digest(), original.digest());
+        assert_eq!(copy.applied_count(), 1);
+        // An empty machine round-trips too.
+        let mut empty = sample();
+        empty.restore_snapshot(KvStateMachine::new().snapshot());
+        assert_eq!(empty, KvStateMachine::new());
+    }
+
+    #[test]
+    fn kv_snapshots_do_not_depend_on_insertion_order() {
+        let mut a = KvStateMachine::new();
+        let mut b = KvStateMachine::new();
+        a.apply(b"put x 1");
+        a.apply(b"put y 2");
+        b.apply(b"put y 2");
+        b.apply(b"put x 1");
+        // Same map, different histories: only the digest differs.
+        let (sa, sb) = (a.snapshot(), b.snapshot());
+        assert_eq!(sa[9..], sb[9..]);
+        assert_ne!(sa[1..9], sb[1..9]);
+    }
+
+    #[test]
+    fn kv_restore_replaces_the_previous_state() {
+        let mut source = KvStateMachine::new();
+        source.apply(b"put only this");
+        let mut kv = sample();
+        kv.restore_snapshot(source.snapshot());
+        assert_eq!(kv.entries.len(), 1);
+        assert_eq!(kv.get("k"), None);
+        assert_eq!(kv.get("only"), Some("this"));
+        assert_eq!(kv.digest(), source.digest());
+    }
+
+    #[test]
+    fn kv_malformed_snapshots_leave_an_empty_map_without_panicking() {
+        let good = sample().snapshot();
+        let mut bad: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            vec![2],
+            b"1 2\nk v\n".to_vec(),
+            [&good[..], b"x"].concat(),
+            // A count far beyond the bytes.
+            [&good[..9], &[0xff, 0xff, 0xff, 0xff, 0x0f][..]].concat(),
+            // A varint longer than 64 bits.
+            [&good[..9], &[0xff; 11][..]].concat(),
+        ];
+        // Every truncation.
+        bad.extend((0..good.len()).map(|length| good[..length].to_vec()));
+        // Keys out of order: the same entry twice.
+        let mut twice = KvStateMachine::new();
+        twice.apply(b"put a 1");
+        let one = twice.snapshot();
+        let entry = &one[10..];
+        let mut repeated = one[..9].to_vec();
+        repeated.push(2);
+        repeated.extend_from_slice(entry);
+        repeated.extend_from_slice(entry);
+        bad.push(repeated);
+        // A key that is not UTF-8.
+        let mut not_utf8 = one.clone();
+        not_utf8[11] = 0xff;
+        bad.push(not_utf8);
+        for snapshot in bad {
+            let mut kv = sample();
+            kv.restore_snapshot(snapshot.clone());
+            assert_eq!(kv, KvStateMachine::new(), "{snapshot:?}");
+        }
+        // Every single-byte corruption: restores something or nothing, never panics.
+        for position in 0..good.len() {
+            let mut corrupted = good.clone();
+            corrupted[position] ^= 0x5a;
+            KvStateMachine::new().restore_snapshot(corrupted);
+        }
+    }
+
+    #[test]
+    fn varints_round_trip_and_have_the_computed_length() {
+        for value in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            assert_eq!(out.len(), varint_len(value), "{value}");
+            let mut reader = SnapshotReader(&out);
+            assert_eq!(reader.varint("value"), Ok(value));
+            assert!(reader.0.is_empty());
+        }
     }
 
     #[test]

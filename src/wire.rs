@@ -3,11 +3,11 @@
 //! off the wire is checked here (ids, enums, sizes) before the core sees it.
 
 use crate::consensus::{
-    AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse, ResponseMode,
-    Role,
+    AppendEntries, AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse, Message,
+    RequestVote, RequestVoteResponse, ResponseMode, Role,
 };
 use crate::error::WireError;
-use crate::log::{Entry, EntryKind};
+use crate::log::{Entry, EntryKind, SnapshotMeta};
 use crate::messages_capnp as schema;
 use crate::metrics::Metrics;
 use crate::types::{LogIndex, ServerId, Term};
@@ -118,6 +118,9 @@ pub enum RejectionReason {
     BadRequest,
     /// An old duplicate: the session already applied a later request.
     Superseded,
+    /// Whether it was applied cannot be told (a snapshot replaced its entry): retry in the
+    /// same session.
+    OutcomeUnknown,
 }
 
 impl std::fmt::Display for RejectionReason {
@@ -129,8 +132,24 @@ impl std::fmt::Display for RejectionReason {
             RejectionReason::ShuttingDown => "shutting down",
             RejectionReason::BadRequest => "bad request",
             RejectionReason::Superseded => "superseded",
+            RejectionReason::OutcomeUnknown => "outcome unknown",
         })
     }
+}
+
+/// Words of an InstallSnapshot message besides its voter list and data: the root pointer (1),
+/// `Message` (1 data word, 1 pointer), `InstallSnapshot` (3 + 2) and `SnapshotMeta` (4 + 1).
+const INSTALL_SNAPSHOT_FIXED_WORDS: u64 = 13;
+
+/// The most bytes an InstallSnapshot frame from [`encode_message`] takes besides its chunk of
+/// snapshot data, when the snapshot's membership has `voters` members: the segment table (8),
+/// the message's structs (104), 8 per voter, and up to 7 bytes padding the chunk to a whole
+/// word. A peer's message limit must hold `snapshot_chunk_bytes` plus this.
+pub fn install_snapshot_overhead_bytes(voters: usize) -> u64 {
+    (voters as u64)
+        .saturating_add(INSTALL_SNAPSHOT_FIXED_WORDS + 1)
+        .saturating_mul(8)
+        .saturating_add(7)
 }
 
 // ---- encoding ----
@@ -158,7 +177,21 @@ pub fn preamble_message(preamble: &Preamble) -> Builder<HeapAllocator> {
 
 /// Encodes a peer message as one frame.
 pub fn encode_message(message: &Message) -> Vec<u8> {
-    let mut builder = Builder::new_default();
+    let allocator = match message {
+        // A snapshot chunk is built in one segment sized for it up front: no growing through
+        // ever larger segments, and a single-segment frame for the reader.
+        Message::InstallSnapshot(m) => {
+            let words = INSTALL_SNAPSHOT_FIXED_WORDS
+                .saturating_add(m.meta.voters.len() as u64)
+                .saturating_add((m.data.len() as u64).div_ceil(8));
+            // Cap'n Proto's largest segment (2^29 words); anything bigger spills over into
+            // further segments, which the allocator adds as needed.
+            let words = u32::try_from(words.min(1 << 29)).unwrap_or(1 << 29);
+            HeapAllocator::new().first_segment_words(words)
+        }
+        _ => HeapAllocator::new(),
+    };
+    let mut builder = Builder::new(allocator);
     let root = builder.init_root::<schema::message::Builder>();
     match message {
         Message::RequestVote(m) => {
@@ -195,6 +228,22 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
                 slot.set_data(&entry.data);
             }
         }
+        Message::InstallSnapshot(m) => {
+            let mut out = root.init_install_snapshot();
+            out.set_term(m.term.0);
+            out.set_leader_id(m.leader_id.0);
+            out.set_offset(m.offset);
+            encode_snapshot_meta(&m.meta, out.reborrow().init_meta());
+            out.set_data(&m.data);
+        }
+        Message::InstallSnapshotResponse(m) => {
+            let mut out = root.init_install_snapshot_response();
+            out.set_term(m.term.0);
+            out.set_last_index(m.last_index.0);
+            out.set_received(m.received);
+            out.set_done(m.done);
+            out.set_match_index(m.match_index.0);
+        }
         Message::AppendEntriesResponse(m) => {
             let mut out = root.init_append_entries_response();
             out.set_term(m.term.0);
@@ -207,6 +256,18 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
         }
     }
     to_frame(&builder)
+}
+
+fn encode_snapshot_meta(meta: &SnapshotMeta, mut out: schema::snapshot_meta::Builder<'_>) {
+    out.set_last_index(meta.last_index.0);
+    out.set_last_term(meta.last_term.0);
+    out.set_size(meta.size);
+    out.set_checksum(meta.checksum);
+    let count = u32::try_from(meta.voters.len()).expect("membership is far below 2^32 servers");
+    let mut voters = out.init_voters(count);
+    for (position, voter) in meta.voters.iter().enumerate() {
+        voters.set(position as u32, voter.0);
+    }
 }
 
 /// Encodes a client request as one frame.
@@ -265,6 +326,7 @@ pub fn encode_response(response: &ClientResponse) -> Vec<u8> {
                 RejectionReason::ShuttingDown => schema::RejectionReason::ShuttingDown,
                 RejectionReason::BadRequest => schema::RejectionReason::BadRequest,
                 RejectionReason::Superseded => schema::RejectionReason::Superseded,
+                RejectionReason::OutcomeUnknown => schema::RejectionReason::OutcomeUnknown,
             });
             rejection.set_message(message.as_str());
         }
@@ -281,6 +343,8 @@ pub fn encode_response(response: &ClientResponse) -> Vec<u8> {
             status.set_last_log_index(metrics.last_log_index.0);
             status.set_commit_index(metrics.commit_index.0);
             status.set_last_applied(metrics.last_applied.0);
+            status.set_snapshot_index(metrics.snapshot_index.0);
+            status.set_first_log_index(metrics.first_log_index.0);
             let count = u32::try_from(metrics.match_indexes.len()).expect("few peers");
             let mut peers = status.init_peers(count);
             for (position, (peer, match_index)) in metrics.match_indexes.iter().enumerate() {
@@ -449,6 +513,99 @@ fn decode_message_fields(frame: &[u8]) -> Result<Message, WireError> {
                 read_round: m.get_read_round(),
             })
         }
+        Which::InstallSnapshot(m) => {
+            let m = m?;
+            let term = Term(m.get_term());
+            let meta = decode_snapshot_meta(m.get_meta()?, term)?;
+            let offset = m.get_offset();
+            let data = m.get_data()?;
+            // §7: chunks lie within the snapshot; one reaching past its announced size is
+            // not part of it.
+            let end = offset.checked_add(data.len() as u64);
+            if end.is_none_or(|end| end > meta.size) {
+                return Err(WireError::Invalid {
+                    field: "InstallSnapshot.data",
+                    reason: format!(
+                        "{} bytes at offset {offset} reach past the snapshot's size of {} bytes",
+                        data.len(),
+                        meta.size
+                    ),
+                });
+            }
+            Message::InstallSnapshot(InstallSnapshot {
+                term,
+                leader_id: server_id("leaderId", m.get_leader_id())?,
+                meta,
+                offset,
+                data: Bytes::copy_from_slice(data),
+            })
+        }
+        Which::InstallSnapshotResponse(m) => {
+            let m = m?;
+            Message::InstallSnapshotResponse(InstallSnapshotResponse {
+                term: Term(m.get_term()),
+                last_index: LogIndex(m.get_last_index()),
+                received: m.get_received(),
+                done: m.get_done(),
+                match_index: LogIndex(m.get_match_index()),
+            })
+        }
+    })
+}
+
+/// Checks a snapshot's description from a leader of `term`: a snapshot covers at least one
+/// entry, of a term no later than the leader's (a leader's log holds no later term), and its
+/// members are real server ids in ascending order, as [`SnapshotMeta::voters`] keeps them.
+fn decode_snapshot_meta(
+    meta: schema::snapshot_meta::Reader<'_>,
+    term: Term,
+) -> Result<SnapshotMeta, WireError> {
+    let last_index = LogIndex(meta.get_last_index());
+    let last_term = Term(meta.get_last_term());
+    if last_index.0 == 0 || last_term.0 == 0 {
+        return Err(WireError::Invalid {
+            field: "SnapshotMeta",
+            reason: format!(
+                "a snapshot covers at least index 1 of a term from 1 on, not index {} of term {}",
+                last_index.0, last_term.0
+            ),
+        });
+    }
+    if last_term > term {
+        return Err(WireError::Invalid {
+            field: "SnapshotMeta.lastTerm",
+            reason: format!(
+                "term {} is later than the sending leader's term {}",
+                last_term.0, term.0
+            ),
+        });
+    }
+    // A list of UInt64 takes 8 bytes of the message per element, so its length is bounded by
+    // the frame's size: no forged count can force a large allocation here.
+    let list = meta.get_voters()?;
+    let mut voters = Vec::with_capacity(list.len() as usize);
+    for voter in list.iter() {
+        let voter = server_id("SnapshotMeta.voters", voter)?;
+        if voters.last().is_some_and(|&previous| previous >= voter) {
+            return Err(WireError::Invalid {
+                field: "SnapshotMeta.voters",
+                reason: format!("server ids must ascend without repeats; {voter} comes late"),
+            });
+        }
+        voters.push(voter);
+    }
+    if voters.is_empty() {
+        return Err(WireError::Invalid {
+            field: "SnapshotMeta.voters",
+            reason: "a snapshot's membership has at least one voter".to_owned(),
+        });
+    }
+    Ok(SnapshotMeta {
+        last_index,
+        last_term,
+        voters,
+        size: meta.get_size(),
+        checksum: meta.get_checksum(),
     })
 }
 
@@ -544,6 +701,7 @@ fn decode_response_fields<S: ReaderSegments>(
                 schema::RejectionReason::ShuttingDown => RejectionReason::ShuttingDown,
                 schema::RejectionReason::BadRequest => RejectionReason::BadRequest,
                 schema::RejectionReason::Superseded => RejectionReason::Superseded,
+                schema::RejectionReason::OutcomeUnknown => RejectionReason::OutcomeUnknown,
             };
             ResponseBody::Rejected {
                 reason,
@@ -576,6 +734,8 @@ fn decode_response_fields<S: ReaderSegments>(
                 commit_index: LogIndex(status.get_commit_index()),
                 last_applied: LogIndex(status.get_last_applied()),
                 match_indexes,
+                snapshot_index: LogIndex(status.get_snapshot_index()),
+                first_log_index: LogIndex(status.get_first_log_index()),
             })
         }
         Which::SessionRegistered(session) => ResponseBody::SessionRegistered(session),
@@ -636,10 +796,353 @@ mod tests {
                 last_log_index: LogIndex(9),
                 read_round: 11,
             }),
+            Message::InstallSnapshot(snapshot_chunk(b"the first chunk".to_vec(), 0)),
+            Message::InstallSnapshot(InstallSnapshot {
+                // The last chunk: it ends at the snapshot's size.
+                offset: 85,
+                ..snapshot_chunk(vec![9; 15], 0)
+            }),
+            Message::InstallSnapshot(InstallSnapshot {
+                // An empty snapshot travels as one empty chunk.
+                meta: SnapshotMeta {
+                    size: 0,
+                    checksum: 0,
+                    ..snapshot_meta(3)
+                },
+                ..snapshot_chunk(Vec::new(), 0)
+            }),
+            Message::InstallSnapshotResponse(InstallSnapshotResponse {
+                term: Term(7),
+                last_index: LogIndex(120),
+                received: 4096,
+                done: false,
+                match_index: LogIndex(0),
+            }),
+            Message::InstallSnapshotResponse(InstallSnapshotResponse {
+                term: Term(7),
+                last_index: LogIndex(120),
+                received: 100,
+                done: true,
+                match_index: LogIndex(120),
+            }),
         ];
         for message in messages {
             let frame = encode_message(&message);
             assert_eq!(decode_message(&frame).expect("decodes"), message);
+        }
+    }
+
+    /// The description of a 100-byte snapshot through index 120 of term 6, with `voters`
+    /// members.
+    fn snapshot_meta(voters: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_index: LogIndex(120),
+            last_term: Term(6),
+            voters: (1..=voters).map(ServerId).collect(),
+            size: 100,
+            checksum: 0x1234_5678,
+        }
+    }
+
+    /// A chunk of [`snapshot_meta`]'s snapshot (three voters) from leader 1 in term 7 at
+    /// `offset`, sized to hold `data`.
+    fn snapshot_chunk(data: Vec<u8>, offset: u64) -> InstallSnapshot {
+        InstallSnapshot {
+            term: Term(7),
+            leader_id: ServerId(1),
+            meta: SnapshotMeta {
+                size: (offset + data.len() as u64).max(100),
+                ..snapshot_meta(3)
+            },
+            offset,
+            data: Bytes::from(data),
+        }
+    }
+
+    /// New messages take new ordinals: a peer of an older version must still read every
+    /// message it knows by the same discriminant (the Message union's, in the word after the
+    /// root pointer of a single-segment frame).
+    #[test]
+    fn peer_message_ordinals_never_move() {
+        let response = AppendEntriesResponse {
+            term: Term(1),
+            success: true,
+            match_index: LogIndex(1),
+            conflict_term: Term(0),
+            conflict_index: LogIndex(0),
+            last_log_index: LogIndex(1),
+            read_round: 0,
+        };
+        let ordinals = [
+            (
+                Message::RequestVote(RequestVote {
+                    term: Term(1),
+                    candidate_id: ServerId(1),
+                    last_log_index: LogIndex(0),
+                    last_log_term: Term(0),
+                }),
+                0,
+            ),
+            (
+                Message::RequestVoteResponse(RequestVoteResponse {
+                    term: Term(1),
+                    vote_granted: true,
+                }),
+                1,
+            ),
+            (
+                Message::AppendEntries(AppendEntries {
+                    term: Term(1),
+                    leader_id: ServerId(1),
+                    prev_log_index: LogIndex(0),
+                    prev_log_term: Term(0),
+                    entries: Vec::new(),
+                    leader_commit: LogIndex(0),
+                    read_round: 0,
+                }),
+                2,
+            ),
+            (Message::AppendEntriesResponse(response), 3),
+            (Message::InstallSnapshot(snapshot_chunk(vec![1; 8], 0)), 4),
+            (
+                Message::InstallSnapshotResponse(InstallSnapshotResponse {
+                    term: Term(1),
+                    last_index: LogIndex(1),
+                    received: 0,
+                    done: false,
+                    match_index: LogIndex(0),
+                }),
+                5,
+            ),
+        ];
+        for (message, ordinal) in ordinals {
+            let frame = encode_message(&message);
+            assert_eq!(frame[..4], [0; 4], "{} is one segment", message.name());
+            let discriminant = u16::from_le_bytes([frame[16], frame[17]]);
+            assert_eq!(discriminant, ordinal, "{}", message.name());
+        }
+        // A union member from a later version is refused by name, not misread.
+        let mut future = encode_message(&Message::RequestVoteResponse(RequestVoteResponse {
+            term: Term(1),
+            vote_granted: true,
+        }));
+        future[16] = 6;
+        let error = decode_message(&future).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("unknown value in field Message: 6"),
+            "{error}"
+        );
+    }
+
+    /// A full chunk of the default size, with a large membership, is one segment (no growth
+    /// through doubling segments), fits in `snapshot_chunk_bytes` plus the documented overhead,
+    /// passes a frame reader of exactly that limit, and round-trips byte for byte.
+    #[test]
+    fn a_full_size_snapshot_chunk_round_trips_within_the_overhead() {
+        // The overhead is exact up to the chunk's padding, for every chunk length mod 8.
+        for (length, voters) in [(0, 1), (1, 1), (7, 3), (8, 5), (9, 7), (1000, 2)] {
+            let chunk = InstallSnapshot {
+                meta: SnapshotMeta {
+                    voters: (1..=voters).map(ServerId).collect(),
+                    ..snapshot_meta(voters)
+                },
+                ..snapshot_chunk(vec![1; length], 0)
+            };
+            let frame = encode_message(&Message::InstallSnapshot(chunk));
+            assert_eq!(frame[..4], [0; 4], "one segment");
+            let bound = length as u64 + install_snapshot_overhead_bytes(voters as usize);
+            assert!(frame.len() as u64 <= bound, "{length}: {}", frame.len());
+            assert!(frame.len() as u64 + 8 > bound, "{length}: {}", frame.len());
+        }
+        let chunk_bytes = crate::consensus::Config::default().snapshot_chunk_bytes;
+        let data: Vec<u8> = (0..chunk_bytes)
+            .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let message = Message::InstallSnapshot(InstallSnapshot {
+            term: Term(9),
+            leader_id: ServerId(4),
+            meta: SnapshotMeta {
+                last_index: LogIndex(1_000_000),
+                last_term: Term(9),
+                voters: (1..=1_000).map(ServerId).collect(),
+                size: 5 * chunk_bytes + 3,
+                checksum: u32::MAX,
+            },
+            offset: 4 * chunk_bytes,
+            data: Bytes::from(data),
+        });
+        let frame = encode_message(&message);
+        assert_eq!(frame[..4], [0; 4], "one segment");
+        let limit = chunk_bytes + install_snapshot_overhead_bytes(1_000);
+        assert!(
+            frame.len() as u64 <= limit,
+            "{} bytes, limit {limit}",
+            frame.len()
+        );
+        let mut reader = crate::framing::FrameReader::new(limit);
+        reader.extend(&frame);
+        let framed = reader
+            .next_frame()
+            .expect("within the limit")
+            .expect("whole");
+        assert_eq!(decode_message(&framed).expect("decodes"), message);
+        // The last byte of the snapshot is reachable, and not one more.
+        let mut last = snapshot_chunk(vec![7], 99);
+        assert!(decode_message(&encode_message(&Message::InstallSnapshot(last.clone()))).is_ok());
+        last.offset = 100;
+        assert!(decode_message(&encode_message(&Message::InstallSnapshot(last))).is_err());
+    }
+
+    #[test]
+    fn malformed_snapshot_chunks_are_refused_with_reasons() {
+        let chunk = snapshot_chunk(vec![5; 10], 0);
+        let meta = chunk.meta.clone();
+        let cases: Vec<(InstallSnapshot, &str)> = vec![
+            (
+                InstallSnapshot {
+                    offset: 95,
+                    ..chunk.clone()
+                },
+                "10 bytes at offset 95 reach past the snapshot's size of 100 bytes",
+            ),
+            (
+                InstallSnapshot {
+                    offset: u64::MAX - 3,
+                    ..chunk.clone()
+                },
+                "reach past the snapshot's size",
+            ),
+            (
+                InstallSnapshot {
+                    leader_id: ServerId(0),
+                    ..chunk.clone()
+                },
+                "invalid leaderId: server id 0",
+            ),
+            (
+                InstallSnapshot {
+                    meta: SnapshotMeta {
+                        last_index: LogIndex(0),
+                        ..meta.clone()
+                    },
+                    ..chunk.clone()
+                },
+                "at least index 1",
+            ),
+            (
+                InstallSnapshot {
+                    meta: SnapshotMeta {
+                        last_term: Term(0),
+                        ..meta.clone()
+                    },
+                    ..chunk.clone()
+                },
+                "of a term from 1 on",
+            ),
+            (
+                InstallSnapshot {
+                    meta: SnapshotMeta {
+                        last_term: Term(8),
+                        ..meta.clone()
+                    },
+                    ..chunk.clone()
+                },
+                "term 8 is later than the sending leader's term 7",
+            ),
+            (
+                InstallSnapshot {
+                    meta: SnapshotMeta {
+                        voters: Vec::new(),
+                        ..meta.clone()
+                    },
+                    ..chunk.clone()
+                },
+                "at least one voter",
+            ),
+            (
+                InstallSnapshot {
+                    meta: SnapshotMeta {
+                        voters: vec![ServerId(1), ServerId(0)],
+                        ..meta.clone()
+                    },
+                    ..chunk.clone()
+                },
+                "invalid SnapshotMeta.voters: server id 0",
+            ),
+            (
+                InstallSnapshot {
+                    meta: SnapshotMeta {
+                        voters: vec![ServerId(1), ServerId(3), ServerId(2)],
+                        ..meta.clone()
+                    },
+                    ..chunk.clone()
+                },
+                "must ascend without repeats",
+            ),
+            (
+                InstallSnapshot {
+                    meta: SnapshotMeta {
+                        voters: vec![ServerId(1), ServerId(2), ServerId(2)],
+                        ..meta.clone()
+                    },
+                    ..chunk.clone()
+                },
+                "must ascend without repeats",
+            ),
+            (
+                InstallSnapshot {
+                    term: Term(u64::MAX),
+                    ..chunk.clone()
+                },
+                "leaves no next term",
+            ),
+        ];
+        for (bad, expected) in cases {
+            let frame = encode_message(&Message::InstallSnapshot(bad.clone()));
+            let Err(error) = decode_message(&frame) else {
+                panic!("{bad:?} decoded");
+            };
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+        // A chunk with no meta at all reads as the all-zero default, and is refused too.
+        let mut builder = Builder::new_default();
+        let mut out = builder
+            .init_root::<schema::message::Builder>()
+            .init_install_snapshot();
+        out.set_term(3);
+        out.set_leader_id(1);
+        let error = decode_message(&to_frame(&builder)).unwrap_err();
+        assert!(error.to_string().contains("at least index 1"), "{error}");
+    }
+
+    /// Every single-byte corruption and every truncation of snapshot messages decodes or fails,
+    /// never panics.
+    #[test]
+    fn corrupted_snapshot_messages_are_errors_not_panics() {
+        let frames = [
+            encode_message(&Message::InstallSnapshot(snapshot_chunk(vec![3; 24], 40))),
+            encode_message(&Message::InstallSnapshotResponse(InstallSnapshotResponse {
+                term: Term(2),
+                last_index: LogIndex(9),
+                received: 64,
+                done: true,
+                match_index: LogIndex(9),
+            })),
+        ];
+        for frame in frames {
+            for length in 0..frame.len() {
+                assert!(decode_message(&frame[..length]).is_err(), "cut at {length}");
+            }
+            let mut corrupted = frame.clone();
+            for position in 0..corrupted.len() {
+                for mask in [0x01, 0x80, 0xff] {
+                    corrupted[position] ^= mask;
+                    let _ = decode_message(&corrupted);
+                    corrupted[position] ^= mask;
+                }
+            }
         }
     }
 
@@ -678,6 +1181,8 @@ mod tests {
             commit_index: LogIndex(9),
             last_applied: LogIndex(9),
             match_indexes: [(ServerId(2), LogIndex(9)), (ServerId(3), LogIndex(7))].into(),
+            snapshot_index: LogIndex(6),
+            first_log_index: LogIndex(4),
         };
         for body in [
             ResponseBody::Applied(b"ok".to_vec()),

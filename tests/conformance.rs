@@ -17,12 +17,12 @@
 
 use mioraft::consensus::{
     Actions, AppendEntries, AppendEntriesResponse, BrokenRule, ClientReply, Config, Consensus,
-    Envelope, Event, Message, ProposalId, ProposalOutcome, RequestVote, RequestVoteResponse,
-    ResponseMode, SessionRequest, Timer, TimerAction,
+    Envelope, Event, InstallSnapshot, Message, ProposalId, ProposalOutcome, RequestVote,
+    RequestVoteResponse, ResponseMode, SessionRequest, Timer, TimerAction,
 };
 use mioraft::{
     Entry, EntryKind, KvStateMachine, LogIndex, MemLog, PersistentLog, Role, ServerId,
-    StateMachine, Term,
+    SnapshotMeta, StateMachine, Term,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -1717,5 +1717,382 @@ fn reads_and_session_requests_wait_for_the_term_noop() {
     assert_eq!(
         outcomes_of(&actions),
         [(2, ProposalOutcome::SessionExpired { session: 5 })]
+    );
+}
+
+// ---- Snapshots and log compaction (§7) ----
+
+/// Snapshots every `every` applied entries, keeping none behind, sent in chunks of `chunk`
+/// bytes with at most two unacknowledged.
+fn snapshot_config(every: u64, chunk: u64) -> Config {
+    Config {
+        snapshot_entries: every,
+        snapshot_keep_entries: 0,
+        snapshot_chunk_bytes: chunk,
+        snapshot_chunks_in_flight: 2,
+        ..Config::default()
+    }
+}
+
+impl Cluster {
+    /// `size` servers with empty logs and `config`.
+    fn with_config(size: u64, config: &Config) -> Self {
+        let mut cluster = cluster(size);
+        for id in 1..=size {
+            let node = build(id, size, MemLog::new(), config.clone());
+            cluster.nodes.insert(ServerId(id), node);
+        }
+        cluster
+    }
+
+    /// Heartbeats from `leader` until every follower has heard of everything: a lost append is
+    /// noticed after a heartbeat interval without acknowledgement, and the commit index travels
+    /// with the next message.
+    fn catch_up(&mut self, leader: u64) {
+        for _ in 0..3 {
+            self.heartbeat(leader);
+            self.deliver_until_quiet();
+        }
+    }
+
+    /// The InstallSnapshot chunks delivered from `from` to `to`, as (offset, length).
+    fn chunks_delivered(&self, from: u64, to: u64) -> Vec<(u64, u64)> {
+        self.delivered
+            .iter()
+            .filter(|(sender, envelope)| sender.0 == from && envelope.to.0 == to)
+            .filter_map(|(_, envelope)| match &envelope.message {
+                Message::InstallSnapshot(chunk) => Some((chunk.offset, chunk.data.len() as u64)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The snapshot a one-server cluster takes after applying its no-op and `commands`, with the
+/// chunks it would send in `chunk`-byte pieces: (meta, whole bytes).
+fn snapshot_of(commands: &[&str]) -> (SnapshotMeta, Vec<u8>) {
+    let config = Config {
+        snapshot_entries: commands.len() as u64 + 1,
+        ..Config::default()
+    };
+    let mut source = build(1, 1, MemLog::new(), config);
+    win_election(&mut source);
+    for (id, command) in commands.iter().enumerate() {
+        let _ = propose(&mut source, id as u64 + 1, command);
+        let _ = sync(&mut source);
+    }
+    let log = source.log();
+    let meta = log.snapshot_meta().cloned().expect("took a snapshot");
+    let bytes = log.read_snapshot(0, meta.size).expect("read it");
+    (meta, bytes)
+}
+
+fn install(term: u64, leader: u64, meta: &SnapshotMeta, offset: u64, data: &[u8]) -> Message {
+    Message::InstallSnapshot(InstallSnapshot {
+        term: Term(term),
+        leader_id: ServerId(leader),
+        meta: meta.clone(),
+        offset,
+        data: data.to_vec().into(),
+    })
+}
+
+/// The only InstallSnapshot answer in `actions`, as (received, done, match_index).
+fn only_snapshot_response(actions: &Actions) -> (u64, bool, u64) {
+    let responses = sent(actions, |message| match message {
+        Message::InstallSnapshotResponse(response) => Some(response.clone()),
+        _ => None,
+    });
+    let [(_, response)] = responses.as_slice() else {
+        panic!("expected one snapshot response, got {responses:?}");
+    };
+    (response.received, response.done, response.match_index.0)
+}
+
+/// §7: a follower cut off while the leader compacted its log catches up by snapshot, sent in
+/// bounded chunks under the flow-control window; afterwards appends flow as before and every
+/// state machine is equal.
+#[test]
+fn lagging_follower_catches_up_by_snapshot_in_bounded_chunks() {
+    let config = snapshot_config(5, 16);
+    let mut cluster = Cluster::with_config(3, &config);
+    cluster.elect(1);
+    cluster.isolate(3);
+    for n in 0..12 {
+        cluster.propose(1, &format!("put k{} v{n}", n % 4));
+        cluster.deliver_until_quiet();
+    }
+    let leader = cluster.node(1);
+    assert!(
+        leader.metrics().snapshot_index >= LogIndex(10),
+        "leader snapshotted"
+    );
+    assert!(
+        leader.log().first_log_index() > LogIndex(2),
+        "and compacted"
+    );
+    assert_eq!(cluster.node(3).last_applied(), LogIndex(0));
+
+    cluster.heal();
+    cluster.catch_up(1);
+    let chunks = cluster.chunks_delivered(1, 3);
+    assert!(
+        chunks.len() > 2,
+        "the snapshot took many chunks: {chunks:?}"
+    );
+    assert!(chunks.iter().all(|&(_, length)| length <= 16), "{chunks:?}");
+    let follower = cluster.node(3);
+    assert!(follower.metrics().snapshot_index >= LogIndex(10));
+    assert_eq!(follower.last_applied(), cluster.node(1).last_applied());
+    assert_eq!(
+        follower.state_machine().snapshot(),
+        cluster.node(1).state_machine().snapshot()
+    );
+    // Flow control: never more than two chunks (32 bytes) ahead of what the follower acknowledged.
+    let mut acked = 0;
+    for (sender, envelope) in &cluster.delivered {
+        match &envelope.message {
+            Message::InstallSnapshotResponse(response) if sender.0 == 3 => {
+                acked = response.received;
+            }
+            Message::InstallSnapshot(chunk) if envelope.to.0 == 3 => {
+                let end = chunk.offset + chunk.data.len() as u64;
+                assert!(
+                    end <= acked + 32,
+                    "chunk ending at {end} with {acked} acknowledged"
+                );
+            }
+            _ => {}
+        }
+    }
+    // Replication continues by appends from the snapshot on.
+    cluster.propose(1, "put after snapshot");
+    cluster.catch_up(1);
+    let leader_applied = cluster.node(1).last_applied();
+    assert_eq!(cluster.node(3).last_applied(), leader_applied);
+    assert_eq!(
+        cluster.node(3).state_machine().get("after"),
+        Some("snapshot")
+    );
+}
+
+/// §7: a follower whose storage was wiped comes back with an empty log; the leader believes its
+/// report over what it had acknowledged and brings it up to date by snapshot.
+#[test]
+fn a_follower_with_wiped_storage_is_brought_back_by_snapshot() {
+    let config = snapshot_config(5, 32);
+    let mut cluster = Cluster::with_config(3, &config);
+    cluster.elect(1);
+    for n in 0..12 {
+        cluster.propose(1, &format!("put k{n} v{n}"));
+        cluster.deliver_until_quiet();
+    }
+    assert!(
+        cluster.node(1).log().first_log_index() > LogIndex(1),
+        "compacted"
+    );
+    let acknowledged = cluster
+        .node(1)
+        .match_index(ServerId(3))
+        .expect("a follower");
+    assert!(acknowledged > LogIndex(10));
+    // Server 3 loses its disk and restarts empty.
+    cluster
+        .nodes
+        .insert(ServerId(3), build(3, 3, MemLog::new(), config.clone()));
+    cluster.step(1, Event::PeerConnected(ServerId(3)));
+    cluster.catch_up(1);
+    let restored = cluster.node(3);
+    assert!(
+        restored.metrics().snapshot_index > LogIndex(0),
+        "by snapshot"
+    );
+    assert_eq!(restored.last_applied(), cluster.node(1).last_applied());
+    assert_eq!(
+        restored.state_machine().snapshot(),
+        cluster.node(1).state_machine().snapshot()
+    );
+}
+
+/// §7: a follower whose log conflicts with the snapshot discards it entirely; the snapshot's
+/// state replaces its state machine.
+#[test]
+fn install_discards_a_conflicting_log() {
+    let (meta, bytes) = snapshot_of(&["put a 1", "put b 2", "put c 3"]);
+    // Our log holds an entry of another term at the snapshot's last index, none committed.
+    let mut follower = node_with_log(2, 3, 2, &[1, 1, 2, 2, 2, 2]);
+    let term = 3;
+    let actions = receive_and_sync(&mut follower, 1, install(term, 1, &meta, 0, &bytes));
+    let (received, done, match_index) = only_snapshot_response(&actions);
+    assert_eq!(
+        (received, done, match_index),
+        (meta.size, true, meta.last_index.0)
+    );
+    assert_eq!(follower.last_applied(), meta.last_index);
+    assert_eq!(follower.commit_index(), meta.last_index);
+    assert_eq!(
+        follower.log().latest_log_index(),
+        meta.last_index,
+        "log discarded"
+    );
+    assert_eq!(follower.log().latest_log_term(), meta.last_term);
+    assert_eq!(follower.state_machine().get("c"), Some("3"));
+}
+
+/// §7: chunks arrive out of order or twice; the follower writes only the one it expects and
+/// tells the leader where to resume. A transfer it knows nothing of restarts from 0.
+#[test]
+fn install_resumes_from_the_received_offset() {
+    let (meta, bytes) = snapshot_of(&["put a 1", "put b 2"]);
+    let mut follower = node(2, 3);
+    let term = 5;
+    let actions = receive_and_sync(
+        &mut follower,
+        1,
+        install(term, 1, &meta, 10, &bytes[10..20]),
+    );
+    assert_eq!(
+        only_snapshot_response(&actions),
+        (0, false, 0),
+        "unknown transfer"
+    );
+    let actions = receive_and_sync(&mut follower, 1, install(term, 1, &meta, 0, &bytes[..10]));
+    assert_eq!(only_snapshot_response(&actions), (10, false, 0));
+    assert!(follower.receiving_snapshot());
+    let actions = receive(
+        &mut follower,
+        1,
+        install(term, 1, &meta, 20, &bytes[20..30]),
+    );
+    assert_eq!(
+        only_snapshot_response(&actions),
+        (10, false, 0),
+        "gap: resume at 10"
+    );
+    let actions = receive_and_sync(&mut follower, 1, install(term, 1, &meta, 0, &bytes[..10]));
+    assert_eq!(
+        only_snapshot_response(&actions),
+        (10, false, 0),
+        "duplicate ignored"
+    );
+    let actions = receive_and_sync(&mut follower, 1, install(term, 1, &meta, 10, &bytes[10..]));
+    assert_eq!(
+        only_snapshot_response(&actions),
+        (meta.size, true, meta.last_index.0)
+    );
+    assert_eq!(follower.state_machine().get("b"), Some("2"));
+}
+
+/// §7: a snapshot whose bytes do not match its checksum is not installed; the follower keeps
+/// its state and asks for the snapshot again from the start.
+#[test]
+fn a_snapshot_failing_its_checksum_is_not_installed() {
+    let (meta, mut bytes) = snapshot_of(&["put a 1"]);
+    bytes[0] ^= 0x40;
+    let mut follower = node_with_log(2, 3, 1, &[1]);
+    let actions = receive_and_sync(&mut follower, 1, install(3, 1, &meta, 0, &bytes));
+    assert_eq!(only_snapshot_response(&actions), (0, false, 0));
+    assert!(!follower.receiving_snapshot());
+    assert_eq!(follower.log().snapshot_meta(), None, "not installed");
+    assert_eq!(follower.last_applied(), LogIndex(0));
+    assert_eq!(
+        follower.log().latest_log_index(),
+        LogIndex(1),
+        "log untouched"
+    );
+}
+
+/// §7: a snapshot covering nothing beyond our commit index is not installed; the answer says
+/// how far our log is known to match.
+#[test]
+fn a_snapshot_already_covered_by_the_commit_index_is_acknowledged_without_install() {
+    let (meta, bytes) = snapshot_of(&["put a 1"]);
+    let mut follower = node_with_log(2, 3, 1, &[1, 1, 1, 1]);
+    let _ = receive_and_sync(&mut follower, 1, append(1, 1, (4, 1), vec![], 4));
+    assert_eq!(follower.commit_index(), LogIndex(4));
+    let actions = receive_and_sync(&mut follower, 1, install(1, 1, &meta, 0, &bytes));
+    assert_eq!(only_snapshot_response(&actions), (meta.size, true, 4));
+    assert_eq!(follower.log().snapshot_meta(), None);
+}
+
+/// §7: after a restart a server restores its newest snapshot and replays only the log after it.
+#[test]
+fn restart_restores_the_snapshot_and_replays_only_the_suffix() {
+    let config = snapshot_config(10, 1 << 20);
+    let mut server = build(1, 1, MemLog::new(), config.clone());
+    win_election(&mut server);
+    for n in 1..=25 {
+        let _ = propose(&mut server, n, &format!("put k{} v{n}", n % 7));
+        let _ = sync(&mut server);
+    }
+    let snapshot_index = server.metrics().snapshot_index;
+    assert_eq!(snapshot_index, LogIndex(20), "snapshots at 10 and 20");
+    let applied = server.last_applied();
+    let before = server.state_machine().snapshot();
+    let (log, _) = server.into_parts();
+
+    let mut restarted = build(1, 1, log, config);
+    assert_eq!(
+        restarted.last_applied(),
+        snapshot_index,
+        "restored, nothing replayed yet"
+    );
+    assert_eq!(restarted.state_machine().applied_count(), 0);
+    win_election(&mut restarted);
+    // The suffix 21..=26 plus the new no-op: only the 6 commands after the snapshot are applied.
+    assert_eq!(restarted.last_applied(), applied.next());
+    assert_eq!(
+        restarted.state_machine().applied_count(),
+        applied.0 - snapshot_index.0
+    );
+    assert_eq!(restarted.state_machine().snapshot(), before);
+}
+
+/// §7 with §6.3: the session table travels in the snapshot, so a follower restored from one
+/// answers a retried request exactly as the leader would, without applying it again.
+#[test]
+fn the_session_table_travels_in_the_snapshot() {
+    let config = snapshot_config(4, 64);
+    let mut cluster = Cluster::with_config(3, &config);
+    cluster.elect(1);
+    cluster.isolate(3);
+    cluster.step(
+        1,
+        Event::RegisterSession {
+            id: ProposalId(900),
+        },
+    );
+    cluster.deliver_until_quiet();
+    let session = cluster
+        .replies
+        .iter()
+        .find_map(|(_, reply)| match reply.outcome {
+            ProposalOutcome::SessionRegistered { session } => Some(session),
+            _ => None,
+        })
+        .expect("session opened");
+    for sequence in 1..=6 {
+        cluster.step(
+            1,
+            Event::Propose {
+                id: ProposalId(900 + sequence),
+                command: format!("put s{sequence} x").into_bytes(),
+                session: Some(SessionRequest { session, sequence }),
+                respond_when: ResponseMode::Applied,
+            },
+        );
+        cluster.deliver_until_quiet();
+    }
+    cluster.heal();
+    cluster.catch_up(1);
+    let follower = cluster.node(3);
+    assert!(
+        follower.metrics().snapshot_index > LogIndex(0),
+        "installed a snapshot"
+    );
+    assert_eq!(follower.sessions().len(), 1);
+    assert_eq!(
+        follower.state_machine().snapshot(),
+        cluster.node(1).state_machine().snapshot()
     );
 }

@@ -1,13 +1,16 @@
-//! FileLog under crashes and corruption, by file surgery (DESIGN.md §3).
+//! FileLog under crashes and corruption, by file surgery (DESIGN.md §3, thesis §7).
 //!
 //! A crash is simulated by leaving the directory as an interrupted write would. Examples are a
-//! segment cut at every byte of the last sync's write, a truncation stopped halfway, and a state
-//! file replacement stopped before its rename. Reopening must always succeed and give back a
-//! prefix of what was written that holds everything synced, never a corrupt or invented entry.
-//! Damage that no crash can cause must be an error naming the file and offset.
+//! segment cut at every byte of the last sync's write, a truncation stopped halfway, a state
+//! file replacement stopped before its rename, a snapshot install stopped between its rename and
+//! the deletion of the log it replaced, and a compaction stopped between two deletions.
+//! Reopening must always succeed and give back a prefix of what was written that holds
+//! everything synced, never a corrupt or invented entry. Damage that no crash can cause must be
+//! an error naming the file (and offset), above all in a snapshot, which a server must never
+//! install corrupt.
 
 use mioraft::log::{Entry, FileLog, FileLogOptions, PersistentLog};
-use mioraft::{LogError, LogIndex, ServerId, Term};
+use mioraft::{LogError, LogIndex, ServerId, SnapshotMeta, Term};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -324,4 +327,511 @@ fn large_entries_and_many_segments_read_back_identically_after_restart() {
     assert!(segments(dir.path()).len() > 10, "many segments");
     let log = open(dir.path(), 1024).expect("reopen");
     assert_eq!(all_entries(&log), written);
+}
+
+// Snapshots and prefix compaction (thesis §7).
+
+/// Snapshot data of `size_bytes` bytes that depends on `seed`.
+fn snapshot_bytes(size_bytes: usize, seed: u8) -> Vec<u8> {
+    (0..size_bytes)
+        .map(|position| (position as u8).wrapping_mul(13) ^ seed)
+        .collect()
+}
+
+fn snapshot_meta(last_index: u64, last_term: Term, data: &[u8]) -> SnapshotMeta {
+    SnapshotMeta {
+        last_index: LogIndex(last_index),
+        last_term,
+        voters: vec![ServerId(1), ServerId(2), ServerId(3)],
+        size: data.len() as u64,
+        checksum: crc32c::crc32c(data),
+    }
+}
+
+/// Begins, writes in chunks and finishes a snapshot.
+fn install(log: &mut FileLog, meta: &SnapshotMeta, data: &[u8]) {
+    log.begin_snapshot(meta.clone()).expect("begin snapshot");
+    for chunk in data.chunks(1000) {
+        log.write_snapshot(chunk).expect("write snapshot");
+    }
+    log.finish_snapshot().expect("finish snapshot");
+}
+
+fn whole_snapshot(log: &FileLog) -> Vec<u8> {
+    log.read_snapshot(0, u64::MAX).expect("read snapshot")
+}
+
+/// Entries from the first index on, compacted or not.
+fn held_entries(log: &FileLog) -> Vec<Entry> {
+    log.entries(
+        log.first_log_index(),
+        log.latest_log_index().next(),
+        u64::MAX,
+    )
+    .expect("read back")
+}
+
+fn directory_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .expect("list")
+        .map(|item| item.expect("item").metadata().expect("metadata").len())
+        .sum()
+}
+
+/// The first index in a segment's name, `log-<first index>.seg`.
+fn segment_first_index(path: &Path) -> u64 {
+    let name = path
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    name.trim_start_matches("log-")
+        .trim_end_matches(".seg")
+        .parse()
+        .expect("a segment name")
+}
+
+/// Entries 1..=count in segments of `segment_bytes_max` bytes, synced at term 3.
+fn written_log(dir: &Path, count: u64, segment_bytes_max: u64) -> Vec<Entry> {
+    let mut log = open(dir, segment_bytes_max).expect("open");
+    log.set_current_term(Term(3)).expect("term");
+    let entries: Vec<Entry> = (1..=count).map(entry).collect();
+    log.append_entries(LogIndex(1), &entries).expect("append");
+    log.sync().expect("sync");
+    entries
+}
+
+/// A log of 20 entries with a snapshot of 5,000 bytes up to index 10, closed.
+fn log_with_snapshot(dir: &Path) -> (SnapshotMeta, Vec<u8>) {
+    written_log(dir, 20, 1024);
+    let mut log = open(dir, 1024).expect("open");
+    let data = snapshot_bytes(5_000, 1);
+    let meta = snapshot_meta(10, entry(10).term, &data);
+    install(&mut log, &meta, &data);
+    (meta, data)
+}
+
+/// The error names the snapshot file of `dir` and says it is damaged.
+fn assert_names_snapshot(error: &LogError, dir: &Path, what: &str) {
+    let text = error.to_string();
+    assert!(
+        matches!(error, LogError::Corrupt { .. } | LogError::Snapshot { .. }),
+        "{what}: {text}"
+    );
+    assert!(
+        text.contains(&dir.join("snapshot").display().to_string()),
+        "{what}: the error must name the snapshot file: {text}"
+    );
+}
+
+/// A flipped bit anywhere in the data, or a file cut short, is damage no crash causes (the file
+/// was fsynced before its rename): open refuses rather than let a server install it.
+#[test]
+fn a_damaged_snapshot_data_is_refused_on_open_naming_the_file() {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let original = work.path().join("original");
+    let (meta, data) = log_with_snapshot(&original);
+    let file_length = fs::metadata(original.join("snapshot"))
+        .expect("metadata")
+        .len();
+    let header_bytes = file_length - data.len() as u64;
+    let log = open(&original, 1024).expect("the undamaged snapshot opens");
+    assert_eq!(log.snapshot_meta(), Some(&meta));
+    assert_eq!(whole_snapshot(&log), data);
+    drop(log);
+
+    for offset in [header_bytes, header_bytes + 2_500, file_length - 1] {
+        let copy = work.path().join(format!("flipped-{offset}"));
+        copy_dir(&original, &copy);
+        flip_byte(&copy.join("snapshot"), offset);
+        let error = open(&copy, 1024).expect_err("a damaged snapshot must be refused");
+        assert_names_snapshot(&error, &copy, &format!("data byte {offset} flipped"));
+    }
+    for length in [file_length - 1, header_bytes, 10, 0] {
+        let copy = work.path().join(format!("cut-{length}"));
+        copy_dir(&original, &copy);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(copy.join("snapshot"))
+            .expect("open")
+            .set_len(length)
+            .expect("cut");
+        let error = open(&copy, 1024).expect_err("a cut snapshot must be refused");
+        assert_names_snapshot(&error, &copy, &format!("cut to {length} bytes"));
+    }
+}
+
+/// Every byte of the header is covered: magic, format, lengths, meta and the header's own
+/// checksum.
+#[test]
+fn a_damaged_snapshot_header_is_refused_on_open_naming_the_file() {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let original = work.path().join("original");
+    let (_, data) = log_with_snapshot(&original);
+    let file_length = fs::metadata(original.join("snapshot"))
+        .expect("metadata")
+        .len();
+    let header_bytes = file_length - data.len() as u64;
+    assert_eq!(header_bytes, 52 + 8 * 3, "the documented header layout");
+    for offset in 0..header_bytes {
+        let copy = work.path().join(format!("flipped-{offset}"));
+        copy_dir(&original, &copy);
+        flip_byte(&copy.join("snapshot"), offset);
+        let error = open(&copy, 1024).expect_err("a damaged header must be refused");
+        assert_names_snapshot(&error, &copy, &format!("header byte {offset} flipped"));
+        fs::remove_dir_all(&copy).expect("clean up");
+    }
+}
+
+/// A finish that finds the wrong checksum refuses naming the file it wrote, deletes it, and
+/// leaves no snapshot behind.
+#[test]
+fn a_refused_snapshot_names_its_file_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    written_log(dir.path(), 5, 1024);
+    let mut log = open(dir.path(), 1024).expect("open");
+    let data = snapshot_bytes(3_000, 2);
+    let mut meta = snapshot_meta(3, entry(3).term, &data);
+    meta.checksum ^= 1;
+    log.begin_snapshot(meta).expect("begin");
+    log.write_snapshot(&data).expect("write");
+    let temporary = dir.path().join("snapshot.tmp");
+    assert!(
+        temporary.exists(),
+        "the snapshot is written to snapshot.tmp"
+    );
+    let error = log.finish_snapshot().expect_err("a wrong checksum");
+    let text = error.to_string();
+    assert!(matches!(error, LogError::Snapshot { .. }), "{text}");
+    assert!(
+        text.contains(&temporary.display().to_string()),
+        "the error names the file: {text}"
+    );
+    assert!(
+        !temporary.exists(),
+        "the refused snapshot's file is deleted"
+    );
+    assert!(!dir.path().join("snapshot").exists());
+    assert_eq!(log.snapshot_meta(), None);
+    assert_eq!(all_entries(&log), (1..=5).map(entry).collect::<Vec<_>>());
+}
+
+/// A crash while a snapshot is written, even after its last byte but before its finish,
+/// leaves `snapshot.tmp`: open deletes it and the snapshot in force stands.
+#[test]
+fn a_snapshot_interrupted_before_its_rename_is_deleted_on_open_and_the_old_one_stands() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (meta, data) = log_with_snapshot(dir.path());
+    let temporary = dir.path().join("snapshot.tmp");
+    let newer_data = snapshot_bytes(6_000, 3);
+    let newer = snapshot_meta(15, entry(15).term, &newer_data);
+    for written in [0, 2_000, 6_000] {
+        let mut log = open(dir.path(), 1024).expect("open");
+        log.begin_snapshot(newer.clone()).expect("begin");
+        log.write_snapshot(&newer_data[..written]).expect("write");
+        drop(log);
+        assert!(temporary.exists(), "{written} bytes: snapshot.tmp is left");
+        let log = open(dir.path(), 1024).expect("reopen");
+        assert!(
+            !temporary.exists(),
+            "{written} bytes: open deletes snapshot.tmp"
+        );
+        assert_eq!(log.snapshot_meta(), Some(&meta), "{written} bytes");
+        assert_eq!(whole_snapshot(&log), data, "{written} bytes");
+        assert_eq!(all_entries(&log), (1..=20).map(entry).collect::<Vec<_>>());
+    }
+    fs::write(&temporary, b"garbage").expect("write garbage");
+    let log = open(dir.path(), 1024).expect("reopen");
+    assert!(!temporary.exists(), "open deletes a garbage snapshot.tmp");
+    assert_eq!(log.snapshot_meta(), Some(&meta));
+}
+
+/// With small segments, snapshots and compaction after every batch keep the directory to a
+/// few segments and one snapshot however much is written: compaction deletes whole segments.
+#[test]
+fn repeated_snapshots_and_compaction_keep_the_directory_bounded() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut log = open(dir.path(), 1024).expect("open");
+    let mut next = 1;
+    let mut record_bytes: u64 = 0;
+    let mut largest_bytes = 0;
+    let mut largest_segment_count = 0;
+    for round in 0..100u64 {
+        let batch: Vec<Entry> = (next..next + 50).map(entry).collect();
+        record_bytes += batch
+            .iter()
+            .map(|entry| 8 + 17 + entry.data.len() as u64)
+            .sum::<u64>();
+        log.append_entries(LogIndex(next), &batch).expect("append");
+        log.sync().expect("sync");
+        next += 50;
+        // A snapshot that leaves the last 10 entries behind it, then compaction up to it.
+        let through = next - 11;
+        let term = entry(through).term;
+        let data = snapshot_bytes(2048, round as u8);
+        install(&mut log, &snapshot_meta(through, term, &data), &data);
+        let first_before = log.first_log_index();
+        log.compact_prefix(LogIndex(through)).expect("compact");
+        assert!(
+            log.first_log_index() > first_before,
+            "round {round}: compaction through {through} deleted nothing (first index {})",
+            log.first_log_index()
+        );
+        assert!(log.first_log_index() <= LogIndex(through + 1));
+        largest_bytes = largest_bytes.max(directory_bytes(dir.path()));
+        largest_segment_count = largest_segment_count.max(segments(dir.path()).len());
+    }
+    assert!(
+        record_bytes > 200_000,
+        "wrote {record_bytes} bytes of records"
+    );
+    assert!(
+        largest_bytes <= 8 * 1024,
+        "the directory grew to {largest_bytes} bytes while {record_bytes} bytes of records were \
+         written"
+    );
+    assert!(
+        largest_segment_count <= 3,
+        "up to {largest_segment_count} segments"
+    );
+
+    let first = log.first_log_index();
+    drop(log);
+    let log = open(dir.path(), 1024).expect("reopen");
+    assert_eq!(log.first_log_index(), first);
+    assert_eq!(log.latest_log_index(), LogIndex(next - 1));
+    let expected: Vec<Entry> = (first.0..next).map(entry).collect();
+    assert_eq!(held_entries(&log), expected);
+}
+
+/// §7: a finish whose snapshot disagrees with the log renames the snapshot into place, then
+/// deletes the log's segments newest first. A crash after the rename, with any number of the
+/// segments deleted, reopens exactly as the finished install: the snapshot, no segment, and the
+/// log continuing right after the snapshot.
+#[test]
+fn a_crash_between_snapshot_rename_and_segment_deletion_reopens_as_if_finished() {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let original = work.path().join("original");
+    let entries = written_log(&original, 60, 256);
+    let segment_count = segments(&original).len();
+    assert!(segment_count >= 4, "{segment_count} segments");
+    // The log holds term 4 at index 30, and ends at 60.
+    for (what, last_index, last_term) in
+        [("conflicting", 30, Term(9)), ("past the end", 80, Term(9))]
+    {
+        let data = snapshot_bytes(3_000, last_index as u8);
+        let meta = snapshot_meta(last_index, last_term, &data);
+        let finished = work.path().join(format!("finished {what}"));
+        copy_dir(&original, &finished);
+        let mut log = open(&finished, 256).expect("open");
+        install(&mut log, &meta, &data);
+        drop(log);
+        assert!(segments(&finished).is_empty(), "{what}: the log is gone");
+
+        for deleted in 0..=segment_count {
+            let crashed = work.path().join(format!("crashed {what} {deleted}"));
+            copy_dir(&original, &crashed);
+            for path in segments(&crashed).iter().rev().take(deleted) {
+                fs::remove_file(path).expect("delete");
+            }
+            fs::copy(finished.join("snapshot"), crashed.join("snapshot")).expect("copy");
+            let mut log = open(&crashed, 256)
+                .unwrap_or_else(|error| panic!("{what}, {deleted} deleted: {error}"));
+            let context = format!("{what}, {deleted} of {segment_count} segments deleted");
+            assert_eq!(log.snapshot_meta(), Some(&meta), "{context}");
+            assert_eq!(whole_snapshot(&log), data, "{context}");
+            assert_eq!(log.first_log_index(), LogIndex(last_index + 1), "{context}");
+            assert_eq!(log.latest_log_index(), LogIndex(last_index), "{context}");
+            assert_eq!(log.latest_log_term(), last_term, "{context}");
+            assert_eq!(
+                log.term(LogIndex(last_index)).expect("term"),
+                Some(last_term),
+                "{context}"
+            );
+            assert!(
+                segments(&crashed).is_empty(),
+                "{context}: the discarded segments are deleted"
+            );
+            assert_eq!(log.current_term(), Term(3), "{context}");
+
+            let next = Entry::command(Term(10), b"after the snapshot".to_vec());
+            log.append_entries(LogIndex(last_index + 1), std::slice::from_ref(&next))
+                .expect("append after the snapshot");
+            log.sync().expect("sync");
+            drop(log);
+            let log = open(&crashed, 256).expect("reopen");
+            assert_eq!(held_entries(&log), vec![next], "{context}");
+            drop(log);
+            fs::remove_dir_all(&crashed).expect("clean up");
+        }
+    }
+
+    // A finish that keeps the log deletes nothing: after its rename the log is whole.
+    let data = snapshot_bytes(3_000, 7);
+    let meta = snapshot_meta(30, entries[29].term, &data);
+    let finished = work.path().join("finished keeping");
+    copy_dir(&original, &finished);
+    let mut log = open(&finished, 256).expect("open");
+    install(&mut log, &meta, &data);
+    drop(log);
+    let crashed = work.path().join("crashed keeping");
+    copy_dir(&original, &crashed);
+    fs::copy(finished.join("snapshot"), crashed.join("snapshot")).expect("copy");
+    let log = open(&crashed, 256).expect("open");
+    assert_eq!(log.snapshot_meta(), Some(&meta));
+    assert_eq!(log.first_log_index(), LogIndex(1));
+    assert_eq!(all_entries(&log), entries);
+}
+
+/// Compaction deletes the segments whose entries the snapshot covers, and only those; the
+/// first index is the first remaining segment's, before and after a reopen, and reads below it
+/// are refused as compacted.
+#[test]
+fn compaction_deletes_covered_segments_and_reopens_with_the_right_first_index() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let entries = written_log(dir.path(), 100, 256);
+    let data = snapshot_bytes(4_000, 4);
+    let meta = snapshot_meta(70, entries[69].term, &data);
+    let mut log = open(dir.path(), 256).expect("open");
+    install(&mut log, &meta, &data);
+    drop(log);
+
+    // Without compaction, every entry is still there after a reopen.
+    let mut log = open(dir.path(), 256).expect("reopen");
+    assert_eq!(log.first_log_index(), LogIndex(1));
+    assert_eq!(all_entries(&log), entries);
+    assert_eq!(log.snapshot_meta(), Some(&meta));
+
+    let before = segments(dir.path());
+    log.compact_prefix(LogIndex(70)).expect("compact");
+    let after = segments(dir.path());
+    assert!(after.len() < before.len(), "compaction deleted no segment");
+    assert_eq!(
+        after[..],
+        before[before.len() - after.len()..],
+        "only the oldest segments go"
+    );
+    let first = segment_first_index(&after[0]);
+    assert!(
+        (2..=71).contains(&first),
+        "first remaining segment at {first}"
+    );
+    if let Some(second) = after.get(1) {
+        assert!(
+            segment_first_index(second) > 71,
+            "a segment holding only entries up to 70 was kept"
+        );
+    }
+    assert_eq!(log.first_log_index(), LogIndex(first));
+    assert_eq!(held_entries(&log), entries[(first - 1) as usize..]);
+    let below = log.entry(LogIndex(first - 1));
+    assert!(
+        matches!(below, Err(LogError::Compacted { .. })),
+        "{below:?}"
+    );
+    log.sync().expect("sync");
+    drop(log);
+
+    let mut log = open(dir.path(), 256).expect("reopen");
+    assert_eq!(log.first_log_index(), LogIndex(first));
+    assert_eq!(log.latest_log_index(), LogIndex(100));
+    assert_eq!(held_entries(&log), entries[(first - 1) as usize..]);
+    assert_eq!(
+        log.term(LogIndex(70)).expect("term"),
+        Some(entries[69].term)
+    );
+    assert_eq!(whole_snapshot(&log), data);
+    let below = log.term(LogIndex(first - 1));
+    assert!(
+        first - 1 == 70 || matches!(below, Err(LogError::Compacted { .. })),
+        "{below:?}"
+    );
+    log.append_entries(LogIndex(101), &[entry(101)])
+        .expect("append");
+    log.sync().expect("sync");
+    drop(log);
+    let log = open(dir.path(), 256).expect("reopen");
+    assert_eq!(log.latest_log_index(), LogIndex(101));
+    assert_eq!(log.first_log_index(), LogIndex(first));
+}
+
+/// Compaction deletes segments oldest first, each deletion durable before the next: a crash
+/// after any number of them reopens with the remaining segments and the right first index.
+#[test]
+fn a_compaction_interrupted_between_deletions_reopens_with_what_is_left() {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let original = work.path().join("original");
+    let entries = written_log(&original, 100, 256);
+    let data = snapshot_bytes(1_000, 5);
+    let mut log = open(&original, 256).expect("open");
+    install(&mut log, &snapshot_meta(70, entries[69].term, &data), &data);
+    drop(log);
+    let all = segments(&original);
+    // The segments compaction through 70 deletes: those followed by one starting at most at 71.
+    let deletable = all
+        .windows(2)
+        .take_while(|pair| segment_first_index(&pair[1]) <= 71)
+        .count();
+    assert!(deletable >= 2, "{deletable} deletable segments");
+    for (deleted, first_left) in all.iter().take(deletable + 1).enumerate() {
+        let copy = work.path().join(format!("deleted-{deleted}"));
+        copy_dir(&original, &copy);
+        for path in segments(&copy).iter().take(deleted) {
+            fs::remove_file(path).expect("delete");
+        }
+        let log = open(&copy, 256).unwrap_or_else(|e| panic!("{deleted} deleted: {e}"));
+        let first = segment_first_index(first_left);
+        assert_eq!(log.first_log_index(), LogIndex(first), "{deleted} deleted");
+        assert_eq!(log.latest_log_index(), LogIndex(100), "{deleted} deleted");
+        assert_eq!(
+            held_entries(&log),
+            entries[(first - 1) as usize..],
+            "{deleted} deleted"
+        );
+        drop(log);
+    }
+}
+
+/// A log whose first segment starts after the index right behind its snapshot (or after 1
+/// without a snapshot) is missing entries: no crash deletes them, so open refuses, naming the
+/// segment.
+#[test]
+fn a_log_that_leaves_a_hole_after_its_snapshot_is_refused() {
+    let work = tempfile::tempdir().expect("temporary directory");
+
+    let plain = work.path().join("no snapshot");
+    written_log(&plain, 60, 256);
+    let first_segment = segments(&plain).remove(0);
+    fs::remove_file(&first_segment).expect("delete");
+    let error = open(&plain, 256).expect_err("a log must start at 1 without a snapshot");
+    let now_first = segments(&plain).remove(0);
+    assert!(matches!(error, LogError::Corrupt { .. }), "{error}");
+    assert!(
+        error.to_string().contains(&now_first.display().to_string()),
+        "{error}"
+    );
+
+    let snapshotted = work.path().join("snapshot");
+    let mut log = open(&snapshotted, 256).expect("open");
+    let data = snapshot_bytes(500, 6);
+    install(&mut log, &snapshot_meta(10, Term(1), &data), &data);
+    assert_eq!(log.first_log_index(), LogIndex(11));
+    let entries: Vec<Entry> = (11..=60).map(entry).collect();
+    log.append_entries(LogIndex(11), &entries).expect("append");
+    log.sync().expect("sync");
+    drop(log);
+    let log = open(&snapshotted, 256).expect("reopen");
+    assert_eq!(log.first_log_index(), LogIndex(11));
+    assert_eq!(held_entries(&log), entries);
+    drop(log);
+    let first_segment = segments(&snapshotted).remove(0);
+    assert_eq!(segment_first_index(&first_segment), 11);
+    fs::remove_file(&first_segment).expect("delete");
+    let error = open(&snapshotted, 256).expect_err("entries after the snapshot are missing");
+    let now_first = segments(&snapshotted).remove(0);
+    assert!(matches!(error, LogError::Corrupt { .. }), "{error}");
+    assert!(
+        error.to_string().contains(&now_first.display().to_string()),
+        "{error}"
+    );
 }

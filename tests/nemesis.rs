@@ -293,6 +293,7 @@ mod cluster {
     //! of waiting on a backlog nobody reads.
 
     use crate::machine::Machine;
+    use mioraft::consensus::Config;
     use mioraft::log::FileLog;
     use mioraft::{Server, ServerId};
     use std::collections::BTreeMap;
@@ -365,6 +366,21 @@ mod cluster {
         }
     }
 
+    /// §7 under the nemesis: snapshots every 2,000 entries, keeping 200 behind, in 16 KiB
+    /// chunks, so servers killed, paused or cut off fall behind the compaction point and catch up
+    /// by snapshot, and kills land in the middle of transfers.
+    fn snapshot_often() -> Config {
+        Config {
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            heartbeat_interval: Duration::from_millis(30),
+            snapshot_entries: 2_000,
+            snapshot_keep_entries: 200,
+            snapshot_chunk_bytes: 16 << 10,
+            ..Config::default()
+        }
+    }
+
     /// The child's side: serve until killed; exit if the test process goes away.
     pub fn run_child(spec: &str) {
         let spec = Spec::decode(spec);
@@ -392,8 +408,7 @@ mod cluster {
         let result = Server::new(spec.id, spec.address, log, Machine::default())
             .with_peers(spec.peers.into_iter().collect())
             .with_listener(listener)
-            .with_election_timeout(Duration::from_millis(150), Duration::from_millis(300))
-            .with_heartbeat_interval(Duration::from_millis(30))
+            .with_config(snapshot_often())
             .run();
         panic!("server {} stopped: {result:?}", spec.id);
     }

@@ -9,7 +9,7 @@ use mioraft::consensus::ResponseMode;
 use mioraft::consensus::{Message, RequestVote};
 use mioraft::error::LogError;
 use mioraft::framing::FrameReader;
-use mioraft::log::{Entry, PersistentLog};
+use mioraft::log::{Entry, PersistentLog, SnapshotMeta};
 use mioraft::wire::{self, ClientRequest, Preamble, RequestBody, ResponseBody, SessionProposal};
 use mioraft::{
     Client, Error, KvStateMachine, LogIndex, MemLog, Metrics, Role, Server, ServerBuilder,
@@ -585,6 +585,27 @@ impl PersistentLog for FailingLog {
         }
         self.inner.sync()
     }
+    fn first_log_index(&self) -> LogIndex {
+        self.inner.first_log_index()
+    }
+    fn snapshot_meta(&self) -> Option<&SnapshotMeta> {
+        self.inner.snapshot_meta()
+    }
+    fn begin_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), LogError> {
+        self.inner.begin_snapshot(meta)
+    }
+    fn write_snapshot(&mut self, data: &[u8]) -> Result<(), LogError> {
+        self.inner.write_snapshot(data)
+    }
+    fn finish_snapshot(&mut self) -> Result<(), LogError> {
+        self.inner.finish_snapshot()
+    }
+    fn read_snapshot(&self, offset: u64, bytes_max: u64) -> Result<Vec<u8>, LogError> {
+        self.inner.read_snapshot(offset, bytes_max)
+    }
+    fn compact_prefix(&mut self, through: LogIndex) -> Result<(), LogError> {
+        self.inner.compact_prefix(through)
+    }
 }
 
 #[test]
@@ -717,6 +738,7 @@ fn oversized_frame_closes_the_connection() {
 fn small_batches() -> mioraft::consensus::Config {
     mioraft::consensus::Config {
         append_bytes_max: 256,
+        snapshot_chunk_bytes: 256,
         election_timeout_min: Duration::from_millis(100),
         election_timeout_max: Duration::from_millis(200),
         heartbeat_interval: Duration::from_millis(20),

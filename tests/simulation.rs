@@ -78,6 +78,17 @@ fn assert_every_fault_fired(total: &FaultCounts) {
     );
     assert!(total.crashes > 0, "no crash: {total}");
     assert!(total.restarts > 0, "no restart: {total}");
+    // §7: followers fall behind the compaction point, snapshots travel in many chunks, and
+    // some servers crash while receiving one.
+    assert!(total.snapshot_chunks_sent > 0, "no snapshot sent: {total}");
+    assert!(
+        total.snapshots_installed > 0,
+        "no snapshot installed: {total}"
+    );
+    assert!(
+        total.crashes_mid_install > 0,
+        "no crash in the middle of an install: {total}"
+    );
     assert!(
         total.unsynced_writes_lost > 0,
         "no crash lost unsynced writes: {total}"
@@ -213,6 +224,37 @@ fn local_reads_are_caught_by_the_linearizability_check() {
     eprintln!("caught: {failure}");
     assert!(
         failure.reason.contains("not linearizable"),
+        "caught for the right reason: {}",
+        failure.reason
+    );
+}
+
+/// §7 with §6.3: a snapshot that leaves out the client session table makes a server restored
+/// from it forget which requests it applied; the end-of-run checks notice.
+#[test]
+fn snapshots_without_the_session_table_are_caught() {
+    const SEEDS: u64 = 200;
+    let mut caught = None;
+    for seed in 0..SEEDS {
+        let result = run_random_with(seed, 3, |config| {
+            config.core.testing_broken_rule = Some(BrokenRule::SnapshotWithoutSessions);
+            config.core.snapshot_entries = 5;
+            config.core.snapshot_keep_entries = 0;
+            config.client_count = 6;
+        });
+        if let Err(failure) = result {
+            eprintln!("caught after {} seeds", seed + 1);
+            caught = Some(failure);
+            break;
+        }
+    }
+    let failure =
+        caught.unwrap_or_else(|| panic!("snapshots without sessions not caught in {SEEDS} seeds"));
+    eprintln!("caught: {failure}");
+    assert!(
+        ["safety", "exactly once", "linearizable"]
+            .iter()
+            .any(|reason| failure.reason.contains(reason)),
         "caught for the right reason: {}",
         failure.reason
     );

@@ -188,7 +188,11 @@ impl Call {
                 self.retry_after_pause(remaining)
             }
             ResponseBody::Rejected { reason, message } => match reason {
-                RejectionReason::Dropped | RejectionReason::Overloaded => {
+                // Unknown outcome: the request is retried under the same session number, so the
+                // session table answers it exactly once.
+                RejectionReason::Dropped
+                | RejectionReason::Overloaded
+                | RejectionReason::OutcomeUnknown => {
                     self.last_problem = format!("{from}: {reason}: {message}");
                     self.retry_after_pause(remaining)
                 }
@@ -433,7 +437,11 @@ mod tests {
             reason,
             message: "because".to_owned(),
         };
-        for reason in [RejectionReason::Dropped, RejectionReason::Overloaded] {
+        for reason in [
+            RejectionReason::Dropped,
+            RejectionReason::Overloaded,
+            RejectionReason::OutcomeUnknown,
+        ] {
             let from = route.target();
             let step = call.answered(&mut route, from, rejected(reason), PLENTY);
             assert!(matches!(

@@ -1,8 +1,9 @@
 //! The paper's RPCs (Figure 2) and their responses as plain Rust types. Each request has a paired
 //! response; the wire format lives elsewhere, so the core never depends on Cap'n Proto.
 
-use crate::log::Entry;
+use crate::log::{Entry, SnapshotMeta};
 use crate::types::{LogIndex, ServerId, Term};
+use bytes::Bytes;
 
 /// RequestVote (§5.2): a candidate asks for a vote, carrying its last log position (§5.4.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +69,40 @@ pub struct AppendEntriesResponse {
     pub read_round: u64,
 }
 
+/// InstallSnapshot (§7): one chunk of the leader's snapshot, for a follower that needs entries the
+/// leader has compacted away. Chunks are sent in order; the follower acknowledges how much it
+/// holds, so a transfer can resume after a lost chunk or a reconnection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallSnapshot {
+    /// The leader's term.
+    pub term: Term,
+    /// The sender.
+    pub leader_id: ServerId,
+    /// Which snapshot, with its length and checksum.
+    pub meta: SnapshotMeta,
+    /// Where `data` starts in the snapshot's bytes.
+    pub offset: u64,
+    /// The chunk; the last one ends at `meta.size`.
+    pub data: Bytes,
+}
+
+/// The answer to [`InstallSnapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallSnapshotResponse {
+    /// The follower's current term.
+    pub term: Term,
+    /// The last index of the snapshot answered about.
+    pub last_index: LogIndex,
+    /// How many leading bytes of that snapshot the follower holds: the next chunk it wants
+    /// starts here (0: start over).
+    pub received: u64,
+    /// Whether the follower now holds everything up to `match_index` (the snapshot is installed,
+    /// or its log already covered it).
+    pub done: bool,
+    /// When `done`: the index the follower's log is known to match the leader's up to.
+    pub match_index: LogIndex,
+}
+
 /// Every message one server sends another.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -79,6 +114,10 @@ pub enum Message {
     AppendEntries(AppendEntries),
     /// A follower's answer to the leader.
     AppendEntriesResponse(AppendEntriesResponse),
+    /// A chunk of the leader's snapshot.
+    InstallSnapshot(InstallSnapshot),
+    /// A follower's answer to a chunk.
+    InstallSnapshotResponse(InstallSnapshotResponse),
 }
 
 impl Message {
@@ -89,6 +128,8 @@ impl Message {
             Message::RequestVoteResponse(m) => m.term,
             Message::AppendEntries(m) => m.term,
             Message::AppendEntriesResponse(m) => m.term,
+            Message::InstallSnapshot(m) => m.term,
+            Message::InstallSnapshotResponse(m) => m.term,
         }
     }
 
@@ -99,6 +140,8 @@ impl Message {
             Message::RequestVoteResponse(_) => "RequestVoteResponse",
             Message::AppendEntries(_) => "AppendEntries",
             Message::AppendEntriesResponse(_) => "AppendEntriesResponse",
+            Message::InstallSnapshot(_) => "InstallSnapshot",
+            Message::InstallSnapshotResponse(_) => "InstallSnapshotResponse",
         }
     }
 }

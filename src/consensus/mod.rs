@@ -21,9 +21,11 @@ pub mod quorum;
 mod read_index;
 mod replication;
 pub mod sessions;
+mod snapshot;
 
 pub use message::{
-    AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, Envelope, InstallSnapshot, InstallSnapshotResponse,
+    Message, RequestVote, RequestVoteResponse,
 };
 
 use crate::error::{ConfigError, LogError, Result};
@@ -64,6 +66,19 @@ pub struct Config {
     /// expires the least recently used. Part of the replicated state machine's definition, so it
     /// must be equal on every server. Default 10,000.
     pub sessions_max: usize,
+    /// Snapshot policy (§7): take a snapshot once this many entries were applied since the last
+    /// one. `u64::MAX` disables the count trigger. Default 100,000.
+    pub snapshot_entries: u64,
+    /// Snapshot policy: take a snapshot once the applied entries since the last one hold this
+    /// many bytes ([`Entry::size_bytes`](crate::log::Entry::size_bytes)). Default 64 MiB.
+    pub snapshot_bytes: u64,
+    /// Entries kept in the log behind a new snapshot, so a follower slightly behind still catches
+    /// up by appends rather than a whole snapshot. Default 1,000.
+    pub snapshot_keep_entries: u64,
+    /// Most snapshot bytes one InstallSnapshot message carries. Default 1 MiB.
+    pub snapshot_chunk_bytes: u64,
+    /// Most unacknowledged InstallSnapshot chunks per follower (flow control). Default 4.
+    pub snapshot_chunks_in_flight: u64,
     /// Test only: deliberately break one Raft rule, to prove the simulator catches it.
     #[doc(hidden)]
     pub testing_broken_rule: Option<BrokenRule>,
@@ -77,6 +92,8 @@ pub enum BrokenRule {
     CommitPreviousTermByCount,
     /// Answer reads from the leader's state machine at once, without ReadIndex (§6.4).
     LocalReads,
+    /// Leave the client session table out of snapshots (§7 with thesis §6.3).
+    SnapshotWithoutSessions,
 }
 
 impl Default for Config {
@@ -90,6 +107,11 @@ impl Default for Config {
             in_flight_appends_max: 8,
             uncommitted_entries_max: 65_536,
             sessions_max: 10_000,
+            snapshot_entries: 100_000,
+            snapshot_bytes: 64 << 20,
+            snapshot_keep_entries: 1_000,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_chunks_in_flight: 4,
             testing_broken_rule: None,
         }
     }
@@ -124,6 +146,10 @@ impl Config {
             ("in_flight_appends_max", self.in_flight_appends_max as u64),
             ("uncommitted_entries_max", self.uncommitted_entries_max),
             ("sessions_max", self.sessions_max as u64),
+            ("snapshot_entries", self.snapshot_entries),
+            ("snapshot_bytes", self.snapshot_bytes),
+            ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
+            ("snapshot_chunks_in_flight", self.snapshot_chunks_in_flight),
         ] {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit { name });
@@ -246,6 +272,13 @@ pub enum ProposalOutcome {
         session: u64,
         /// The old request's number.
         sequence: u64,
+    },
+    /// The entry at `index` may or may not have been applied: this server, a deposed leader,
+    /// installed a snapshot that covers it and cannot tell whether its entry is the one that
+    /// was committed there. A session request can be retried safely; the session table answers.
+    Unknown {
+        /// Where the proposal had been appended.
+        index: LogIndex,
     },
     /// A linearizable read's answer (§6.4): what `StateMachine::query` returned.
     Read {
@@ -414,6 +447,10 @@ pub struct Consensus<L: PersistentLog, M: StateMachine> {
     waiting_for_term_start: Vec<Event>,
     /// Leader only: reads in flight (ReadIndex, §6.4).
     reads: read_index::ReadState,
+    /// A leader's snapshot being received (§7), if any.
+    incoming_snapshot: Option<snapshot::IncomingSnapshot>,
+    /// Entries and bytes applied since the last snapshot, for the snapshot policy.
+    applied_since_snapshot: snapshot::AppliedSinceSnapshot,
     /// Randomness for election timeouts, from the seed given at construction.
     rng: ChaCha8Rng,
     /// Actions gathered during the current step.
@@ -456,7 +493,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         let durable_index = log.latest_log_index();
         let observed = Observed::new(log.current_term());
         let config_sessions_max = config.sessions_max;
-        Ok(Consensus {
+        let mut consensus = Consensus {
             id,
             voters,
             peers,
@@ -480,10 +517,15 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             term_start: LogIndex(0),
             waiting_for_term_start: Vec::new(),
             reads: read_index::ReadState::default(),
+            incoming_snapshot: None,
+            applied_since_snapshot: snapshot::AppliedSinceSnapshot::default(),
             rng: ChaCha8Rng::seed_from_u64(rng_seed),
             out: Actions::default(),
             observed,
-        })
+        };
+        // §7: start from the newest snapshot and replay only the log after it.
+        consensus.restore_from_snapshot()?;
+        Ok(consensus)
     }
 
     /// Returns the actions a freshly created server needs: arming its election timer.
@@ -615,6 +657,11 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 .iter()
                 .map(|(&peer, progress)| (peer, progress.match_index))
                 .collect(),
+            snapshot_index: self
+                .log
+                .snapshot_meta()
+                .map_or(LogIndex(0), |meta| meta.last_index),
+            first_log_index: self.log.first_log_index(),
         }
     }
 
@@ -641,6 +688,11 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Whether a leader's snapshot is part way through arriving (§7).
+    pub fn receiving_snapshot(&self) -> bool {
+        self.incoming_snapshot.is_some()
     }
 
     /// Whether messages are withheld waiting for a sync.
@@ -730,6 +782,10 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             Message::AppendEntriesResponse(response) => {
                 self.handle_append_entries_response(from, response)
             }
+            Message::InstallSnapshot(request) => self.handle_install_snapshot(from, request),
+            Message::InstallSnapshotResponse(response) => {
+                self.handle_install_snapshot_response(from, response)
+            }
         }
     }
 
@@ -739,9 +795,14 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         }
         match self.role {
             Role::Leader => {
-                // Whatever was in flight may be gone with the old connection: probe again.
+                // Whatever was in flight may be gone with the old connection: probe again, or
+                // resume a snapshot transfer from what the follower acknowledged.
                 if let Some(progress) = self.progress.get_mut(&peer) {
-                    progress.become_probe(progress.match_index.next());
+                    if let progress::ReplicationState::Snapshot { .. } = progress.state {
+                        progress.resume_snapshot();
+                    } else {
+                        progress.become_probe(progress.match_index.next());
+                    }
                 }
                 self.send_appends(peer)
             }

@@ -26,6 +26,9 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             let Some(progress) = self.progress.get(&peer) else {
                 return Ok(());
             };
+            if let ReplicationState::Snapshot { .. } = progress.state {
+                return self.send_snapshot_chunks(peer);
+            }
             if !progress.can_send(last_log_index, self.config.in_flight_appends_max) {
                 return Ok(());
             }
@@ -34,6 +37,19 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             let prev_log_index = next_index
                 .prev()
                 .expect("progress invariant: next_index >= 1");
+            if next_index < self.log.first_log_index() || !self.term_available(prev_log_index) {
+                // §7: the entries it needs were compacted: send the snapshot instead.
+                let snapshot_index = self.snapshot_index();
+                log::info!(
+                    "{}: {peer} needs {next_index}, compacted; sending snapshot through \
+                     {snapshot_index}",
+                    self.who()
+                );
+                if let Some(progress) = self.progress.get_mut(&peer) {
+                    progress.become_snapshot(snapshot_index);
+                }
+                continue;
+            }
             let prev_log_term = self.term_at(prev_log_index)?;
             let until = next_index
                 .checked_add(self.config.append_entries_max)
@@ -105,6 +121,13 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     /// at that index (so it cannot fail spuriously), the commit index capped there, and the
     /// current read round (§6.4).
     pub(super) fn heartbeat(&self, match_index: LogIndex) -> Result<Message> {
+        // A follower behind our compaction point (being sent a snapshot) gets the check at
+        // index 0, which always passes and changes nothing.
+        let match_index = if self.term_available(match_index) {
+            match_index
+        } else {
+            LogIndex(0)
+        };
         Ok(Message::AppendEntries(AppendEntries {
             term: self.current_term(),
             leader_id: self.id,
@@ -116,37 +139,51 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         }))
     }
 
-    /// §5.3: the receiver's side of AppendEntries, the terms already equal.
-    pub(super) fn handle_append_entries(
+    /// Checks a message from the leader of our term (AppendEntries or InstallSnapshot) and
+    /// follows that leader: a candidate steps down (§5.2), a follower restarts its election
+    /// timer. Returns false (the message is to be ignored) if it cannot come from our leader.
+    pub(super) fn accept_leader_message(
         &mut self,
         from: ServerId,
-        request: AppendEntries,
-    ) -> Result<()> {
-        if request.leader_id != from {
+        leader_id: ServerId,
+        name: &str,
+    ) -> Result<bool> {
+        if leader_id != from {
             log::warn!(
-                "{}: ignored AppendEntries from {from} naming leader {}",
-                self.who(),
-                request.leader_id
+                "{}: ignored {name} from {from} naming leader {leader_id}",
+                self.who()
             );
-            return Ok(());
+            return Ok(false);
         }
         if self.role == Role::Leader {
             // Two leaders in one term would break election safety (§5.2); only a faulty peer
             // can cause this, so drop its message rather than crash.
             log::error!(
-                "{}: ignored AppendEntries from {from} claiming to lead our own term",
+                "{}: ignored {name} from {from} claiming to lead our own term",
                 self.who()
             );
-            return Ok(());
+            return Ok(false);
         }
-        let term = self.current_term();
-        let read_round = request.read_round;
         if self.role == Role::Candidate || self.leader_id.is_none() {
             // §5.2: a candidate that hears from a leader of its term accepts it.
+            let term = self.current_term();
             self.become_follower(term, Some(from))?;
         } else {
             self.reset_election_timer();
         }
+        Ok(true)
+    }
+
+    /// §5.3: the receiver's side of AppendEntries, the terms already equal.
+    pub(super) fn handle_append_entries(
+        &mut self,
+        from: ServerId,
+        mut request: AppendEntries,
+    ) -> Result<()> {
+        if !self.accept_leader_message(from, request.leader_id, "AppendEntries")? {
+            return Ok(());
+        }
+        let read_round = request.read_round;
         let Some(last_new_index) = request
             .prev_log_index
             .checked_add(request.entries.len() as u64)
@@ -167,6 +204,28 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 read_round,
             );
             return Ok(());
+        }
+        if !self.term_available(request.prev_log_index) {
+            // The check point lies in the prefix our snapshot replaced. Compaction never passes
+            // what we applied, so it is committed, and committed entries are the same on every
+            // server (§5.4): check from our commit index instead, skipping what it covers.
+            assert!(
+                request.prev_log_index < self.commit_index,
+                "{}: compacted index {} is not below the commit index {}",
+                self.who(),
+                request.prev_log_index,
+                self.commit_index
+            );
+            let skip = self.commit_index.distance_from(request.prev_log_index);
+            let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+            if skip >= request.entries.len() {
+                let commit_index = self.commit_index;
+                self.reply_append(from, true, (commit_index, Term(0), LogIndex(0)), read_round);
+                return Ok(());
+            }
+            request.entries.drain(..skip);
+            request.prev_log_index = self.commit_index;
+            request.prev_log_term = self.term_at(self.commit_index)?;
         }
         let our_prev_term = self.term_at(request.prev_log_index)?;
         if our_prev_term != request.prev_log_term {
@@ -297,17 +356,28 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             let Some(progress) = self.progress.get_mut(&from) else {
                 return Ok(());
             };
+            if let ReplicationState::Snapshot { .. } = progress.state {
+                // Rejections of heartbeats sent while the snapshot is under way teach nothing.
+                return Ok(());
+            }
             if response.last_log_index < progress.match_index {
-                // It acknowledged entries it no longer holds: its storage lost synced writes
-                // (a wiped disk, or a MemLog restarted under the same id). Raft cannot repair
-                // this safely; the operator must.
-                log::error!(
-                    "n{} t{} leader: {from} reports last index {} below the {} it acknowledged:                      it lost durable entries and will not catch up until its storage is restored                      or it rejoins as a new member",
+                // It no longer holds entries it acknowledged: its storage lost synced writes (a
+                // wiped data directory, or a MemLog restarted under the same id), or this is a
+                // rejection overtaken by a later acknowledgement. Either way, forgetting what it
+                // acknowledged is safe: the commit index never moves back, and a follower that
+                // does hold the entries acknowledges them again at once. A wiped follower then
+                // catches up from our log or by snapshot (§7). What it had acknowledged may
+                // now be held by fewer servers than were counted: only another majority's
+                // copies keep those entries.
+                log::warn!(
+                    "n{} t{} leader: {from} reports last index {} below the {} it acknowledged; \
+                     if its storage was lost, it is brought up to date again",
                     self.id.0,
                     current_term,
                     response.last_log_index,
                     progress.match_index
                 );
+                progress.forget_match(response.last_log_index);
             }
             let stale = response.conflict_index.is_zero()
                 || (progress.state == ReplicationState::Replicate
@@ -440,10 +510,12 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                     EntryKind::SessionCommand => Some(self.apply_session_command(index, &entry)),
                 };
                 self.last_applied = index;
+                self.applied_since_snapshot.entries += 1;
+                self.applied_since_snapshot.bytes += entry.size_bytes();
                 self.resolve_proposals(index, entry.term, outcome);
             }
         }
-        Ok(())
+        self.maybe_take_snapshot()
     }
 
     /// §6.3: a session command is applied only if it is the session's next request; a retry of

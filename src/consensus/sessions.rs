@@ -149,6 +149,82 @@ impl Sessions {
         self.check();
     }
 
+    /// Appends the table to `out` in a deterministic binary form (sessions in id order), for
+    /// snapshots (§7): the table is replicated state, so a snapshot must carry it.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut ids: Vec<u64> = self.sessions.keys().copied().collect();
+        ids.sort_unstable();
+        out.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+        for id in ids {
+            let state = &self.sessions[&id];
+            for value in [
+                id,
+                state.last_sequence,
+                state.last_index.0,
+                state.last_used.0,
+                state.last_reply.len() as u64,
+            ] {
+                out.extend_from_slice(&value.to_le_bytes());
+            }
+            out.extend_from_slice(&state.last_reply);
+        }
+    }
+
+    /// The table [`Sessions::encode`] wrote into `bytes`, keeping at most `sessions_max`.
+    ///
+    /// # Errors
+    /// What is malformed: truncated data, trailing bytes, duplicate sessions, or more sessions
+    /// than `sessions_max` (the servers' configurations differ).
+    pub fn decode(mut bytes: &[u8], sessions_max: usize) -> Result<Sessions, String> {
+        fn take_u64(bytes: &mut &[u8]) -> Result<u64, String> {
+            let (head, rest) = bytes
+                .split_first_chunk::<8>()
+                .ok_or("session table is truncated")?;
+            *bytes = rest;
+            Ok(u64::from_le_bytes(*head))
+        }
+        let mut table = Sessions::new(sessions_max);
+        let count = take_u64(&mut bytes)?;
+        if count > table.sessions_max as u64 {
+            return Err(format!(
+                "session table holds {count} sessions but sessions_max is {}; every server                  must use the same sessions_max",
+                table.sessions_max
+            ));
+        }
+        for _ in 0..count {
+            let id = take_u64(&mut bytes)?;
+            let last_sequence = take_u64(&mut bytes)?;
+            let last_index = LogIndex(take_u64(&mut bytes)?);
+            let last_used = LogIndex(take_u64(&mut bytes)?);
+            let reply_len = take_u64(&mut bytes)?;
+            let reply_len = usize::try_from(reply_len)
+                .ok()
+                .filter(|&len| len <= bytes.len())
+                .ok_or("session table is truncated inside a reply")?;
+            let (reply, rest) = bytes.split_at(reply_len);
+            bytes = rest;
+            let session = Session {
+                last_sequence,
+                last_index,
+                last_reply: reply.to_vec(),
+                last_used,
+            };
+            if table.sessions.insert(id, session).is_some()
+                || !table.by_last_use.insert((last_used, id))
+            {
+                return Err(format!("session {id} appears twice in the session table"));
+            }
+        }
+        if !bytes.is_empty() {
+            return Err(format!(
+                "{} unexpected bytes after the session table",
+                bytes.len()
+            ));
+        }
+        table.check();
+        Ok(table)
+    }
+
     fn check(&self) {
         debug_assert_eq!(self.sessions.len(), self.by_last_use.len());
         debug_assert!(self.sessions.len() <= self.sessions_max);
@@ -177,6 +253,35 @@ mod tests {
         sessions.record(id, 2, LogIndex(9), b"second".to_vec());
         assert_eq!(sessions.lookup(id, 1), Lookup::Superseded);
         assert_eq!(sessions.lookup(99, 1), Lookup::Expired);
+    }
+
+    #[test]
+    fn the_table_survives_encoding_and_malformed_tables_are_refused() {
+        let mut sessions = Sessions::new(3);
+        let a = sessions.register(LogIndex(1));
+        let b = sessions.register(LogIndex(2));
+        sessions.record(a, 1, LogIndex(3), b"reply".to_vec());
+        let mut bytes = Vec::new();
+        sessions.encode(&mut bytes);
+        let decoded = Sessions::decode(&bytes, 3).expect("decodes");
+        assert_eq!(decoded.sessions, sessions.sessions);
+        assert_eq!(decoded.by_last_use, sessions.by_last_use);
+        assert_eq!(
+            decoded.lookup(a, 1),
+            Lookup::Duplicate {
+                index: LogIndex(3),
+                reply: b"reply".to_vec()
+            }
+        );
+        assert_eq!(decoded.lookup(b, 1), Lookup::New);
+        for cut in 0..bytes.len() {
+            assert!(Sessions::decode(&bytes[..cut], 3).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Sessions::decode(&longer, 3).is_err());
+        let error = Sessions::decode(&bytes, 1).unwrap_err();
+        assert!(error.contains("sessions_max"), "{error}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! function per property, each panicking with the property's name and the values it saw when a
 //! log breaks the contract, and macros that turn them into `#[test]`s. Every log in the crate
 //! runs it ([`MemLog`](crate::log::MemLog), `sim::SimLog`, `FileLog`); the contract itself is
-//! written on the trait, in `log/mod.rs`.
+//! written on the trait, in `log/mod.rs`. It covers term and vote (§5.1), entries (§5.3),
+//! snapshots and prefix compaction (thesis §7), and, for logs that survive restarts, durability.
 //!
 //! # Running the suite on your own log
 //! Invoke [`persistent_log_conformance!`](crate::persistent_log_conformance) with a module name
@@ -31,7 +32,7 @@
 //! ```
 
 use crate::error::LogError;
-use crate::log::{Entry, EntryKind, PersistentLog};
+use crate::log::{Entry, EntryKind, PersistentLog, SnapshotMeta};
 use crate::types::{LogIndex, ServerId, Term};
 
 /// Data bytes of the large entry in [`large_and_empty_payloads`]: 1 MiB.
@@ -40,9 +41,16 @@ pub const LARGE_PAYLOAD_BYTES: usize = 1 << 20;
 /// Entries appended by [`many_entries`].
 pub const MANY_ENTRIES_COUNT: u64 = 10_000;
 
+/// Entries appended by [`compact_prefix_respects_snapshot_bounds`] and
+/// [`compaction_survives_reopen`], which put a snapshot at index 300 of them: enough for a log
+/// that compacts in segments of a few KiB to drop some.
+pub const COMPACTION_ENTRIES_COUNT: u64 = 400;
+
 /// A log that can be closed as a crash would close it and opened again, for the durability
 /// properties ([`empty_log_reopens_empty`], [`synced_writes_survive_reopen`],
-/// [`unsynced_writes_lose_only_a_suffix`]).
+/// [`unsynced_writes_lose_only_a_suffix`], [`snapshot_and_following_entries_survive_reopen`],
+/// [`finish_snapshot_makes_earlier_writes_durable`], [`unfinished_snapshot_is_gone_after_reopen`],
+/// [`compaction_survives_reopen`]).
 pub trait ReopenableLog: PersistentLog + Sized {
     /// Closes this log as a crash would (no further flush, no sync) and opens its storage again,
     /// returning the log a restarted server would see.
@@ -622,6 +630,584 @@ pub fn many_entries<L: PersistentLog>(log: &mut L) {
     check_absent(log, LogIndex(9_001), property);
 }
 
+/// A finished snapshot reads back: its meta, and its data in reads of any size, each at most
+/// `bytes_max` bytes (at least 1 before the end), empty at the end and refused past it, also
+/// for an empty snapshot. Before any snapshot, `snapshot_meta` is `None` and reads are refused
+/// with [`LogError::Snapshot`].
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn snapshot_round_trip<L: PersistentLog>(log: &mut L) {
+    let property = "snapshot_round_trip";
+    assert_eq!(
+        log.snapshot_meta(),
+        None,
+        "{property}: a new log has no snapshot"
+    );
+    expect_snapshot_error(
+        log.read_snapshot(0, 10),
+        property,
+        "read_snapshot without a snapshot",
+    );
+    let history = history_of_terms(&[1, 1, 2, 2, 2, 3, 3, 3, 3, 3]);
+    append(log, &history, property);
+    let data = snapshot_data(10_000, 1);
+    let meta = snapshot_meta(8, 3, &data);
+    install_snapshot(log, &meta, &data, property);
+    check_snapshot(log, &meta, &data, property);
+    for bytes_max in [0, 1, 7, 4096, 10_000, 10_001, u64::MAX] {
+        let found = read_whole_snapshot(log, bytes_max, property);
+        assert!(
+            found == data,
+            "{property}: the snapshot read in chunks of {bytes_max} bytes differs from the data \
+             written"
+        );
+    }
+    let middle = ok(log.read_snapshot(5_000, 100), property, "read_snapshot");
+    assert!(
+        middle == data[5_000..5_100],
+        "{property}: read_snapshot(5000, 100) returned {} bytes that differ from the data",
+        middle.len()
+    );
+    let last = ok(log.read_snapshot(9_999, 100), property, "read_snapshot");
+    assert!(
+        last == data[9_999..],
+        "{property}: read_snapshot(9999, 100) must return the last byte alone, got {} bytes",
+        last.len()
+    );
+    for offset in [10_001, u64::MAX] {
+        expect_snapshot_error(
+            log.read_snapshot(offset, 1),
+            property,
+            &format!("read_snapshot({offset}, 1) past the end of 10000 bytes"),
+        );
+    }
+    check_tail(log, 9, &history[8..], Term(3), property);
+    check_kept_prefix(log, &history, 9, property);
+
+    let empty = snapshot_meta(10, 3, &[]);
+    install_snapshot(log, &empty, &[], property);
+    check_snapshot(log, &empty, &[], property);
+    expect_snapshot_error(
+        log.read_snapshot(1, 10),
+        property,
+        "read_snapshot(1, 10) of an empty snapshot",
+    );
+    check_tail(log, 11, &[], Term(3), property);
+}
+
+/// §7: finishing a snapshot whose last entry the log holds (same index and term) keeps the
+/// entries after it, and appends continue after them.
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn finish_keeps_matching_suffix<L: PersistentLog>(log: &mut L) {
+    let property = "finish_keeps_matching_suffix";
+    let mut history = history_of_terms(&[1, 1, 1, 2, 2, 2, 3, 3, 3, 3]);
+    append(log, &history, property);
+    let data = snapshot_data(2_000, 2);
+    let meta = snapshot_meta(6, 2, &data);
+    install_snapshot(log, &meta, &data, property);
+    check_snapshot(log, &meta, &data, property);
+    check_tail(log, 7, &history[6..], Term(2), property);
+    check_kept_prefix(log, &history, 7, property);
+
+    let more = [numbered_entry(11, Term(4))];
+    append(log, &more, property);
+    history.extend(more);
+    check_tail(log, 7, &history[6..], Term(2), property);
+}
+
+/// §7: finishing a snapshot whose last index the log holds with another term discards the whole
+/// log, which continues right after the snapshot: appends elsewhere are refused.
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn finish_discards_conflicting_log<L: PersistentLog>(log: &mut L) {
+    let property = "finish_discards_conflicting_log";
+    let history = history_of_terms(&[1, 1, 1, 2, 2, 2, 3, 3, 3, 3]);
+    append(log, &history, property);
+    // The log has term 2 at index 6; the snapshot says 3.
+    let data = snapshot_data(2_000, 3);
+    let meta = snapshot_meta(6, 3, &data);
+    install_snapshot(log, &meta, &data, property);
+    check_snapshot(log, &meta, &data, property);
+    assert_eq!(
+        log.first_log_index(),
+        LogIndex(7),
+        "{property}: the log must continue right after the snapshot"
+    );
+    check_tail(log, 7, &[], Term(3), property);
+    let one = [numbered_entry(7, Term(4))];
+    for from in [1, 6, 8, 11] {
+        expect_non_contiguous(log.append_entries(LogIndex(from), &one), from, 7, property);
+    }
+    let fresh = numbered_entries(7, 3, Term(4));
+    append(log, &fresh, property);
+    check_tail(log, 7, &fresh, Term(3), property);
+}
+
+/// §7: finishing a snapshot past the end of the log discards the log, which continues right
+/// after the snapshot; a later snapshot past the end again does the same.
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn finish_discards_too_short_log<L: PersistentLog>(log: &mut L) {
+    let property = "finish_discards_too_short_log";
+    append(log, &numbered_entries(1, 3, Term(1)), property);
+    let data = snapshot_data(500, 4);
+    let meta = snapshot_meta(10, 4, &data);
+    install_snapshot(log, &meta, &data, property);
+    check_snapshot(log, &meta, &data, property);
+    assert_eq!(
+        log.first_log_index(),
+        LogIndex(11),
+        "{property}: the log must continue right after the snapshot"
+    );
+    check_tail(log, 11, &[], Term(4), property);
+    let fresh = numbered_entries(11, 2, Term(4));
+    append(log, &fresh, property);
+    check_tail(log, 11, &fresh, Term(4), property);
+
+    let data = snapshot_data(700, 5);
+    let meta = snapshot_meta(20, 5, &data);
+    install_snapshot(log, &meta, &data, property);
+    check_snapshot(log, &meta, &data, property);
+    assert_eq!(
+        log.first_log_index(),
+        LogIndex(21),
+        "{property}: first index after the second snapshot"
+    );
+    check_tail(log, 21, &[], Term(5), property);
+}
+
+/// Once a snapshot covering `s` has replaced the whole log, the log answers as if it ended at
+/// `s`: `term(s)` is the snapshot's term, and `latest_log_index` and `latest_log_term` are `s`
+/// and that term whenever no later entry is held, also after later entries are truncated away.
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn snapshot_stands_in_for_discarded_log<L: PersistentLog>(log: &mut L) {
+    let property = "snapshot_stands_in_for_discarded_log";
+    let data = snapshot_data(300, 6);
+    let meta = snapshot_meta(5, 2, &data);
+    install_snapshot(log, &meta, &data, property);
+    assert_eq!(
+        log.latest_log_index(),
+        LogIndex(5),
+        "{property}: latest index of a log that is only a snapshot"
+    );
+    assert_eq!(
+        log.latest_log_term(),
+        Term(2),
+        "{property}: latest term of a log that is only a snapshot"
+    );
+    assert_eq!(
+        ok(log.term(LogIndex(5)), property, "term(5)"),
+        Some(Term(2)),
+        "{property}: term at the snapshot's index"
+    );
+    check_tail(log, 6, &[], Term(2), property);
+
+    let mut tail = numbered_entries(6, 3, Term(3));
+    append(log, &tail, property);
+    check_tail(log, 6, &tail, Term(2), property);
+    truncate(log, LogIndex(6), property);
+    check_tail(log, 6, &[], Term(2), property);
+    assert_eq!(
+        log.latest_log_term(),
+        Term(2),
+        "{property}: latest term after truncating every entry after the snapshot"
+    );
+    tail = numbered_entries(6, 1, Term(4));
+    append(log, &tail, property);
+    check_tail(log, 6, &tail, Term(2), property);
+}
+
+/// A finished snapshot whose data is short or fails its checksum is refused with
+/// [`LogError::Snapshot`]; nothing changes (the snapshot in force, its data, the log), and the
+/// refused snapshot is dropped, so a second finish or a write is refused too. The log still
+/// takes a good snapshot afterwards.
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn bad_snapshot_is_refused_and_changes_nothing<L: PersistentLog>(log: &mut L) {
+    let property = "bad_snapshot_is_refused_and_changes_nothing";
+    let history = history_of_terms(&[1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
+    append(log, &history, property);
+    let data_in_force = snapshot_data(3_000, 7);
+    let meta_in_force = snapshot_meta(4, 2, &data_in_force);
+    install_snapshot(log, &meta_in_force, &data_in_force, property);
+    let before = observe(log, property);
+
+    let data = snapshot_data(5_000, 8);
+    let meta = snapshot_meta(8, 3, &data);
+    let mut wrong_checksum = meta.clone();
+    wrong_checksum.checksum ^= 1;
+    let other_bytes = snapshot_data(5_000, 9);
+    let attempts: [(&str, &SnapshotMeta, &[u8]); 4] = [
+        ("a wrong checksum", &wrong_checksum, &data),
+        ("one byte short", &meta, &data[..4_999]),
+        ("no data at all", &meta, &[]),
+        ("other bytes of the right length", &meta, &other_bytes),
+    ];
+    for (what, attempt, bytes) in attempts {
+        ok(
+            log.begin_snapshot(attempt.clone()),
+            property,
+            "begin_snapshot",
+        );
+        write_snapshot_data(log, bytes, property);
+        expect_snapshot_error(
+            log.finish_snapshot(),
+            property,
+            &format!("finish_snapshot of a snapshot with {what}"),
+        );
+        assert_eq!(
+            observe(log, property),
+            before,
+            "{property}: a refused snapshot with {what} changed the log"
+        );
+        check_snapshot(log, &meta_in_force, &data_in_force, property);
+        expect_snapshot_error(
+            log.finish_snapshot(),
+            property,
+            &format!("a second finish_snapshot after refusing one with {what}"),
+        );
+        expect_snapshot_error(
+            log.write_snapshot(b"x"),
+            property,
+            &format!("write_snapshot after refusing a snapshot with {what}"),
+        );
+    }
+
+    install_snapshot(log, &meta, &data, property);
+    check_snapshot(log, &meta, &data, property);
+    check_tail(log, 9, &history[8..], Term(3), property);
+}
+
+/// A write that would take the snapshot past the size `begin_snapshot` announced is refused
+/// with [`LogError::Snapshot`] and not counted: the snapshot can still be completed.
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn snapshot_write_past_announced_size_is_refused<L: PersistentLog>(log: &mut L) {
+    let property = "snapshot_write_past_announced_size_is_refused";
+    append(log, &numbered_entries(1, 5, Term(1)), property);
+    let data = snapshot_data(100, 10);
+    let meta = snapshot_meta(3, 1, &data);
+    ok(log.begin_snapshot(meta.clone()), property, "begin_snapshot");
+    ok(log.write_snapshot(&data[..60]), property, "write_snapshot");
+    let mut one_over = data[60..].to_vec();
+    one_over.push(0);
+    expect_snapshot_error(
+        log.write_snapshot(&one_over),
+        property,
+        "a write ending 1 byte past the announced 100 bytes",
+    );
+    expect_snapshot_error(
+        log.write_snapshot(&[0; 1_000]),
+        property,
+        "a write of 1000 bytes into a snapshot of 100",
+    );
+    assert_eq!(
+        log.snapshot_meta(),
+        None,
+        "{property}: an unfinished snapshot is not in force"
+    );
+    ok(log.write_snapshot(&data[60..]), property, "write_snapshot");
+    expect_snapshot_error(
+        log.write_snapshot(&[0]),
+        property,
+        "a write of 1 byte into a full snapshot",
+    );
+    ok(log.finish_snapshot(), property, "finish_snapshot");
+    check_snapshot(log, &meta, &data, property);
+}
+
+/// `write_snapshot` and `finish_snapshot` without a `begin_snapshot` are refused with
+/// [`LogError::Snapshot`] and change nothing; so are they after a finish, which ends the
+/// snapshot.
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn snapshot_calls_without_begin_are_refused<L: PersistentLog>(log: &mut L) {
+    let property = "snapshot_calls_without_begin_are_refused";
+    expect_snapshot_error(
+        log.write_snapshot(b"data"),
+        property,
+        "write_snapshot without begin_snapshot",
+    );
+    expect_snapshot_error(
+        log.finish_snapshot(),
+        property,
+        "finish_snapshot without begin_snapshot",
+    );
+    check_empty(log, property);
+    assert_eq!(log.snapshot_meta(), None, "{property}: snapshot meta");
+
+    append(log, &numbered_entries(1, 3, Term(1)), property);
+    let data = snapshot_data(50, 11);
+    let meta = snapshot_meta(2, 1, &data);
+    install_snapshot(log, &meta, &data, property);
+    let before = observe(log, property);
+    expect_snapshot_error(
+        log.write_snapshot(b"data"),
+        property,
+        "write_snapshot after finish_snapshot",
+    );
+    expect_snapshot_error(log.finish_snapshot(), property, "a second finish_snapshot");
+    assert_eq!(
+        observe(log, property),
+        before,
+        "{property}: a refused call changed the log"
+    );
+    check_snapshot(log, &meta, &data, property);
+}
+
+/// `begin_snapshot` drops an unfinished snapshot: only the second one's bytes count.
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn begin_snapshot_drops_unfinished_one<L: PersistentLog>(log: &mut L) {
+    let property = "begin_snapshot_drops_unfinished_one";
+    append(log, &numbered_entries(1, 5, Term(1)), property);
+    let dropped = snapshot_data(1_000, 12);
+    ok(
+        log.begin_snapshot(snapshot_meta(2, 1, &dropped)),
+        property,
+        "begin_snapshot",
+    );
+    ok(
+        log.write_snapshot(&dropped[..500]),
+        property,
+        "write_snapshot",
+    );
+    let data = snapshot_data(800, 13);
+    let meta = snapshot_meta(3, 1, &data);
+    install_snapshot(log, &meta, &data, property);
+    check_snapshot(log, &meta, &data, property);
+}
+
+/// `compact_prefix` refuses to pass the snapshot (or to run without one) with
+/// [`LogError::Snapshot`], changing nothing; otherwise it discards at most the entries asked
+/// for: reads below the new first index fail with [`LogError::Compacted`], the snapshot still
+/// answers `term` at its index, and every entry from the first index on is untouched.
+/// Compacting again, or below the first index, changes nothing.
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn compact_prefix_respects_snapshot_bounds<L: PersistentLog>(log: &mut L) {
+    let property = "compact_prefix_respects_snapshot_bounds";
+    let mut history = rising_history(COMPACTION_ENTRIES_COUNT);
+    append(log, &history, property);
+    let before = observe(log, property);
+    expect_snapshot_error(
+        log.compact_prefix(LogIndex(1)),
+        property,
+        "compact_prefix(1) without a snapshot",
+    );
+    assert_eq!(
+        observe(log, property),
+        before,
+        "{property}: a refused compaction changed the log"
+    );
+
+    let data = snapshot_data(1_000, 14);
+    let meta = snapshot_meta(300, 3, &data);
+    install_snapshot(log, &meta, &data, property);
+    let before = observe(log, property);
+    for through in [301, 400, 401, u64::MAX] {
+        expect_snapshot_error(
+            log.compact_prefix(LogIndex(through)),
+            property,
+            &format!("compact_prefix({through}) past the snapshot at 300"),
+        );
+        assert_eq!(
+            observe(log, property),
+            before,
+            "{property}: a refused compaction through {through} changed the log"
+        );
+    }
+
+    ok(
+        log.compact_prefix(LogIndex(150)),
+        property,
+        "compact_prefix(150)",
+    );
+    check_tail(log, 151, &history[150..], Term(2), property);
+    check_kept_prefix(log, &history, 151, property);
+    check_snapshot(log, &meta, &data, property);
+    let first = log.first_log_index();
+    if let Some(below) = first.prev().filter(|index| !index.is_zero()) {
+        assert!(
+            log.truncate_suffix(below).is_err(),
+            "{property}: truncate_suffix({below}) below the first index {first} must be refused"
+        );
+    }
+
+    ok(
+        log.compact_prefix(LogIndex(300)),
+        property,
+        "compact_prefix(300)",
+    );
+    check_tail(log, 301, &history[300..], Term(3), property);
+    check_kept_prefix(log, &history, 301, property);
+    check_snapshot(log, &meta, &data, property);
+    let compacted = observe(log, property);
+    for through in [300, 100, 0] {
+        ok(
+            log.compact_prefix(LogIndex(through)),
+            property,
+            &format!("compact_prefix({through}) again"),
+        );
+        assert_eq!(
+            observe(log, property),
+            compacted,
+            "{property}: compacting through {through} again changed the log"
+        );
+    }
+
+    let more = [numbered_entry(401, Term(5))];
+    append(log, &more, property);
+    history.extend(more);
+    check_tail(log, 301, &history[300..], Term(3), property);
+    truncate(log, LogIndex(401), property);
+    history.truncate(400);
+    check_tail(log, 301, &history[300..], Term(3), property);
+}
+
+/// A newer snapshot replaces the older one, which stays in force and readable until the newer
+/// one's finish; compaction may then go up to the newer one.
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn newer_snapshot_replaces_older<L: PersistentLog>(log: &mut L) {
+    let property = "newer_snapshot_replaces_older";
+    let history: Vec<Entry> = (1..=20u64)
+        .map(|index| numbered_entry(index, Term((index - 1) / 5 + 1)))
+        .collect();
+    append(log, &history, property);
+    let older_data = snapshot_data(2_000, 15);
+    let older = snapshot_meta(5, 1, &older_data);
+    install_snapshot(log, &older, &older_data, property);
+    ok(
+        log.compact_prefix(LogIndex(5)),
+        property,
+        "compact_prefix(5)",
+    );
+
+    let data = snapshot_data(3_000, 16);
+    let meta = snapshot_meta(15, 3, &data);
+    ok(log.begin_snapshot(meta.clone()), property, "begin_snapshot");
+    ok(
+        log.write_snapshot(&data[..1_500]),
+        property,
+        "write_snapshot",
+    );
+    check_snapshot(log, &older, &older_data, property);
+    ok(
+        log.write_snapshot(&data[1_500..]),
+        property,
+        "write_snapshot",
+    );
+    check_snapshot(log, &older, &older_data, property);
+    ok(log.finish_snapshot(), property, "finish_snapshot");
+    check_snapshot(log, &meta, &data, property);
+    check_tail(log, 6, &history[5..], Term(1), property);
+
+    ok(
+        log.compact_prefix(LogIndex(15)),
+        property,
+        "compact_prefix(15)",
+    );
+    check_tail(log, 16, &history[15..], Term(3), property);
+    check_kept_prefix(log, &history, 16, property);
+}
+
+/// A snapshot older than the one in force, or one giving its last index another term, is
+/// refused with [`LogError::Snapshot`] and changes nothing: snapshots only move forward, and one
+/// index has one term (§5.3 log matching). New data at the same position is accepted.
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn older_or_contradicting_snapshot_is_refused<L: PersistentLog>(log: &mut L) {
+    let property = "older_or_contradicting_snapshot_is_refused";
+    let history: Vec<Entry> = (1..=20u64)
+        .map(|index| numbered_entry(index, Term((index - 1) / 5 + 1)))
+        .collect();
+    append(log, &history, property);
+    let data = snapshot_data(1_000, 17);
+    let meta = snapshot_meta(10, 2, &data);
+    install_snapshot(log, &meta, &data, property);
+    ok(
+        log.compact_prefix(LogIndex(10)),
+        property,
+        "compact_prefix(10)",
+    );
+    let before = observe(log, property);
+
+    let refused = snapshot_data(600, 18);
+    for (what, attempt) in [
+        ("an older snapshot", snapshot_meta(5, 1, &refused)),
+        (
+            "a snapshot giving index 10 another term",
+            snapshot_meta(10, 3, &refused),
+        ),
+    ] {
+        ok(log.begin_snapshot(attempt), property, "begin_snapshot");
+        write_snapshot_data(log, &refused, property);
+        expect_snapshot_error(
+            log.finish_snapshot(),
+            property,
+            &format!("finish_snapshot of {what}"),
+        );
+        assert_eq!(
+            observe(log, property),
+            before,
+            "{property}: refusing {what} changed the log"
+        );
+        check_snapshot(log, &meta, &data, property);
+    }
+
+    let same_position_data = snapshot_data(900, 19);
+    let same_position = snapshot_meta(10, 2, &same_position_data);
+    install_snapshot(log, &same_position, &same_position_data, property);
+    check_snapshot(log, &same_position, &same_position_data, property);
+    check_tail(log, 11, &history[10..], Term(2), property);
+}
+
+/// Truncating at or below the snapshot's last index is refused and changes nothing: a snapshot
+/// covers only committed entries, which are never removed (§5.4.2, §7). Truncating after it
+/// works, and the latest term falls back to the snapshot's.
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn truncate_at_or_below_snapshot_is_refused<L: PersistentLog>(log: &mut L) {
+    let property = "truncate_at_or_below_snapshot_is_refused";
+    let history = history_of_terms(&[1, 1, 1, 2, 2, 2, 3, 3, 3, 3]);
+    append(log, &history, property);
+    let data = snapshot_data(400, 20);
+    let meta = snapshot_meta(6, 2, &data);
+    install_snapshot(log, &meta, &data, property);
+    let before = observe(log, property);
+    for from in [6, 3, 1] {
+        let result = log.truncate_suffix(LogIndex(from));
+        assert!(
+            result.is_err(),
+            "{property}: truncate_suffix({from}) at or below the snapshot at 6 must be refused"
+        );
+        assert_eq!(
+            observe(log, property),
+            before,
+            "{property}: a refused truncate_suffix({from}) changed the log"
+        );
+    }
+    truncate(log, LogIndex(7), property);
+    check_tail(log, 7, &[], Term(2), property);
+    check_snapshot(log, &meta, &data, property);
+}
+
 /// A reopened new log is empty, whether or not it was synced.
 ///
 /// # Panics
@@ -751,6 +1337,201 @@ pub fn unsynced_writes_lose_only_a_suffix<L: ReopenableLog>(log: L) {
     sync(&mut log, property);
 }
 
+/// A finished snapshot, the entries it kept and the entries appended after it survive a
+/// reopen, as does a snapshot that replaced the whole log; the reopened log carries on.
+///
+/// # Panics
+/// If the log breaks the property, or if `reopen` panics.
+pub fn snapshot_and_following_entries_survive_reopen<L: ReopenableLog>(log: L) {
+    let property = "snapshot_and_following_entries_survive_reopen";
+    let mut log = log;
+    ok(
+        log.set_current_term(Term(3)),
+        property,
+        "set_current_term(3)",
+    );
+    ok(
+        log.set_voted_for(Some(ServerId(2))),
+        property,
+        "set_voted_for",
+    );
+    let mut history = history_of_terms(&[1, 1, 1, 2, 2, 2, 3, 3, 3, 3]);
+    append(&mut log, &history, property);
+    let data = snapshot_data(5_000, 21);
+    let meta = snapshot_meta(6, 2, &data);
+    install_snapshot(&mut log, &meta, &data, property);
+    let more = numbered_entries(11, 2, Term(3));
+    append(&mut log, &more, property);
+    history.extend(more);
+    sync(&mut log, property);
+    let before = observe(&log, property);
+    let mut log = log.reopen();
+    assert_eq!(
+        observe(&log, property),
+        before,
+        "{property}: a log that kept its entries behind a snapshot changed across a reopen"
+    );
+    check_snapshot(&log, &meta, &data, property);
+    check_tail(&log, 7, &history[6..], Term(2), property);
+
+    // A snapshot past the end replaces the whole log.
+    let data = snapshot_data(7_000, 22);
+    let meta = snapshot_meta(20, 4, &data);
+    install_snapshot(&mut log, &meta, &data, property);
+    let mut tail = numbered_entries(21, 2, Term(4));
+    append(&mut log, &tail, property);
+    sync(&mut log, property);
+    let before = observe(&log, property);
+    let mut log = log.reopen();
+    assert_eq!(
+        observe(&log, property),
+        before,
+        "{property}: a log that a snapshot replaced changed across a reopen"
+    );
+    check_snapshot(&log, &meta, &data, property);
+    check_tail(&log, 21, &tail, Term(4), property);
+    assert_eq!(log.current_term(), Term(3), "{property}: term after reopen");
+    assert_eq!(
+        log.voted_for(),
+        Some(ServerId(2)),
+        "{property}: vote after reopen"
+    );
+
+    let next = [numbered_entry(23, Term(4))];
+    append(&mut log, &next, property);
+    tail.extend(next);
+    sync(&mut log, property);
+    let log = log.reopen();
+    check_tail(&log, 21, &tail, Term(4), property);
+}
+
+/// Finishing a snapshot makes every earlier write durable with it: after a reopen without a
+/// sync, the term, vote and entries written before the finish are all there, with the snapshot.
+///
+/// # Panics
+/// If the log breaks the property, or if `reopen` panics.
+pub fn finish_snapshot_makes_earlier_writes_durable<L: ReopenableLog>(log: L) {
+    let property = "finish_snapshot_makes_earlier_writes_durable";
+    let mut log = log;
+    ok(
+        log.set_current_term(Term(4)),
+        property,
+        "set_current_term(4)",
+    );
+    ok(
+        log.set_voted_for(Some(ServerId(1))),
+        property,
+        "set_voted_for",
+    );
+    let history = history_of_terms(&[1, 1, 2, 2, 2, 3, 3, 3, 4, 4]);
+    append(&mut log, &history, property);
+    let data = snapshot_data(1_000, 23);
+    let meta = snapshot_meta(6, 3, &data);
+    install_snapshot(&mut log, &meta, &data, property);
+    let mut allowed = vec![observe(&log, property)];
+    append(&mut log, &[numbered_entry(11, Term(4))], property);
+    allowed.push(observe(&log, property));
+
+    let log = log.reopen();
+    let after = observe(&log, property);
+    assert!(
+        allowed.contains(&after),
+        "{property}: after a reopen the log must hold everything written before the finish \
+         (and maybe the later append); got {after:?}, allowed states: {allowed:?}"
+    );
+    check_snapshot(&log, &meta, &data, property);
+}
+
+/// A snapshot begun but not finished is gone after a reopen: the snapshot in force before it
+/// (or none) stands, and nothing is pending, so a write or finish is refused.
+///
+/// # Panics
+/// If the log breaks the property, or if `reopen` panics.
+pub fn unfinished_snapshot_is_gone_after_reopen<L: ReopenableLog>(log: L) {
+    let property = "unfinished_snapshot_is_gone_after_reopen";
+    let mut log = log;
+    let history = history_of_terms(&[1, 1, 1, 2, 2, 2, 3, 3, 3, 3]);
+    append(&mut log, &history, property);
+    sync(&mut log, property);
+    let data = snapshot_data(3_000, 24);
+    let meta = snapshot_meta(6, 2, &data);
+    ok(log.begin_snapshot(meta.clone()), property, "begin_snapshot");
+    write_snapshot_data(&mut log, &data, property);
+    sync(&mut log, property);
+    let mut log = log.reopen();
+    assert_eq!(
+        log.snapshot_meta(),
+        None,
+        "{property}: a snapshot never finished is in force after a reopen"
+    );
+    expect_snapshot_error(
+        log.read_snapshot(0, 10),
+        property,
+        "read_snapshot after a reopen that lost the only snapshot",
+    );
+    expect_snapshot_error(
+        log.finish_snapshot(),
+        property,
+        "finish_snapshot of a snapshot begun before the reopen",
+    );
+    check_reads(&log, &history, property);
+
+    install_snapshot(&mut log, &meta, &data, property);
+    let newer_data = snapshot_data(4_000, 25);
+    let newer = snapshot_meta(9, 3, &newer_data);
+    ok(log.begin_snapshot(newer), property, "begin_snapshot");
+    ok(
+        log.write_snapshot(&newer_data[..2_000]),
+        property,
+        "write_snapshot",
+    );
+    let mut log = log.reopen();
+    check_snapshot(&log, &meta, &data, property);
+    expect_snapshot_error(
+        log.write_snapshot(&newer_data[2_000..]),
+        property,
+        "write_snapshot into a snapshot begun before the reopen",
+    );
+    check_tail(&log, 7, &history[6..], Term(2), property);
+}
+
+/// Compaction survives a reopen after a sync: the same first index, entries and snapshot, reads
+/// below the first index still refused as compacted; the reopened log carries on.
+///
+/// # Panics
+/// If the log breaks the property, or if `reopen` panics.
+pub fn compaction_survives_reopen<L: ReopenableLog>(log: L) {
+    let property = "compaction_survives_reopen";
+    let mut log = log;
+    let mut history = rising_history(COMPACTION_ENTRIES_COUNT);
+    append(&mut log, &history, property);
+    let data = snapshot_data(2_000, 26);
+    let meta = snapshot_meta(300, 3, &data);
+    install_snapshot(&mut log, &meta, &data, property);
+    ok(
+        log.compact_prefix(LogIndex(300)),
+        property,
+        "compact_prefix(300)",
+    );
+    sync(&mut log, property);
+    let before = observe(&log, property);
+    let mut log = log.reopen();
+    assert_eq!(
+        observe(&log, property),
+        before,
+        "{property}: a compacted log changed across a reopen"
+    );
+    check_snapshot(&log, &meta, &data, property);
+    check_tail(&log, 301, &history[300..], Term(3), property);
+
+    let more = [numbered_entry(401, Term(5))];
+    append(&mut log, &more, property);
+    history.extend(more);
+    sync(&mut log, property);
+    let log = log.reopen();
+    check_tail(&log, 301, &history[300..], Term(3), property);
+}
+
 /// Expands to `#[cfg(test)] mod $module_name` with one `#[test]` per
 /// [`PersistentLog`](crate::log::PersistentLog) property
 /// of [`log::conformance`](crate::log::conformance), each running on a fresh log made by `$make`.
@@ -787,6 +1568,19 @@ macro_rules! persistent_log_conformance {
                 sync_keeps_everything,
                 large_and_empty_payloads,
                 many_entries,
+                snapshot_round_trip,
+                finish_keeps_matching_suffix,
+                finish_discards_conflicting_log,
+                finish_discards_too_short_log,
+                snapshot_stands_in_for_discarded_log,
+                bad_snapshot_is_refused_and_changes_nothing,
+                snapshot_write_past_announced_size_is_refused,
+                snapshot_calls_without_begin_are_refused,
+                begin_snapshot_drops_unfinished_one,
+                compact_prefix_respects_snapshot_bounds,
+                newer_snapshot_replaces_older,
+                older_or_contradicting_snapshot_is_refused,
+                truncate_at_or_below_snapshot_is_refused,
             );
         }
     };
@@ -819,6 +1613,10 @@ macro_rules! persistent_log_durability_conformance {
                 empty_log_reopens_empty,
                 synced_writes_survive_reopen,
                 unsynced_writes_lose_only_a_suffix,
+                snapshot_and_following_entries_survive_reopen,
+                finish_snapshot_makes_earlier_writes_durable,
+                unfinished_snapshot_is_gone_after_reopen,
+                compaction_survives_reopen,
             );
         }
     };
@@ -856,6 +1654,7 @@ struct Observed {
     latest_log_index: LogIndex,
     latest_log_term: Term,
     entries: Vec<Entry>,
+    snapshot: Option<SnapshotMeta>,
 }
 
 fn observe<L: PersistentLog>(log: &L, property: &str) -> Observed {
@@ -873,6 +1672,7 @@ fn observe<L: PersistentLog>(log: &L, property: &str) -> Observed {
         latest_log_index,
         latest_log_term: log.latest_log_term(),
         entries,
+        snapshot: log.snapshot_meta().cloned(),
     }
 }
 
@@ -1064,4 +1864,301 @@ fn expected_entries(model: &[Entry], from: u64, until: u64, bytes_max: u64) -> V
         found.push(entry.clone());
     }
     found
+}
+
+/// Entries numbered from 1 with the given terms.
+fn history_of_terms(terms: &[u64]) -> Vec<Entry> {
+    terms
+        .iter()
+        .zip(1u64..)
+        .map(|(&term, index)| numbered_entry(index, Term(term)))
+        .collect()
+}
+
+/// `count` entries numbered from 1 whose term rises every 100 entries (1 to 100 have term 1).
+fn rising_history(count: u64) -> Vec<Entry> {
+    (1..=count)
+        .map(|index| numbered_entry(index, Term((index - 1) / 100 + 1)))
+        .collect()
+}
+
+/// Snapshot data of `size_bytes` bytes that depends on `seed`, so two snapshots differ.
+fn snapshot_data(size_bytes: usize, seed: u8) -> Vec<u8> {
+    (0..size_bytes)
+        .map(|position| {
+            (position as u8)
+                .wrapping_mul(31)
+                .wrapping_add(seed)
+                .wrapping_add((position >> 8) as u8)
+        })
+        .collect()
+}
+
+/// The meta of a snapshot of `data` that covers up to `last_index`, of `last_term`.
+fn snapshot_meta(last_index: u64, last_term: u64, data: &[u8]) -> SnapshotMeta {
+    SnapshotMeta {
+        last_index: LogIndex(last_index),
+        last_term: Term(last_term),
+        voters: vec![ServerId(1), ServerId(2), ServerId(3)],
+        size: data.len() as u64,
+        checksum: crc32c::crc32c(data),
+    }
+}
+
+/// Writes `data` into the unfinished snapshot in chunks of uneven sizes, after an empty write,
+/// as a transfer might deliver them.
+#[track_caller]
+fn write_snapshot_data<L: PersistentLog>(log: &mut L, data: &[u8], property: &str) {
+    ok(
+        log.write_snapshot(&[]),
+        property,
+        "write_snapshot of nothing",
+    );
+    let mut offset = 0;
+    let mut chunk_bytes = 1;
+    while offset < data.len() {
+        let end = (offset + chunk_bytes).min(data.len());
+        ok(
+            log.write_snapshot(&data[offset..end]),
+            property,
+            &format!("write_snapshot of bytes {offset} to {end}"),
+        );
+        offset = end;
+        chunk_bytes = chunk_bytes * 3 + 1;
+    }
+}
+
+/// Begins, writes and finishes a snapshot.
+#[track_caller]
+fn install_snapshot<L: PersistentLog>(
+    log: &mut L,
+    meta: &SnapshotMeta,
+    data: &[u8],
+    property: &str,
+) {
+    ok(log.begin_snapshot(meta.clone()), property, "begin_snapshot");
+    write_snapshot_data(log, data, property);
+    ok(
+        log.finish_snapshot(),
+        property,
+        &format!(
+            "finish_snapshot of the snapshot up to {} of term {}",
+            meta.last_index, meta.last_term
+        ),
+    );
+}
+
+/// The snapshot in force, read from the start in reads of `bytes_max` bytes, each checked to
+/// return at least 1 and at most `bytes_max` (or 1) bytes, and an empty read at the end.
+#[track_caller]
+fn read_whole_snapshot<L: PersistentLog>(log: &L, bytes_max: u64, property: &str) -> Vec<u8> {
+    let Some(size) = log.snapshot_meta().map(|meta| meta.size) else {
+        panic!("{property}: there is no snapshot to read");
+    };
+    let mut data = Vec::new();
+    while (data.len() as u64) < size {
+        let offset = data.len() as u64;
+        let chunk = ok(
+            log.read_snapshot(offset, bytes_max),
+            property,
+            &format!("read_snapshot({offset}, {bytes_max})"),
+        );
+        assert!(
+            !chunk.is_empty(),
+            "{property}: read_snapshot({offset}, {bytes_max}) returned nothing before the end \
+             of {size} bytes"
+        );
+        assert!(
+            chunk.len() as u64 <= bytes_max.max(1),
+            "{property}: read_snapshot({offset}, {bytes_max}) returned {} bytes",
+            chunk.len()
+        );
+        data.extend_from_slice(&chunk);
+    }
+    assert_eq!(
+        data.len() as u64,
+        size,
+        "{property}: reads of {bytes_max} bytes ran past the snapshot's size"
+    );
+    let end = ok(
+        log.read_snapshot(size, bytes_max),
+        property,
+        &format!("read_snapshot({size}, {bytes_max}) at the end"),
+    );
+    assert!(
+        end.is_empty(),
+        "{property}: read_snapshot at the end returned {} bytes",
+        end.len()
+    );
+    data
+}
+
+/// Checks that the snapshot in force is `meta` with `data`, and that it answers `term` at its
+/// last index.
+#[track_caller]
+fn check_snapshot<L: PersistentLog>(log: &L, meta: &SnapshotMeta, data: &[u8], property: &str) {
+    assert_eq!(
+        log.snapshot_meta(),
+        Some(meta),
+        "{property}: the snapshot in force"
+    );
+    let found = read_whole_snapshot(log, 4096, property);
+    assert!(
+        found == data,
+        "{property}: the snapshot's data differs from the {} bytes written",
+        data.len()
+    );
+    assert_eq!(
+        ok(log.term(meta.last_index), property, "term"),
+        Some(meta.last_term),
+        "{property}: term at the snapshot's last index {}",
+        meta.last_index
+    );
+}
+
+/// Checks a log that must hold `tail` from index `from` to its end, whatever it kept before:
+/// a first index between 1 and `from`, reads below it refused as compacted, the latest index
+/// and term, every read of the tail, and nothing past it. `term_before` is the term at
+/// `from - 1`, checked where the log still answers for it.
+#[track_caller]
+fn check_tail<L: PersistentLog>(
+    log: &L,
+    from: u64,
+    tail: &[Entry],
+    term_before: Term,
+    property: &str,
+) {
+    let first = log.first_log_index();
+    assert!(
+        first >= LogIndex(1) && first <= LogIndex(from),
+        "{property}: first index {first} must lie between 1 and {from}"
+    );
+    let latest = from - 1 + tail.len() as u64;
+    assert_eq!(
+        log.latest_log_index(),
+        LogIndex(latest),
+        "{property}: latest index"
+    );
+    assert_eq!(
+        log.latest_log_term(),
+        tail.last().map_or(term_before, |entry| entry.term),
+        "{property}: latest term (latest index {latest})"
+    );
+    let before = LogIndex(from - 1);
+    let snapshot_index = log.snapshot_meta().map(|meta| meta.last_index);
+    if before >= first || before.is_zero() || Some(before) == snapshot_index {
+        assert_eq!(
+            ok(log.term(before), property, "term"),
+            Some(term_before),
+            "{property}: term at {before}"
+        );
+    }
+    for (expected, index) in tail.iter().zip(from..) {
+        assert_eq!(
+            ok(log.term(LogIndex(index)), property, "term"),
+            Some(expected.term),
+            "{property}: term at {index}"
+        );
+        let found = ok(log.entry(LogIndex(index)), property, "entry");
+        assert!(
+            found.as_ref() == Some(expected),
+            "{property}: entry at {index} differs from the one appended"
+        );
+    }
+    let all = ok(
+        log.entries(LogIndex(from), LogIndex(latest + 1), u64::MAX),
+        property,
+        "entries",
+    );
+    assert!(
+        all == tail,
+        "{property}: entries({from}, {}, max) returned {} entries that differ from the {} \
+         expected",
+        latest + 1,
+        all.len(),
+        tail.len()
+    );
+    check_absent(log, LogIndex(latest + 1), property);
+    for index in 1..first.0 {
+        check_compacted(log, LogIndex(index), property);
+    }
+}
+
+/// Checks that the entries the log still holds below `until` are those of `history` (which
+/// starts at index 1).
+#[track_caller]
+fn check_kept_prefix<L: PersistentLog>(log: &L, history: &[Entry], until: u64, property: &str) {
+    let first = log.first_log_index().0;
+    for index in first..until {
+        let found = ok(log.entry(LogIndex(index)), property, "entry");
+        assert!(
+            found.as_ref() == history.get((index - 1) as usize),
+            "{property}: entry at {index}, kept below {until}, differs from the one appended"
+        );
+    }
+    if first < until {
+        let kept = ok(
+            log.entries(LogIndex(first), LogIndex(until), u64::MAX),
+            property,
+            "entries",
+        );
+        assert!(
+            kept == history[(first - 1) as usize..(until - 1) as usize],
+            "{property}: entries({first}, {until}, max) differ from the ones appended"
+        );
+    }
+}
+
+/// Checks that reads at `index`, below the first index, fail with [`LogError::Compacted`]
+/// naming it and the first index; `term` still answers at the snapshot's last index.
+#[track_caller]
+fn check_compacted<L: PersistentLog>(log: &L, index: LogIndex, property: &str) {
+    let first = log.first_log_index();
+    let is_compacted = |error: &LogError| {
+        matches!(error, LogError::Compacted { index: found, first: found_first }
+            if *found == index && *found_first == first)
+    };
+    match log.snapshot_meta() {
+        Some(meta) if meta.last_index == index => assert_eq!(
+            ok(log.term(index), property, "term"),
+            Some(meta.last_term),
+            "{property}: term at the snapshot's last index {index}"
+        ),
+        _ => {
+            let result = log.term(index);
+            assert!(
+                result.as_ref().is_err_and(is_compacted),
+                "{property}: term({index}) below the first index {first} must fail with \
+                 Compacted {{ index: {index}, first: {first} }}, got {result:?}"
+            );
+        }
+    }
+    let result = log.entry(index);
+    assert!(
+        result.as_ref().is_err_and(is_compacted),
+        "{property}: entry({index}) below the first index {first} must fail with Compacted \
+         {{ index: {index}, first: {first} }}, got {result:?}"
+    );
+    let result = log.entries(index, LogIndex(u64::MAX), u64::MAX);
+    assert!(
+        result.as_ref().is_err_and(is_compacted),
+        "{property}: entries({index}, ..) below the first index {first} must fail with \
+         Compacted {{ index: {index}, first: {first} }}, got {} ",
+        match &result {
+            Ok(found) => format!("{} entries", found.len()),
+            Err(error) => format!("{error:?}"),
+        }
+    );
+}
+
+#[track_caller]
+fn expect_snapshot_error<T: std::fmt::Debug>(
+    result: Result<T, LogError>,
+    property: &str,
+    call: &str,
+) {
+    assert!(
+        matches!(result, Err(LogError::Snapshot { .. })),
+        "{property}: {call} must fail with LogError::Snapshot, got {result:?}"
+    );
 }

@@ -1,4 +1,5 @@
-//! [`FileLog`]: the durable, crash-safe [`PersistentLog`] (DESIGN.md §3).
+//! [`FileLog`]: the durable, crash-safe [`PersistentLog`] (DESIGN.md §3), with snapshots and
+//! prefix compaction (thesis §7).
 //!
 //! A directory holds:
 //! * `VERSION`: the format, so a future format is detected rather than misread;
@@ -7,24 +8,66 @@
 //!   fsync, rename, fsync the directory);
 //! * `log-<first index>.seg`: append-only segments of records
 //!   `[payload length u32][crc32c of payload u32][index u64][term u64][kind u8][data]`,
-//!   little-endian.
+//!   little-endian. The segments hold a contiguous run of indexes; the first segment starts at 1,
+//!   or, once a snapshot exists, anywhere from 1 to just after the snapshot's last index;
+//! * `snapshot`: the snapshot in force, if any: a header followed by the snapshot's data. The
+//!   header is, little-endian:
+//!
+//!   | offset   | bytes | field                                                  |
+//!   |----------|-------|--------------------------------------------------------|
+//!   | 0        | 8     | magic `MIORSNAP`                                       |
+//!   | 8        | 4     | snapshot format, 1                                     |
+//!   | 12       | 4     | header length `h` = 52 + 8 × voter count               |
+//!   | 16       | 8     | last index                                             |
+//!   | 24       | 8     | last term                                              |
+//!   | 32       | 8     | data length                                            |
+//!   | 40       | 4     | crc32c of the data                                     |
+//!   | 44       | 4     | voter count `n`                                        |
+//!   | 48       | 8 × n | voter ids                                              |
+//!   | h - 4    | 4     | crc32c of the header's bytes before it                 |
+//!
+//!   and the data fills the file from offset `h`;
+//! * `snapshot.tmp`: a snapshot being written, present only between
+//!   [`begin_snapshot`](PersistentLog::begin_snapshot) and
+//!   [`finish_snapshot`](PersistentLog::finish_snapshot). Open deletes a leftover one.
 //!
 //! Every write is buffered in memory until [`PersistentLog::sync`], which appends the buffered
 //! records with one write per segment and one `fdatasync`, then replaces the state file if the
 //! term or vote changed: one sync makes a whole reactor turn durable (group commit), and a crash
-//! before it loses exactly the unsynced writes. Memory holds, per synced entry, only its term and
-//! where it lies; data is read back with positioned reads.
+//! before it loses exactly the unsynced writes. Memory holds, per entry still in the log, only
+//! its term and where it lies; entry data and snapshot data are read back with positioned reads.
 //!
-//! Recovery on open cuts a torn tail (a last record that runs past the end of the last segment,
-//! or fails its checksum there) with a log line, and refuses anything else that does not check
-//! out with an error naming the file and offset.
+//! A snapshot is streamed into `snapshot.tmp` through a buffered writer while its checksum is
+//! computed, so it is never held in memory. Finishing it checks its length and checksum, syncs
+//! every earlier write, fsyncs the file, renames it over `snapshot` and fsyncs the directory.
+//! Then §7's rule applies: if the log holds the snapshot's last entry (same index and term), the
+//! entries after it stay; otherwise every segment is deleted, newest first, and the log continues
+//! right after the snapshot. Compaction deletes whole segments, oldest first, whose entries the
+//! snapshot covers; each deletion is made durable before the next, so a crash never leaves a hole.
+//!
+//! Recovery on open:
+//! 1. deletes a leftover `snapshot.tmp` (a snapshot the crash interrupted; the old one stands);
+//! 2. validates `snapshot`'s header checksum and streams its data through crc32c, refusing a
+//!    damaged snapshot with an error naming the file, so a server never installs corrupt state;
+//! 3. scans the segments, cutting a torn tail (a last record that runs past the end of the last
+//!    segment, or fails its checksum there) with a log line, and refusing anything else that does
+//!    not check out with an error naming the file and offset;
+//! 4. reconciles the segments with the snapshot: segments that do not hold the snapshot's last
+//!    entry and start at or before it are the remains of a finish that crashed before deleting
+//!    them, and are deleted now, as the finish would have; segments that start after the
+//!    snapshot's next index leave a hole, which no crash causes, and are refused.
+//!
+//! Snapshots only move forward: a snapshot older than the one in force, or one that gives the
+//! same last index another term, is refused. Truncating at or below the snapshot's last index is
+//! refused too (a snapshot covers only committed entries). Both rules keep the on-disk states a
+//! crash can leave unambiguous for step 4.
 
-use super::{Entry, EntryKind, HardState, PersistentLog};
+use super::{Entry, EntryKind, HardState, PersistentLog, SnapshotMeta};
 use crate::error::LogError;
 use crate::types::{LogIndex, ServerId, Term};
 use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -37,28 +80,49 @@ const PAYLOAD_PREFIX_BYTES: u64 = 17;
 /// Bytes of the state file: term, vote (0 = none) and the checksum of both.
 const STATE_BYTES: usize = 20;
 
+/// The snapshot in force.
+const SNAPSHOT_FILE: &str = "snapshot";
+/// The snapshot being written.
+const SNAPSHOT_TEMPORARY_FILE: &str = "snapshot.tmp";
+/// The first bytes of every snapshot file.
+const SNAPSHOT_MAGIC: [u8; 8] = *b"MIORSNAP";
+/// The snapshot header's own format number.
+const SNAPSHOT_FORMAT: u32 = 1;
+/// Bytes of the snapshot header before the voters: magic, format, header length, last index,
+/// last term, data length, data checksum, voter count.
+const SNAPSHOT_HEADER_FIXED_BYTES: u64 = 48;
+/// Bytes of the snapshot header without voters: the fixed part and the header checksum.
+const SNAPSHOT_HEADER_MIN_BYTES: u64 = SNAPSHOT_HEADER_FIXED_BYTES + 4;
+/// Most voters a snapshot header may list; a larger count is damage, not a configuration.
+const SNAPSHOT_VOTERS_MAX: u64 = 1 << 16;
+/// Bytes of the buffered writer in front of `snapshot.tmp`.
+const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1 << 16;
+/// Bytes read at a time when verifying a snapshot's checksum on open.
+const SNAPSHOT_VERIFY_CHUNK_BYTES: usize = 1 << 16;
+
 /// Tunables of a [`FileLog`].
 #[derive(Clone, Debug)]
 pub struct FileLogOptions {
-    /// A new segment starts once the current one holds this many bytes. Default 64 MiB.
+    /// A new segment starts once the current one holds this many bytes. Compaction deletes
+    /// whole segments only (§7), so this is also how much compacted log may linger. Default
+    /// 16 MiB.
     pub segment_bytes_max: u64,
 }
 
 impl Default for FileLogOptions {
     fn default() -> Self {
         FileLogOptions {
-            segment_bytes_max: 64 << 20,
+            segment_bytes_max: 16 << 20,
         }
     }
 }
 
-/// Where a synced entry lies.
+/// Where a synced entry lies. Its segment is the last one whose first index is at most the
+/// entry's index.
 #[derive(Clone, Copy, Debug)]
 struct Location {
     term: Term,
-    /// Position in `FileLog::segments`.
-    segment: usize,
-    /// Offset of the record's header in the segment.
+    /// Offset of the record's header in its segment.
     offset: u64,
 }
 
@@ -66,8 +130,35 @@ struct Location {
 struct Segment {
     path: PathBuf,
     file: File,
+    /// The index of the segment's first record (the one in its name), also when it is empty.
+    first_index: LogIndex,
     /// Bytes of records in the file (and the offset of the next record).
     length: u64,
+}
+
+/// The snapshot in force, its file kept open for positioned reads.
+#[derive(Debug)]
+struct SnapshotFile {
+    meta: SnapshotMeta,
+    path: PathBuf,
+    file: File,
+    /// Where the data starts in the file: the header's length.
+    data_offset: u64,
+}
+
+/// A snapshot being streamed into `snapshot.tmp`.
+#[derive(Debug)]
+struct PendingSnapshot {
+    /// What `begin_snapshot` announced; the header already written says the same.
+    meta: SnapshotMeta,
+    path: PathBuf,
+    writer: BufWriter<File>,
+    /// The header's length.
+    data_offset: u64,
+    /// Data bytes written so far. Invariant: at most `meta.size`.
+    written_bytes: u64,
+    /// crc32c of the data written so far.
+    checksum: u32,
 }
 
 /// A durable [`PersistentLog`] in a directory. See the module documentation for the format.
@@ -97,11 +188,21 @@ pub struct FileLog {
     hard_state: HardState,
     /// Term or vote changed since the last sync.
     state_unsynced: bool,
-    /// Synced entries, index 1 first. Invariant: every location lies in `segments`.
+    /// The index of `synced[0]` (of `unsynced[0]` when nothing is synced): 1 until a prefix is
+    /// compacted or discarded (§7). Invariants: equals `segments[0].first_index` when a segment
+    /// exists; at most the snapshot's last index + 1.
+    first_index: LogIndex,
+    /// Synced entries from `first_index` on. Invariant: every location lies in `segments`.
     synced: Vec<Location>,
+    /// The segment files, oldest first; their first indexes rise strictly. The last one takes
+    /// appends and is never compacted away.
     segments: Vec<Segment>,
     /// Entries after the synced ones, not yet written.
     unsynced: Vec<Entry>,
+    /// The snapshot in force, if any.
+    snapshot: Option<SnapshotFile>,
+    /// The snapshot being written, if any.
+    pending_snapshot: Option<PendingSnapshot>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
@@ -119,10 +220,24 @@ fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> LogError {
     }
 }
 
+fn snapshot_error(path: &Path, reason: impl Into<String>) -> LogError {
+    LogError::Snapshot {
+        location: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
 fn sync_directory(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|directory| directory.sync_all())
         .map_err(io_error(dir))
+}
+
+/// Deletes a file of `dir` and makes the deletion durable before returning, so deletions done
+/// one after another reach the disk in that order.
+fn remove_durably(dir: &Path, path: &Path) -> Result<(), LogError> {
+    fs::remove_file(path).map_err(io_error(path))?;
+    sync_directory(dir)
 }
 
 fn segment_name(first_index: LogIndex) -> String {
@@ -136,7 +251,7 @@ impl FileLog {
     /// # Errors
     /// [`LogError::Locked`] if another process holds it; [`LogError::UnsupportedFormat`] for
     /// another format; [`LogError::Corrupt`] naming the file and offset of damage that is not a
-    /// torn tail; [`LogError::Io`] naming the path.
+    /// torn tail, including any damage to the snapshot file; [`LogError::Io`] naming the path.
     pub fn open(dir: impl AsRef<Path>) -> Result<FileLog, LogError> {
         Self::open_with(dir, FileLogOptions::default())
     }
@@ -167,17 +282,23 @@ impl FileLog {
         }
         check_version(&dir)?;
         let hard_state = read_state(&dir)?;
+        remove_snapshot_leftover(&dir)?;
+        let snapshot = open_snapshot(&dir)?;
         let mut log = FileLog {
             dir,
             options,
             _lock: lock,
             hard_state,
             state_unsynced: false,
+            first_index: LogIndex(1),
             synced: Vec::new(),
             segments: Vec::new(),
             unsynced: Vec::new(),
+            snapshot,
+            pending_snapshot: None,
         };
         log.recover_segments()?;
+        log.reconcile_with_snapshot()?;
         Ok(log)
     }
 
@@ -199,13 +320,19 @@ impl FileLog {
                 let first: u64 = number
                     .parse()
                     .map_err(|_| corrupt(&item.path(), 0, "segment name is not log-<index>.seg"))?;
+                if first == 0 {
+                    return Err(corrupt(&item.path(), 0, "segment starts at index 0"));
+                }
                 names.push((LogIndex(first), item.path()));
             }
         }
         names.sort();
+        if let Some((first_index, _)) = names.first() {
+            self.first_index = *first_index;
+        }
         let segment_count = names.len();
         for (position, (first_index, path)) in names.into_iter().enumerate() {
-            let expected = LogIndex(self.synced.len() as u64 + 1);
+            let expected = self.next_synced_index();
             if first_index != expected {
                 return Err(corrupt(
                     &path,
@@ -220,7 +347,7 @@ impl FileLog {
                 .map_err(io_error(&path))?;
             let file_length = file.metadata().map_err(io_error(&path))?.len();
             let last = position + 1 == segment_count;
-            let length = self.scan_segment(position, &path, &file, file_length, last)?;
+            let length = self.scan_segment(&path, &file, file_length, last)?;
             if length < file_length {
                 log::warn!(
                     "{}: cut a torn tail of {} bytes at offset {length} (a write the crash \
@@ -232,7 +359,12 @@ impl FileLog {
             }
             // What recovery found is made durable before anyone acts on it.
             file.sync_data().map_err(io_error(&path))?;
-            self.segments.push(Segment { path, file, length });
+            self.segments.push(Segment {
+                path,
+                file,
+                first_index,
+                length,
+            });
         }
         Ok(())
     }
@@ -240,7 +372,6 @@ impl FileLog {
     /// Reads the records of one segment into the index; returns the length of its valid prefix.
     fn scan_segment(
         &mut self,
-        position: usize,
         path: &Path,
         file: &File,
         file_length: u64,
@@ -248,7 +379,7 @@ impl FileLog {
     ) -> Result<u64, LogError> {
         let mut offset = 0;
         while offset < file_length {
-            let index = LogIndex(self.synced.len() as u64 + 1);
+            let index = self.next_synced_index();
             match read_record(
                 file,
                 path,
@@ -259,7 +390,6 @@ impl FileLog {
                 Ok(record) if record.index == index => {
                     self.synced.push(Location {
                         term: record.term,
-                        segment: position,
                         offset,
                     });
                     offset += RECORD_HEADER_BYTES + u64::from(record.payload_bytes);
@@ -291,6 +421,102 @@ impl FileLog {
         Ok(offset)
     }
 
+    /// Brings the recovered segments in line with the snapshot (module docs, recovery step 4).
+    fn reconcile_with_snapshot(&mut self) -> Result<(), LogError> {
+        let (snapshot_index, snapshot_term) = self.snapshot_position();
+        let after_snapshot = snapshot_index.next();
+        let Some(first_segment) = self.segments.first() else {
+            self.first_index = after_snapshot;
+            return Ok(());
+        };
+        if self.first_index == after_snapshot {
+            return Ok(());
+        }
+        if self.first_index > after_snapshot {
+            let covered = match &self.snapshot {
+                Some(snapshot) => format!(
+                    "the snapshot {} covers entries only up to {snapshot_index}",
+                    snapshot.path.display()
+                ),
+                None => "there is no snapshot".to_owned(),
+            };
+            return Err(corrupt(
+                &first_segment.path,
+                0,
+                format!(
+                    "the log starts at index {} but {covered}: entries {after_snapshot} to {} \
+                     are missing",
+                    self.first_index,
+                    self.first_index.0 - 1
+                ),
+            ));
+        }
+        // The segments start at or before the snapshot's last index (so a snapshot exists). §7:
+        // if they hold its last entry they stay; otherwise a finish discarded them and crashed
+        // before deleting them all.
+        if self.synced_term(snapshot_index) == Some(snapshot_term) {
+            return Ok(());
+        }
+        log::warn!(
+            "{}: the log does not hold entry {snapshot_index} of term {snapshot_term}, the \
+             snapshot's last; deleting its segments as the interrupted snapshot install would have",
+            self.dir.display()
+        );
+        self.discard_entries()
+    }
+
+    /// Deletes every entry and segment, newest segment first, so the log continues right after
+    /// the snapshot (§7). A crash part way leaves a prefix of the segments, which open discards
+    /// again.
+    fn discard_entries(&mut self) -> Result<(), LogError> {
+        self.unsynced.clear();
+        while let Some(segment) = self.segments.pop() {
+            remove_durably(&self.dir, &segment.path)?;
+        }
+        self.synced = Vec::new();
+        self.first_index = self.snapshot_position().0.next();
+        Ok(())
+    }
+
+    /// The snapshot's last index and term, or (0, 0) without a snapshot.
+    fn snapshot_position(&self) -> (LogIndex, Term) {
+        self.snapshot
+            .as_ref()
+            .map_or((LogIndex(0), Term(0)), |snapshot| {
+                (snapshot.meta.last_index, snapshot.meta.last_term)
+            })
+    }
+
+    /// The snapshot file, for errors about snapshots.
+    fn snapshot_path(&self) -> PathBuf {
+        self.dir.join(SNAPSHOT_FILE)
+    }
+
+    /// The index the next synced entry takes.
+    fn next_synced_index(&self) -> LogIndex {
+        LogIndex(self.first_index.0 + self.synced.len() as u64)
+    }
+
+    /// The position of `index` in `synced`, if it is a synced entry.
+    fn synced_position(&self, index: LogIndex) -> Option<usize> {
+        let position = usize::try_from(index.0.checked_sub(self.first_index.0)?).ok()?;
+        (position < self.synced.len()).then_some(position)
+    }
+
+    /// The term of a synced entry, `None` if `index` is not one.
+    fn synced_term(&self, index: LogIndex) -> Option<Term> {
+        self.synced_position(index)
+            .map(|position| self.synced[position].term)
+    }
+
+    /// The position in `segments` of the segment holding the synced entry at `index`.
+    fn segment_position(&self, index: LogIndex) -> usize {
+        self.segments
+            .partition_point(|segment| segment.first_index <= index)
+            .checked_sub(1)
+            .expect("a synced entry lies in a segment")
+    }
+
     /// Writes the buffered entries and, if needed, the state file, durably.
     fn flush(&mut self) -> Result<(), LogError> {
         if !self.unsynced.is_empty() {
@@ -298,21 +524,23 @@ impl FileLog {
             let mut buffer = Vec::new();
             let mut created_segment = false;
             for entry in &entries {
-                let index = LogIndex(self.synced.len() as u64 + 1);
+                let index = self.next_synced_index();
+                // An empty segment takes the record whatever its size: a new segment would
+                // start at the same index, under the same name.
                 let needs_segment = self.segments.last().is_none_or(|segment| {
-                    segment.length + buffer.len() as u64 >= self.options.segment_bytes_max
+                    let length = segment.length + buffer.len() as u64;
+                    length > 0 && length >= self.options.segment_bytes_max
                 });
                 if needs_segment {
                     self.write_buffer(&mut buffer)?;
                     self.start_segment(index)?;
                     created_segment = true;
                 }
-                let segment = self.segments.len() - 1;
-                let offset = self.segments[segment].length + buffer.len() as u64;
+                let segment = self.segments.last().expect("a segment was just ensured");
+                let offset = segment.length + buffer.len() as u64;
                 encode_record(&mut buffer, index, entry);
                 self.synced.push(Location {
                     term: entry.term,
-                    segment,
                     offset,
                 });
             }
@@ -359,15 +587,16 @@ impl FileLog {
         self.segments.push(Segment {
             path,
             file,
+            first_index,
             length: 0,
         });
         Ok(())
     }
 
     /// Reads a synced entry back from its segment, checking it.
-    fn read_synced(&self, index: LogIndex) -> Result<Entry, LogError> {
-        let location = self.synced[(index.0 - 1) as usize];
-        let segment = &self.segments[location.segment];
+    fn read_synced(&self, index: LogIndex, position: usize) -> Result<Entry, LogError> {
+        let location = self.synced[position];
+        let segment = &self.segments[self.segment_position(index)];
         let record = read_record(
             &segment.file,
             &segment.path,
@@ -390,9 +619,219 @@ impl FileLog {
         Ok(record.entry)
     }
 
-    fn synced_count(&self) -> u64 {
-        self.synced.len() as u64
+    /// Why a finished snapshot `meta` may not replace the one in force, if it may not: snapshots
+    /// only move forward, and one index has one term (§5.3 log matching).
+    fn snapshot_order_problem(&self, meta: &SnapshotMeta) -> Option<String> {
+        let (index, term) = self.snapshot_position();
+        if meta.last_index < index {
+            return Some(format!(
+                "covers entries up to {}, older than the snapshot in force, which covers up to \
+                 {index}",
+                meta.last_index
+            ));
+        }
+        if meta.last_index == index && meta.last_term != term {
+            return Some(format!(
+                "gives index {index} term {}, but the snapshot in force gives it term {term}",
+                meta.last_term
+            ));
+        }
+        None
     }
+
+    /// Deletes `snapshot.tmp` after a refused finish; a failure is only logged, since open
+    /// deletes a leftover anyway.
+    fn drop_pending_file(path: &Path) {
+        if let Err(error) = fs::remove_file(path) {
+            log::warn!("{}: could not delete: {error}", path.display());
+        }
+    }
+}
+
+/// Deletes a `snapshot.tmp` left by a crash during a snapshot's writing: it never took effect.
+fn remove_snapshot_leftover(dir: &Path) -> Result<(), LogError> {
+    let path = dir.join(SNAPSHOT_TEMPORARY_FILE);
+    match fs::remove_file(&path) {
+        Ok(()) => {
+            log::info!(
+                "{}: deleted an unfinished snapshot a crash left behind",
+                path.display()
+            );
+            Ok(())
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(LogError::Io { path, source }),
+    }
+}
+
+/// Opens and fully verifies `dir/snapshot`, if there is one.
+fn open_snapshot(dir: &Path) -> Result<Option<SnapshotFile>, LogError> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(LogError::Io { path, source }),
+    };
+    let file_length = file.metadata().map_err(io_error(&path))?.len();
+    let (meta, data_offset) = read_snapshot_header(&file, &path, file_length)?;
+    verify_snapshot_data(&file, &path, data_offset, &meta)?;
+    // The rename that put it in place is made durable before anyone acts on it.
+    sync_directory(dir)?;
+    Ok(Some(SnapshotFile {
+        meta,
+        path,
+        file,
+        data_offset,
+    }))
+}
+
+/// The header of a snapshot file for `meta` (layout in the module docs).
+fn encode_snapshot_header(meta: &SnapshotMeta) -> Vec<u8> {
+    let header_bytes = SNAPSHOT_HEADER_MIN_BYTES + 8 * meta.voters.len() as u64;
+    let mut header = Vec::with_capacity(header_bytes as usize);
+    header.extend_from_slice(&SNAPSHOT_MAGIC);
+    header.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
+    header.extend_from_slice(
+        &u32::try_from(header_bytes)
+            .expect("a voter list far below 4 GiB")
+            .to_le_bytes(),
+    );
+    header.extend_from_slice(&meta.last_index.0.to_le_bytes());
+    header.extend_from_slice(&meta.last_term.0.to_le_bytes());
+    header.extend_from_slice(&meta.size.to_le_bytes());
+    header.extend_from_slice(&meta.checksum.to_le_bytes());
+    header.extend_from_slice(
+        &u32::try_from(meta.voters.len())
+            .expect("a voter list far below 4 G members")
+            .to_le_bytes(),
+    );
+    for voter in &meta.voters {
+        header.extend_from_slice(&voter.0.to_le_bytes());
+    }
+    let checksum = crc32c::crc32c(&header);
+    header.extend_from_slice(&checksum.to_le_bytes());
+    debug_assert_eq!(header.len() as u64, header_bytes);
+    header
+}
+
+/// Reads and checks a snapshot file's header; returns the meta and where the data starts.
+fn read_snapshot_header(
+    file: &File,
+    path: &Path,
+    file_length: u64,
+) -> Result<(SnapshotMeta, u64), LogError> {
+    let u32_at = |bytes: &[u8], at: usize| {
+        u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+    };
+    let u64_at = |bytes: &[u8], at: usize| {
+        u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+    };
+    if file_length < SNAPSHOT_HEADER_MIN_BYTES {
+        return Err(corrupt(
+            path,
+            0,
+            format!("snapshot file of {file_length} bytes is shorter than a snapshot header"),
+        ));
+    }
+    let mut start = [0u8; 16];
+    file.read_exact_at(&mut start, 0).map_err(io_error(path))?;
+    if start[..8] != SNAPSHOT_MAGIC {
+        return Err(corrupt(path, 0, "not a snapshot file: bad magic"));
+    }
+    let format = u32_at(&start, 8);
+    if format != SNAPSHOT_FORMAT {
+        return Err(corrupt(
+            path,
+            8,
+            format!("snapshot format {format}, this version reads {SNAPSHOT_FORMAT}"),
+        ));
+    }
+    let header_bytes = u64::from(u32_at(&start, 12));
+    let voter_bytes = header_bytes.checked_sub(SNAPSHOT_HEADER_MIN_BYTES);
+    let plausible = voter_bytes
+        .is_some_and(|bytes| bytes % 8 == 0 && bytes / 8 <= SNAPSHOT_VOTERS_MAX)
+        && header_bytes <= file_length;
+    if !plausible {
+        return Err(corrupt(
+            path,
+            12,
+            format!("impossible header length {header_bytes} in a file of {file_length} bytes"),
+        ));
+    }
+    let mut header = vec![0u8; header_bytes as usize];
+    file.read_exact_at(&mut header, 0).map_err(io_error(path))?;
+    let checksum_at = header.len() - 4;
+    let stored = u32_at(&header, checksum_at);
+    let computed = crc32c::crc32c(&header[..checksum_at]);
+    if stored != computed {
+        return Err(corrupt(
+            path,
+            checksum_at as u64,
+            format!(
+                "header checksum {stored:#010x} does not match its contents ({computed:#010x})"
+            ),
+        ));
+    }
+    let voter_count = u64::from(u32_at(&header, 44));
+    if SNAPSHOT_HEADER_MIN_BYTES + 8 * voter_count != header_bytes {
+        return Err(corrupt(
+            path,
+            44,
+            format!("{voter_count} voters do not fill a header of {header_bytes} bytes"),
+        ));
+    }
+    let voters = (0..voter_count as usize)
+        .map(|position| ServerId(u64_at(&header, 48 + 8 * position)))
+        .collect();
+    let meta = SnapshotMeta {
+        last_index: LogIndex(u64_at(&header, 16)),
+        last_term: Term(u64_at(&header, 24)),
+        voters,
+        size: u64_at(&header, 32),
+        checksum: u32_at(&header, 40),
+    };
+    let data_bytes = file_length - header_bytes;
+    if data_bytes != meta.size {
+        return Err(corrupt(
+            path,
+            header_bytes,
+            format!(
+                "holds {data_bytes} bytes of data, its header says {}",
+                meta.size
+            ),
+        ));
+    }
+    Ok((meta, header_bytes))
+}
+
+/// Streams a snapshot's data through crc32c, a chunk at a time, and compares with its meta.
+fn verify_snapshot_data(
+    file: &File,
+    path: &Path,
+    data_offset: u64,
+    meta: &SnapshotMeta,
+) -> Result<(), LogError> {
+    let mut chunk = vec![0u8; SNAPSHOT_VERIFY_CHUNK_BYTES];
+    let mut checksum = 0;
+    let mut done: u64 = 0;
+    while done < meta.size {
+        let length = (meta.size - done).min(chunk.len() as u64) as usize;
+        file.read_exact_at(&mut chunk[..length], data_offset + done)
+            .map_err(io_error(path))?;
+        checksum = crc32c::crc32c_append(checksum, &chunk[..length]);
+        done += length as u64;
+    }
+    if checksum != meta.checksum {
+        return Err(corrupt(
+            path,
+            data_offset,
+            format!(
+                "snapshot data checksum {checksum:#010x} does not match its header's {:#010x}",
+                meta.checksum
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_version(dir: &Path) -> Result<(), LogError> {
@@ -600,14 +1039,22 @@ impl PersistentLog for FileLog {
         Ok(())
     }
 
+    fn first_log_index(&self) -> LogIndex {
+        self.first_index
+    }
+
     fn latest_log_index(&self) -> LogIndex {
-        LogIndex(self.synced_count() + self.unsynced.len() as u64)
+        LogIndex(self.next_synced_index().0 - 1 + self.unsynced.len() as u64)
     }
 
     fn latest_log_term(&self) -> Term {
-        match self.unsynced.last() {
-            Some(entry) => entry.term,
-            None => self.synced.last().map_or(Term(0), |location| location.term),
+        if let Some(entry) = self.unsynced.last() {
+            return entry.term;
+        }
+        match self.synced.last() {
+            Some(location) => location.term,
+            // An empty log continues right after its snapshot, if any (§7).
+            None => self.snapshot_position().1,
         }
     }
 
@@ -615,10 +1062,20 @@ impl PersistentLog for FileLog {
         if index.is_zero() {
             return Ok(Some(Term(0)));
         }
-        if index.0 <= self.synced_count() {
-            return Ok(Some(self.synced[(index.0 - 1) as usize].term));
+        let (snapshot_index, snapshot_term) = self.snapshot_position();
+        if index == snapshot_index {
+            return Ok(Some(snapshot_term));
         }
-        let position = index.0 - self.synced_count() - 1;
+        if index < self.first_index {
+            return Err(LogError::Compacted {
+                index,
+                first: self.first_index,
+            });
+        }
+        if let Some(term) = self.synced_term(index) {
+            return Ok(Some(term));
+        }
+        let position = index.0 - self.next_synced_index().0;
         Ok(usize::try_from(position)
             .ok()
             .and_then(|position| self.unsynced.get(position))
@@ -626,15 +1083,22 @@ impl PersistentLog for FileLog {
     }
 
     fn entry(&self, index: LogIndex) -> Result<Option<Entry>, LogError> {
-        if index.is_zero() || index > self.latest_log_index() {
+        if index.is_zero() {
             return Ok(None);
         }
-        if index.0 <= self.synced_count() {
-            return self.read_synced(index).map(Some);
+        if index < self.first_index {
+            return Err(LogError::Compacted {
+                index,
+                first: self.first_index,
+            });
         }
-        Ok(self
-            .unsynced
-            .get((index.0 - self.synced_count() - 1) as usize)
+        if let Some(position) = self.synced_position(index) {
+            return self.read_synced(index, position).map(Some);
+        }
+        let position = index.0 - self.next_synced_index().0;
+        Ok(usize::try_from(position)
+            .ok()
+            .and_then(|position| self.unsynced.get(position))
             .cloned())
     }
 
@@ -644,10 +1108,10 @@ impl PersistentLog for FileLog {
         until: LogIndex,
         bytes_max: u64,
     ) -> Result<Vec<Entry>, LogError> {
-        if from.is_zero() {
+        if from < self.first_index {
             return Err(LogError::Compacted {
                 index: from,
-                first: LogIndex(1),
+                first: self.first_index,
             });
         }
         let until = until.min(self.latest_log_index().next());
@@ -680,48 +1144,229 @@ impl PersistentLog for FileLog {
 
     fn truncate_suffix(&mut self, from: LogIndex) -> Result<(), LogError> {
         let latest = self.latest_log_index();
-        if from.is_zero() || from > latest.next() {
+        if from < self.first_index || from > latest.next() {
             return Err(LogError::TruncateOutOfRange {
                 index: from,
-                first: LogIndex(1),
+                first: self.first_index,
                 latest,
             });
         }
-        if from.0 > self.synced_count() {
-            self.unsynced
-                .truncate((from.0 - self.synced_count() - 1) as usize);
-            return Ok(());
+        let (snapshot_index, _) = self.snapshot_position();
+        if from <= snapshot_index {
+            // §7: a snapshot covers only committed entries, which are never removed.
+            return Err(snapshot_error(
+                &self.snapshot_path(),
+                format!(
+                    "cannot truncate at index {from}: the snapshot covers entries up to \
+                     {snapshot_index}, and those are committed"
+                ),
+            ));
         }
+        let Some(position) = self.synced_position(from) else {
+            let keep_count = from.distance_from(self.next_synced_index());
+            self.unsynced.truncate(keep_count as usize);
+            return Ok(());
+        };
         // Everything from `from` on goes, unsynced entries included; what was written before
         // this call is made durable first, so a crash keeps the writes in order.
         self.unsynced.clear();
         self.flush()?;
-        let location = self.synced[(from.0 - 1) as usize];
-        let mut deleted = false;
-        while self.segments.len() > location.segment + 1 {
+        let offset = self.synced[position].offset;
+        let keep_segments = self.segment_position(from) + 1;
+        // Later segments go newest first, each deletion durable before the next, so a crash
+        // part way leaves a contiguous prefix.
+        while self.segments.len() > keep_segments {
             let segment = self
                 .segments
                 .pop()
                 .expect("more segments than the kept one");
-            fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
-            deleted = true;
+            remove_durably(&self.dir, &segment.path)?;
         }
-        let segment = &mut self.segments[location.segment];
+        let segment = self.segments.last_mut().expect("the kept segment");
         segment
             .file
-            .set_len(location.offset)
+            .set_len(offset)
             .map_err(io_error(&segment.path))?;
         segment.file.sync_all().map_err(io_error(&segment.path))?;
-        segment.length = location.offset;
-        if deleted {
-            sync_directory(&self.dir)?;
-        }
-        self.synced.truncate((from.0 - 1) as usize);
+        segment.length = offset;
+        self.synced.truncate(position);
         Ok(())
     }
 
     fn sync(&mut self) -> Result<(), LogError> {
         self.flush()
+    }
+
+    fn snapshot_meta(&self) -> Option<&SnapshotMeta> {
+        self.snapshot.as_ref().map(|snapshot| &snapshot.meta)
+    }
+
+    fn begin_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), LogError> {
+        // An unfinished snapshot is dropped (its buffered bytes go to the file about to be
+        // truncated) before the file is created afresh.
+        self.pending_snapshot = None;
+        let path = self.dir.join(SNAPSHOT_TEMPORARY_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        let header = encode_snapshot_header(&meta);
+        let mut writer = BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES, file);
+        writer.write_all(&header).map_err(io_error(&path))?;
+        self.pending_snapshot = Some(PendingSnapshot {
+            meta,
+            path,
+            writer,
+            data_offset: header.len() as u64,
+            written_bytes: 0,
+            checksum: 0,
+        });
+        Ok(())
+    }
+
+    fn write_snapshot(&mut self, data: &[u8]) -> Result<(), LogError> {
+        let Some(pending) = self.pending_snapshot.as_mut() else {
+            return Err(snapshot_error(
+                &self.dir.join(SNAPSHOT_TEMPORARY_FILE),
+                "write without begin_snapshot",
+            ));
+        };
+        let written_bytes = pending
+            .written_bytes
+            .checked_add(data.len() as u64)
+            .filter(|&total| total <= pending.meta.size);
+        let Some(written_bytes) = written_bytes else {
+            return Err(snapshot_error(
+                &pending.path,
+                format!(
+                    "{} more bytes would pass the announced size of {} bytes ({} written)",
+                    data.len(),
+                    pending.meta.size,
+                    pending.written_bytes
+                ),
+            ));
+        };
+        pending
+            .writer
+            .write_all(data)
+            .map_err(io_error(&pending.path))?;
+        pending.checksum = crc32c::crc32c_append(pending.checksum, data);
+        pending.written_bytes = written_bytes;
+        Ok(())
+    }
+
+    fn finish_snapshot(&mut self) -> Result<(), LogError> {
+        let Some(pending) = self.pending_snapshot.take() else {
+            return Err(snapshot_error(
+                &self.dir.join(SNAPSHOT_TEMPORARY_FILE),
+                "finish without begin_snapshot",
+            ));
+        };
+        let PendingSnapshot {
+            meta,
+            path,
+            writer,
+            data_offset,
+            written_bytes,
+            checksum,
+        } = pending;
+        let refusal = if written_bytes != meta.size {
+            Some(format!("holds {written_bytes} of its {} bytes", meta.size))
+        } else if checksum != meta.checksum {
+            Some(format!(
+                "checksum {checksum:#010x} does not match the expected {:#010x}",
+                meta.checksum
+            ))
+        } else {
+            self.snapshot_order_problem(&meta)
+        };
+        if let Some(reason) = refusal {
+            drop(writer);
+            Self::drop_pending_file(&path);
+            return Err(snapshot_error(&path, reason));
+        }
+        let file = writer
+            .into_inner()
+            .map_err(|error| io_error(&path)(error.into_error()))?;
+        // The snapshot is durable together with every earlier write: a crash after the rename
+        // must not lose writes made before the finish.
+        self.flush()?;
+        file.sync_all().map_err(io_error(&path))?;
+        // §7: decided against the log as it stands, before the new snapshot answers for its
+        // last index.
+        let keeps_entries = matches!(
+            self.term(meta.last_index),
+            Ok(Some(term)) if term == meta.last_term
+        );
+        let snapshot_path = self.snapshot_path();
+        fs::rename(&path, &snapshot_path).map_err(io_error(&snapshot_path))?;
+        sync_directory(&self.dir)?;
+        // From here the new snapshot is in force on disk; open finishes what follows if a crash
+        // interrupts it.
+        self.snapshot = Some(SnapshotFile {
+            meta,
+            path: snapshot_path,
+            file,
+            data_offset,
+        });
+        if !keeps_entries {
+            self.discard_entries()?;
+        }
+        Ok(())
+    }
+
+    fn read_snapshot(&self, offset: u64, bytes_max: u64) -> Result<Vec<u8>, LogError> {
+        let Some(snapshot) = self.snapshot.as_ref() else {
+            return Err(snapshot_error(&self.snapshot_path(), "no snapshot to read"));
+        };
+        let size = snapshot.meta.size;
+        if offset > size {
+            return Err(snapshot_error(
+                &snapshot.path,
+                format!("read at offset {offset} past the end ({size} bytes)"),
+            ));
+        }
+        // At least one byte unless at the end, so a caller always makes progress.
+        let length = (size - offset).min(bytes_max.max(1));
+        let mut data = vec![0u8; usize::try_from(length).expect("a read that fits memory")];
+        snapshot
+            .file
+            .read_exact_at(&mut data, snapshot.data_offset + offset)
+            .map_err(io_error(&snapshot.path))?;
+        Ok(data)
+    }
+
+    fn compact_prefix(&mut self, through: LogIndex) -> Result<(), LogError> {
+        let (snapshot_index, _) = self.snapshot_position();
+        if through > snapshot_index {
+            return Err(snapshot_error(
+                &self.snapshot_path(),
+                format!(
+                    "cannot compact through {through}: the snapshot covers only up to \
+                     {snapshot_index}"
+                ),
+            ));
+        }
+        // Whole segments whose entries all lie at or below `through`, oldest first, each
+        // deletion durable before the next so a crash never leaves a hole. The last segment
+        // takes appends and stays.
+        while self.segments.len() > 1 && self.segments[1].first_index <= through.next() {
+            let next_first = self.segments[1].first_index;
+            remove_durably(&self.dir, &self.segments[0].path)?;
+            self.segments.remove(0);
+            let dropped = next_first.distance_from(self.first_index);
+            self.synced
+                .drain(..usize::try_from(dropped).expect("the index fits memory"));
+            self.first_index = next_first;
+        }
+        // Memory proportional to the entries held.
+        if self.synced.capacity() > 2 * self.synced.len() + 1024 {
+            self.synced.shrink_to_fit();
+        }
+        Ok(())
     }
 }
 

@@ -137,6 +137,34 @@ impl Entry {
     }
 }
 
+/// What a snapshot replaces and how to check its data (§7): the last log index and term it
+/// covers, the membership at that index, and the length and crc32c checksum of its bytes. The
+/// bytes themselves are opaque to the log; the consensus core defines them (the state machine's
+/// snapshot followed by the client session table).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SnapshotMeta {
+    /// The index of the last entry the snapshot replaces.
+    pub last_index: LogIndex,
+    /// The term of that entry.
+    pub last_term: Term,
+    /// The voting members as of `last_index`, sorted.
+    pub voters: Vec<ServerId>,
+    /// Length of the snapshot's data in bytes.
+    pub size: u64,
+    /// crc32c of the snapshot's data.
+    pub checksum: u32,
+}
+
+impl SnapshotMeta {
+    /// Whether `self` and `other` describe the same snapshot (same position and same bytes).
+    pub fn same_snapshot(&self, other: &SnapshotMeta) -> bool {
+        self.last_index == other.last_index
+            && self.last_term == other.last_term
+            && self.size == other.size
+            && self.checksum == other.checksum
+    }
+}
+
 /// The current term and the vote cast in it, with the rules every log applies to them (§5.1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct HardState {
@@ -183,6 +211,15 @@ impl HardState {
 ///   that may lose a suffix of the unsynced writes (in the order they were made), never an earlier
 ///   one, and never invents or corrupts data.
 /// * An `Err` from any method means the storage can no longer be trusted: the server stops.
+///   The exceptions are the refusals documented as [`LogError::Snapshot`] (a snapshot that fails
+///   its checksum, calls out of order): they change nothing and leave the log usable.
+/// * Snapshots (§7): the log keeps the newest complete snapshot, written through
+///   [`begin_snapshot`](Self::begin_snapshot), [`write_snapshot`](Self::write_snapshot) and
+///   [`finish_snapshot`](Self::finish_snapshot). Once a snapshot covers index `s`, the log
+///   behaves as if entries `1..=s` were held: [`term`](Self::term) answers at `s`,
+///   [`latest_log_index`](Self::latest_log_index) and [`latest_log_term`](Self::latest_log_term)
+///   are at least `s` and its term, and [`compact_prefix`](Self::compact_prefix) may discard the
+///   entries up to `s`.
 ///
 /// Implementations run [`conformance`]'s suite, as `MemLog` does:
 /// `mioraft::persistent_log_conformance!(my_log_tests, MyLog::new());`.
@@ -254,7 +291,8 @@ pub trait PersistentLog {
     ///
     /// # Errors
     /// [`LogError::TruncateOutOfRange`] if `from` is below the first index or past the end + 1;
-    /// storage errors.
+    /// [`LogError::Snapshot`] if `from` is at or below the snapshot's last index (a snapshot
+    /// holds only committed entries, which are never removed); storage errors.
     fn truncate_suffix(&mut self, from: LogIndex) -> Result<(), LogError>;
 
     /// Makes every earlier write durable (the durability point; one call may cover many writes).
@@ -262,4 +300,58 @@ pub trait PersistentLog {
     /// # Errors
     /// Storage errors: the server must stop rather than retry and carry on.
     fn sync(&mut self) -> Result<(), LogError>;
+
+    /// The newest complete snapshot, `None` if there is none.
+    fn snapshot_meta(&self) -> Option<&SnapshotMeta>;
+
+    /// Starts a new snapshot described by `meta`, whose `size` bytes follow through
+    /// [`write_snapshot`](Self::write_snapshot). Discards any unfinished one. The current snapshot
+    /// stays in force (and readable) until [`finish_snapshot`](Self::finish_snapshot).
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn begin_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), LogError>;
+
+    /// Appends `data` to the unfinished snapshot.
+    ///
+    /// # Errors
+    /// [`LogError::Snapshot`] if no snapshot was begun or `data` would pass the announced size;
+    /// storage errors.
+    fn write_snapshot(&mut self, data: &[u8]) -> Result<(), LogError>;
+
+    /// Completes the unfinished snapshot: checks its length and checksum against its meta, makes
+    /// it durable together with every earlier write (crash-safely: a crash leaves either the old
+    /// snapshot or the new one, whole), and puts it in force, discarding the previous one.
+    ///
+    /// §7: if the log holds the entry at `meta.last_index` with `meta.last_term`, the entries
+    /// after it are kept; otherwise the whole log is discarded and continues at
+    /// `meta.last_index + 1`.
+    ///
+    /// Snapshots only move forward: one older than the snapshot in force, or one naming a
+    /// different term for the same last index, is refused.
+    ///
+    /// # Errors
+    /// [`LogError::Snapshot`] if none was begun, it is short, its checksum does not match, or it
+    /// would move back (then nothing changes and the unfinished snapshot is dropped); storage
+    /// errors.
+    fn finish_snapshot(&mut self) -> Result<(), LogError>;
+
+    /// At most `max(bytes_max, 1)` bytes of the current snapshot's data from `offset`, and at
+    /// least one unless `offset` is the end.
+    ///
+    /// # Errors
+    /// [`LogError::Snapshot`] if there is no snapshot or `offset` is past its end; storage
+    /// errors.
+    fn read_snapshot(&self, offset: u64, bytes_max: u64) -> Result<Vec<u8>, LogError>;
+
+    /// Discards entries up to and including `through`, which must not pass the current snapshot's
+    /// last index. An implementation may keep some of them (`FileLog` deletes whole segments
+    /// only); [`first_log_index`](Self::first_log_index) says what is left. Compaction need not
+    /// wait for a [`sync`](Self::sync) to be durable (losing it would only keep more), and it
+    /// leaves other unsynced writes unsynced.
+    ///
+    /// # Errors
+    /// [`LogError::Snapshot`] if `through` is past the snapshot (or there is none); storage
+    /// errors.
+    fn compact_prefix(&mut self, through: LogIndex) -> Result<(), LogError>;
 }

@@ -21,6 +21,11 @@ use std::time::Duration;
 /// read what it asked for is closed rather than allowed to grow the server's memory.
 pub(super) const OUTPUT_BYTES_MAX: usize = 64 << 20;
 
+/// Most output buffer capacity a connection keeps once everything is written; a larger buffer
+/// is freed, so a burst of large messages (snapshot chunks, big batches) does not pin its peak
+/// for the connection's lifetime.
+const OUTPUT_CAPACITY_KEPT_MAX: usize = 2 << 20;
+
 /// Most bytes read from one connection per readiness event before the reactor serves the
 /// others; the rest is read on the next turn.
 const READ_BYTES_PER_TURN_MAX: usize = 1 << 20;
@@ -338,6 +343,9 @@ impl Connection {
         if self.written >= self.output.len() {
             self.output.clear();
             self.written = 0;
+            if self.output.capacity() > OUTPUT_CAPACITY_KEPT_MAX {
+                self.output = Vec::new();
+            }
         } else if self.written > self.output.len() / 2 {
             // Keep the buffer from creeping: drop the written half once it dominates.
             self.output.drain(..self.written);
@@ -381,5 +389,162 @@ impl fmt::Display for Connection {
                 write!(f, "connection to peer {peer} at {}", self.address)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::{Config, InstallSnapshot, Message};
+    use crate::log::SnapshotMeta;
+    use crate::types::{LogIndex, Term};
+    use crate::wire;
+    use mio::{Events, Poll};
+    use std::time::Instant;
+
+    /// A chunk message of the default chunk size, at chunk position `number`.
+    fn full_chunk(number: u64) -> Vec<u8> {
+        let chunk_bytes = Config::default().snapshot_chunk_bytes;
+        let data: Vec<u8> = (0..chunk_bytes).map(|n| (n ^ number) as u8).collect();
+        wire::encode_message(&Message::InstallSnapshot(InstallSnapshot {
+            term: Term(3),
+            leader_id: ServerId(1),
+            meta: SnapshotMeta {
+                last_index: LogIndex(500),
+                last_term: Term(2),
+                voters: vec![ServerId(1), ServerId(2), ServerId(3)],
+                size: 100 * chunk_bytes,
+                checksum: 7,
+            },
+            offset: number * chunk_bytes,
+            data: data.into(),
+        }))
+    }
+
+    /// A server-side connection on a real loopback socket, registered with `poll`, and the
+    /// other end as a blocking std stream.
+    fn connected(poll: &Poll, message_bytes_max: u64) -> (Connection, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let other_end =
+            std::net::TcpStream::connect(listener.local_addr().expect("bound")).expect("connect");
+        let (ours, address) = listener.accept().expect("accept");
+        ours.set_nonblocking(true).expect("nonblocking");
+        let mut connection = Connection::new(
+            TcpStream::from_std(ours),
+            address,
+            Kind::InboundPeer(ServerId(2)),
+            1,
+            message_bytes_max,
+        );
+        connection
+            .register(poll.registry(), Token(0))
+            .expect("register");
+        (connection, other_end)
+    }
+
+    fn offset_of(frame: &[u8]) -> u64 {
+        match wire::decode_message(frame).expect("a chunk") {
+            Message::InstallSnapshot(chunk) => chunk.offset,
+            other => panic!("decoded {other:?}"),
+        }
+    }
+
+    /// The core's whole window of full-size chunks, queued at once, leaves whole and in order
+    /// through a socket that takes far less than that at a time.
+    #[test]
+    fn a_window_of_full_snapshot_chunks_leaves_whole_and_in_order() {
+        let window = Config::default().snapshot_chunks_in_flight;
+        let mut poll = Poll::new().expect("poll");
+        let (mut connection, mut other_end) = connected(&poll, 1);
+        for number in 0..window {
+            connection.queue(&full_chunk(number)).expect("fits");
+        }
+        let reader = std::thread::spawn(move || {
+            let mut frames = FrameReader::new(crate::framing::MESSAGE_BYTES_MAX_DEFAULT);
+            let mut offsets = Vec::new();
+            let mut buffer = vec![0; READ_CHUNK_BYTES];
+            while offsets.len() < window as usize {
+                let count = other_end.read(&mut buffer).expect("read");
+                assert_ne!(count, 0, "closed early");
+                frames.extend(&buffer[..count]);
+                while let Some(frame) = frames.next_frame().expect("valid framing") {
+                    offsets.push(offset_of(&frame));
+                }
+            }
+            offsets
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut events = Events::with_capacity(8);
+        connection.flush(poll.registry(), Token(0)).expect("flush");
+        while connection.pending_bytes() > 0 {
+            assert!(Instant::now() < deadline, "output never drained");
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .expect("poll");
+            connection.flush(poll.registry(), Token(0)).expect("flush");
+        }
+        let chunk_bytes = Config::default().snapshot_chunk_bytes;
+        let expected: Vec<u64> = (0..window).map(|number| number * chunk_bytes).collect();
+        assert_eq!(reader.join().expect("reader"), expected);
+        assert!(
+            connection.output.capacity() <= OUTPUT_CAPACITY_KEPT_MAX,
+            "the drained buffer was released"
+        );
+    }
+
+    /// A peer that reads nothing cannot grow the output past its bound: the frame that would
+    /// pass it is refused (the reactor then closes the connection), whole frames before it stay.
+    #[test]
+    fn output_for_a_peer_that_does_not_read_stops_at_the_bound() {
+        let poll = Poll::new().expect("poll");
+        let (mut connection, _other_end) = connected(&poll, 1);
+        let chunk = full_chunk(0);
+        let fitting = OUTPUT_BYTES_MAX / chunk.len();
+        for _ in 0..fitting {
+            connection.queue(&chunk).expect("within the bound");
+        }
+        match connection.queue(&chunk) {
+            Err(CloseReason::OutputFull {
+                pending_bytes,
+                frame_bytes,
+            }) => {
+                assert_eq!(pending_bytes, fitting * chunk.len());
+                assert_eq!(frame_bytes, chunk.len());
+            }
+            other => panic!("queued past the bound: {other:?}"),
+        }
+        assert_eq!(connection.pending_bytes(), fitting * chunk.len());
+    }
+
+    /// Two full chunks from a peer, more than one turn's read budget together, come out as
+    /// two whole frames however the reads cut them (the budget, the socket's buffer).
+    #[test]
+    fn full_snapshot_chunks_arrive_whole_across_reads() {
+        let chunk_bytes = Config::default().snapshot_chunk_bytes;
+        let limit = chunk_bytes + wire::install_snapshot_overhead_bytes(64);
+        let poll = Poll::new().expect("poll");
+        let (mut connection, mut other_end) = connected(&poll, limit);
+        let frames = [full_chunk(0), full_chunk(1)];
+        let sent = frames.concat();
+        assert!(sent.len() > READ_BYTES_PER_TURN_MAX);
+        let writer = std::thread::spawn(move || {
+            use std::io::Write as _;
+            other_end.write_all(&sent).expect("write");
+            other_end
+        });
+        let mut chunk = vec![0; READ_CHUNK_BYTES];
+        let mut received = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while received.len() < frames.len() {
+            assert!(Instant::now() < deadline, "frames never arrived");
+            let outcome = connection.receive(&mut chunk);
+            received.extend(outcome.frames);
+            match outcome.end {
+                ReadEnd::BudgetSpent => {}
+                ReadEnd::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+                ReadEnd::Close(reason) => panic!("closed: {reason}"),
+            }
+        }
+        let _other_end = writer.join().expect("writer");
+        assert_eq!(received, frames);
     }
 }

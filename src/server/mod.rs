@@ -25,6 +25,7 @@ use crate::log::PersistentLog;
 use crate::metrics::Metrics;
 use crate::state_machine::StateMachine;
 use crate::types::ServerId;
+use crate::wire::install_snapshot_overhead_bytes;
 use connection::{CloseReason, Connection, Kind};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -49,6 +50,10 @@ const EVENTS_PER_POLL_MAX: usize = 1024;
 /// Most connections (peers and clients, inbound and outbound) open at once; further
 /// connections are accepted and closed at once, with a warning.
 const CONNECTIONS_MAX: usize = 4096;
+/// The membership size the message limit is checked against for snapshot chunks, unless the
+/// configured one is larger: a member list travels in every chunk, and a cluster may grow after
+/// it starts. More than any Raft cluster uses (each voter adds to every commit's quorum).
+const SNAPSHOT_VOTERS_ALLOWANCE: usize = 64;
 /// The default for [`ServerBuilder::with_preamble_timeout`].
 const PREAMBLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 
@@ -184,7 +189,8 @@ where
     }
 
     /// Replaces every consensus setting at once, including those of earlier
-    /// `with_election_timeout` and `with_heartbeat_interval` calls (later calls adjust it).
+    /// `with_election_timeout`, `with_heartbeat_interval` and `with_snapshot_policy` calls
+    /// (later calls adjust it).
     #[must_use]
     pub fn with_config(mut self, config: Config) -> Self {
         self.config = config;
@@ -193,11 +199,31 @@ where
 
     /// The largest message accepted from a peer or client, in bytes; a connection sending a
     /// larger one is closed. Default [`MESSAGE_BYTES_MAX_DEFAULT`] (16 MiB). Every member must
-    /// accept the largest AppendEntries the others send: keep it well above
-    /// [`Config::append_bytes_max`] and the largest command.
+    /// accept the largest AppendEntries and InstallSnapshot chunk the others send: keep it well
+    /// above [`Config::append_bytes_max`], [`Config::snapshot_chunk_bytes`] and the largest
+    /// command. [`run`](Self::run) and [`spawn`](Self::spawn) refuse a limit below twice
+    /// `append_bytes_max`, or below `snapshot_chunk_bytes` plus the chunk's message header:
+    /// [`install_snapshot_overhead_bytes`] of the membership, counted as at least 64 voters
+    /// (under 1 KiB).
     #[must_use]
     pub fn with_message_bytes_max(mut self, message_bytes_max: u64) -> Self {
         self.message_bytes_max = message_bytes_max;
+        self
+    }
+
+    /// When to take a snapshot and compact the log (§7): once `entries` entries, or entries
+    /// totalling `bytes` bytes ([`Entry::size_bytes`](crate::log::Entry::size_bytes)), were
+    /// applied since the last snapshot, whichever comes first. Sets
+    /// [`Config::snapshot_entries`] and [`Config::snapshot_bytes`]; defaults 100,000 entries and
+    /// 64 MiB. `u64::MAX` turns a trigger off (both: never snapshot on this server; a leader's
+    /// snapshot may still be installed). Zero is refused when the server starts.
+    ///
+    /// Small values keep the log and restarts short at the cost of serializing the state
+    /// machine more often ([`StateMachine::snapshot`]).
+    #[must_use]
+    pub fn with_snapshot_policy(mut self, entries: u64, bytes: u64) -> Self {
+        self.config.snapshot_entries = entries;
+        self.config.snapshot_bytes = bytes;
         self
     }
 
@@ -279,6 +305,35 @@ where
             return Err(ConfigError::MessageLimitTooSmall {
                 message_bytes_max: self.message_bytes_max,
                 append_bytes_max,
+            }
+            .into());
+        }
+        // A full InstallSnapshot chunk (§7) must fit every peer's message limit too, or a
+        // follower that needs a snapshot would close the connection on every chunk.
+        let snapshot_chunk_bytes = self.config.snapshot_chunk_bytes;
+        let members = 1 + self.peers.keys().filter(|&&peer| peer != self.id).count();
+        let overhead_bytes =
+            install_snapshot_overhead_bytes(members.max(SNAPSHOT_VOTERS_ALLOWANCE));
+        let chunk_message_bytes = snapshot_chunk_bytes.saturating_add(overhead_bytes);
+        if self.message_bytes_max < chunk_message_bytes {
+            return Err(ConfigError::MessageLimitBelowSnapshotChunk {
+                message_bytes_max: self.message_bytes_max,
+                snapshot_chunk_bytes,
+                overhead_bytes,
+            }
+            .into());
+        }
+        // The chunks the core may have unacknowledged to one follower all wait in that
+        // connection's output buffer when the follower reads slowly; they may take half of it,
+        // leaving the rest to appends and heartbeats, so a slow follower is not disconnected.
+        let snapshot_chunks_in_flight = self.config.snapshot_chunks_in_flight;
+        let window_budget_bytes = connection::OUTPUT_BYTES_MAX as u64 / 2;
+        let window_bytes = snapshot_chunks_in_flight.saturating_mul(chunk_message_bytes);
+        if window_bytes > window_budget_bytes {
+            return Err(ConfigError::SnapshotWindowTooLarge {
+                snapshot_chunk_bytes,
+                snapshot_chunks_in_flight,
+                budget_bytes: window_budget_bytes,
             }
             .into());
         }
@@ -636,4 +691,105 @@ fn default_seed(id: ServerId) -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos() as u64);
     nanos ^ id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::MemLog;
+    use crate::state_machine::KvStateMachine;
+
+    fn builder() -> ServerBuilder<MemLog, KvStateMachine> {
+        let peers = HashMap::from([
+            (ServerId(2), "127.0.0.1:1".parse().expect("address")),
+            (ServerId(3), "127.0.0.1:2".parse().expect("address")),
+        ]);
+        Server::new(
+            ServerId(1),
+            "127.0.0.1:0".parse().expect("address"),
+            MemLog::new(),
+            KvStateMachine::new(),
+        )
+        .with_peers(peers)
+    }
+
+    fn config_error(builder: ServerBuilder<MemLog, KvStateMachine>) -> ConfigError {
+        match builder.spawn() {
+            Err(Error::Config(error)) => error,
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn snapshot_policy_sets_both_triggers() {
+        let builder = builder().with_snapshot_policy(500, 1 << 20);
+        assert_eq!(builder.config.snapshot_entries, 500);
+        assert_eq!(builder.config.snapshot_bytes, 1 << 20);
+        let zero = config_error(builder.with_snapshot_policy(0, 1));
+        assert_eq!(
+            zero,
+            ConfigError::ZeroLimit {
+                name: "snapshot_entries"
+            }
+        );
+    }
+
+    /// A message limit that cannot carry a full snapshot chunk and its header is refused,
+    /// naming both values; one that just can is accepted.
+    #[test]
+    fn the_message_limit_must_carry_a_full_snapshot_chunk() {
+        let config = Config {
+            append_bytes_max: 1024,
+            snapshot_chunk_bytes: 64 << 10,
+            ..Config::default()
+        };
+        let overhead_bytes =
+            crate::wire::install_snapshot_overhead_bytes(SNAPSHOT_VOTERS_ALLOWANCE);
+        let too_small = config_error(
+            builder()
+                .with_config(config.clone())
+                .with_message_bytes_max(64 << 10),
+        );
+        assert_eq!(
+            too_small,
+            ConfigError::MessageLimitBelowSnapshotChunk {
+                message_bytes_max: 64 << 10,
+                snapshot_chunk_bytes: 64 << 10,
+                overhead_bytes,
+            }
+        );
+        let text = too_small.to_string();
+        assert!(
+            text.contains("message_bytes_max 65536") && text.contains("snapshot_chunk_bytes 65536"),
+            "{text}"
+        );
+        let handle = builder()
+            .with_config(config)
+            .with_message_bytes_max((64 << 10) + overhead_bytes)
+            .spawn()
+            .expect("a limit that holds a chunk and its header");
+        handle.shutdown().expect("clean shutdown");
+    }
+
+    #[test]
+    fn the_snapshot_window_must_fit_half_an_output_buffer() {
+        let config = Config {
+            snapshot_chunk_bytes: 8 << 20,
+            snapshot_chunks_in_flight: 4,
+            ..Config::default()
+        };
+        let error = config_error(
+            builder()
+                .with_config(config)
+                .with_message_bytes_max(16 << 20),
+        );
+        assert_eq!(
+            error,
+            ConfigError::SnapshotWindowTooLarge {
+                snapshot_chunk_bytes: 8 << 20,
+                snapshot_chunks_in_flight: 4,
+                budget_bytes: connection::OUTPUT_BYTES_MAX as u64 / 2,
+            }
+        );
+    }
 }

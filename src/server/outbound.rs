@@ -6,11 +6,24 @@
 //! A message for a peer whose outbound connection is down is dropped: Raft retries on its own
 //! (heartbeats, probes, new elections), and [`Event::PeerConnected`] tells the core to resend
 //! once the connection is back.
+//!
+//! Messages for one peer all go, in the order the core produced them, on our one connection to
+//! it, so they arrive in that order or not at all; nothing here reorders or coalesces them.
+//! Only a reconnection can mix old and new: frames the old connection delivered may still be
+//! unread at the peer when the new connection's first frames arrive, and the peer may read
+//! either first. Each connection's unsent output is bounded (`OUTPUT_BYTES_MAX`, 64 MiB); a
+//! message that would pass it closes the connection instead (logged with both sizes), losing
+//! everything queued on it, and the peer is dialled again after a backoff, where
+//! [`Event::PeerConnected`] tells the core to resend from what the peer acknowledged. The core's
+//! flow control (`in_flight_appends_max`, `snapshot_chunks_in_flight`) keeps a follower's queue
+//! far below that limit: the server refuses at start a snapshot window larger than half of it.
 
 use super::connection::{Connection, Kind};
 use super::timers::{Backoff, Deadline};
 use super::{deadline_after, Reactor};
-use crate::consensus::{Actions, ClientReply, Envelope, Event, ProposalOutcome, TimerAction};
+use crate::consensus::{
+    Actions, ClientReply, Envelope, Event, Message, ProposalOutcome, TimerAction,
+};
 use crate::error::Result;
 use crate::log::PersistentLog;
 use crate::state_machine::StateMachine;
@@ -127,11 +140,21 @@ where
             });
         match token {
             Some(token) if established => self.queue_frame(token, &wire::encode_message(&message)),
-            _ => log::trace!(
-                "{}: dropped {} for {to}: not connected",
-                self.id,
-                message.name()
-            ),
+            _ => {
+                // Snapshot chunks are few and large, and their loss stalls a transfer until the
+                // core resends: worth a line at a level operators keep.
+                let level = if matches!(message, Message::InstallSnapshot(_)) {
+                    log::Level::Debug
+                } else {
+                    log::Level::Trace
+                };
+                log::log!(
+                    level,
+                    "{}: dropped {} for {to}: not connected",
+                    self.id,
+                    message.name()
+                );
+            }
         }
     }
 
@@ -182,6 +205,14 @@ where
                 ),
             },
             ProposalOutcome::Read { result } => ResponseBody::Applied(result),
+            ProposalOutcome::Unknown { index } => ResponseBody::Rejected {
+                reason: RejectionReason::OutcomeUnknown,
+                message: format!(
+                    "this server installed a snapshot covering index {index}, where the \
+                     command was appended, and cannot tell whether it was applied; retry in the \
+                     same session"
+                ),
+            },
         };
         self.respond(proposer.token, proposer.request_id, body);
     }

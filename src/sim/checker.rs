@@ -22,6 +22,9 @@ pub struct Checker {
     entries: HashMap<(LogIndex, Term), (u64, Term)>,
     /// The committed prefix: the term and digest of each committed index, 1-based.
     committed: Vec<(Term, u64)>,
+    /// The committed entries themselves, 1-based: the cluster's history even after every server
+    /// has compacted a prefix away (§7), for replay checks.
+    committed_entries: Vec<Entry>,
     /// State-machine digest at each applied index seen, to compare replicas.
     digests: HashMap<LogIndex, u64>,
     /// Per server: what the previous check saw.
@@ -56,6 +59,12 @@ impl Checker {
         self.committed.len() as u64
     }
 
+    /// The committed entry at `index`, as first seen committed.
+    pub fn committed_entry(&self, index: LogIndex) -> Option<&Entry> {
+        let position = usize::try_from(index.0.checked_sub(1)?).ok()?;
+        self.committed_entries.get(position)
+    }
+
     /// The highest committed entry cluster-wide: its index and term.
     pub fn last_committed(&self) -> Option<(LogIndex, Term)> {
         let term = self.committed.last()?.0;
@@ -81,6 +90,13 @@ impl Checker {
         let position = |log: &SimLog| (log.latest_log_term(), log.latest_log_index());
         for (id, log) in logs.clone() {
             if log.term(index).ok().flatten() == Some(term) {
+                continue;
+            }
+            // A snapshot only ever covers applied, hence committed, entries (§7).
+            if log
+                .snapshot_meta()
+                .is_some_and(|meta| meta.last_index >= index)
+            {
                 continue;
             }
             let ours = position(log);
@@ -155,36 +171,43 @@ impl Checker {
         from: LogIndex,
     ) -> Result<(), String> {
         let log = node.log();
-        let mut index = from.max(LogIndex(1));
-        let mut prev_term = term_of(log, index.prev().unwrap_or_default())?;
+        let mut index = from.max(LogIndex(1)).max(log.first_log_index());
+        // The entry before the first one held may be compacted, its term unknown (None).
+        let mut prev_term = log.term(index.prev().unwrap_or_default()).ok().flatten();
         while index <= log.latest_log_index() {
             let entry = log
                 .entry(index)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("{}: log has no entry at {index}", node.id()))?;
             let digest = entry_digest(&entry);
-            let recorded = *self
-                .entries
-                .entry((index, entry.term))
-                .or_insert((digest, prev_term));
-            if recorded != (digest, prev_term) {
-                return Err(format!(
-                    "log matching: {} holds entry {index}@t{} with digest {digest:x} after term \
-                     {prev_term}, but another log held {:x} after term {}",
-                    node.id(),
-                    entry.term,
-                    recorded.0,
-                    recorded.1
-                ));
+            let recorded = self.entries.get(&(index, entry.term)).copied();
+            match (recorded, prev_term) {
+                (None, Some(prev_term)) => {
+                    self.entries
+                        .insert((index, entry.term), (digest, prev_term));
+                }
+                (None, None) => {}
+                (Some(recorded), prev_term) => {
+                    if recorded.0 != digest || prev_term.is_some_and(|term| term != recorded.1) {
+                        return Err(format!(
+                            "log matching: {} holds entry {index}@t{} with digest {digest:x} \
+                             after term {prev_term:?}, but another log held {:x} after term {}",
+                            node.id(),
+                            entry.term,
+                            recorded.0,
+                            recorded.1
+                        ));
+                    }
+                }
             }
-            if entry.term < prev_term {
+            if let Some(prev_term) = prev_term.filter(|&term| entry.term < term) {
                 return Err(format!(
                     "log order: {} has term {} at {index} after term {prev_term}",
                     node.id(),
                     entry.term
                 ));
             }
-            prev_term = entry.term;
+            prev_term = Some(entry.term);
             index = index.next();
         }
         Ok(())
@@ -203,8 +226,15 @@ impl Checker {
             }
         }
         let log = node.log();
+        let snapshot_index = log
+            .snapshot_meta()
+            .map_or(LogIndex(0), |meta| meta.last_index);
         for (position, &(committed_term, _)) in self.committed.iter().enumerate() {
             let index = LogIndex(position as u64 + 1);
+            if index < snapshot_index {
+                // Held in the snapshot, whose state the digest check compares.
+                continue;
+            }
             let held = log.term(index).map_err(|e| e.to_string())?;
             if held != Some(committed_term) {
                 return Err(format!(
@@ -225,10 +255,26 @@ impl Checker {
         let log = node.log();
         let mut index = previous.next();
         while index <= node.commit_index() {
-            let entry = log
-                .entry(index)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("{}: committed entry {index} missing", node.id()))?;
+            let compacted = index < log.first_log_index();
+            if compacted && log.compacted_entry(index).is_none() {
+                // Committed here by installing a snapshot (§7): it covers only entries some
+                // server committed before.
+                if index.0 > self.committed.len() as u64 {
+                    return Err(format!(
+                        "state-machine safety: {} committed {index} through a snapshot, but no \
+                         server had committed it",
+                        node.id()
+                    ));
+                }
+                index = index.next();
+                continue;
+            }
+            let entry = if compacted {
+                log.compacted_entry(index).cloned()
+            } else {
+                log.entry(index).map_err(|e| e.to_string())?
+            }
+            .ok_or_else(|| format!("{}: committed entry {index} missing", node.id()))?;
             let digest = entry_digest(&entry);
             let position = (index.0 - 1) as usize;
             match self.committed.get(position) {
@@ -244,16 +290,11 @@ impl Checker {
                 None => {
                     assert_eq!(position, self.committed.len(), "commits form a prefix");
                     self.committed.push((entry.term, digest));
+                    self.committed_entries.push(entry);
                 }
             }
             index = index.next();
         }
         Ok(())
     }
-}
-
-fn term_of(log: &SimLog, index: LogIndex) -> Result<Term, String> {
-    log.term(index)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no entry at {index}"))
 }

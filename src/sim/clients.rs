@@ -467,7 +467,14 @@ impl Simulation {
                 self.clients[client].leader_guess = guess;
                 self.client_retry(client, after);
             }
-            (_, ProposalOutcome::Dropped { .. } | ProposalOutcome::Overloaded { .. }) => {
+            // Unknown: the server cannot tell (it installed a snapshot over its entry); a retry
+            // under the same sequence number is answered exactly once by the session table.
+            (
+                _,
+                ProposalOutcome::Dropped { .. }
+                | ProposalOutcome::Overloaded { .. }
+                | ProposalOutcome::Unknown { .. },
+            ) => {
                 let after = self.rng.gen_range(1_000..10_000);
                 self.client_retry(client, after);
             }

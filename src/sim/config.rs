@@ -86,7 +86,7 @@ impl SimConfig {
         let client_count = rng.gen_range(2..=8);
         let client_timeout = Duration::from_millis(rng.gen_range(300..=1500));
         // Drawn after the knobs above, so those stay what they were for every seed.
-        SimConfig {
+        let mut config = SimConfig {
             node_count,
             core,
             faults,
@@ -99,7 +99,17 @@ impl SimConfig {
             committed_percent: if rng.gen_bool(0.5) { 0 } else { 10 },
             session_expired_is_final: true,
             check_invariants: true,
+        };
+        // §7: in most runs, snapshots every few entries, keeping few or none behind, sent in
+        // tiny chunks, so followers fall behind the compaction point and transfers span many
+        // messages (and crashes).
+        if rng.gen_bool(0.75) {
+            config.core.snapshot_entries = rng.gen_range(2..=40);
+            config.core.snapshot_keep_entries = rng.gen_range(0..=4);
+            config.core.snapshot_chunk_bytes = rng.gen_range(8..=256);
+            config.core.snapshot_chunks_in_flight = rng.gen_range(1..=4);
         }
+        config
     }
 }
 
@@ -108,7 +118,8 @@ impl fmt::Display for SimConfig {
         write!(
             f,
             "{} servers, {} clients (timeout {:?}, give up after {:?}; {} keys, {}% reads, {}% cas, \
-             {}% answered at commit), append {} entries/{} bytes max, {} in flight; {}",
+             {}% answered at commit), append {} entries/{} bytes max, {} in flight; snapshot every \
+             {} entries keeping {}, chunks of {} bytes, {} in flight; {}",
             self.node_count,
             self.client_count,
             self.client_timeout,
@@ -120,6 +131,10 @@ impl fmt::Display for SimConfig {
             self.core.append_entries_max,
             self.core.append_bytes_max,
             self.core.in_flight_appends_max,
+            self.core.snapshot_entries,
+            self.core.snapshot_keep_entries,
+            self.core.snapshot_chunk_bytes,
+            self.core.snapshot_chunks_in_flight,
             self.faults
         )
     }

@@ -124,6 +124,12 @@ pub struct FaultCounts {
     pub leaders_isolated: u64,
     /// Heals of partitions.
     pub heals: u64,
+    /// InstallSnapshot chunks sent (§7).
+    pub snapshot_chunks_sent: u64,
+    /// Snapshots a follower finished receiving and installed.
+    pub snapshots_installed: u64,
+    /// Crashes of a server in the middle of receiving a snapshot.
+    pub crashes_mid_install: u64,
 }
 
 impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
@@ -142,6 +148,9 @@ impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
             partitions,
             leaders_isolated,
             heals,
+            snapshot_chunks_sent,
+            snapshots_installed,
+            crashes_mid_install,
         } = other;
         self.messages_sent += messages_sent;
         self.messages_dropped += messages_dropped;
@@ -155,6 +164,9 @@ impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
         self.partitions += partitions;
         self.leaders_isolated += leaders_isolated;
         self.heals += heals;
+        self.snapshot_chunks_sent += snapshot_chunks_sent;
+        self.snapshots_installed += snapshots_installed;
+        self.crashes_mid_install += crashes_mid_install;
     }
 }
 
@@ -164,7 +176,7 @@ impl fmt::Display for FaultCounts {
             f,
             "sent {}, dropped {}, duplicated {}, reordered {}, partitioned {}, to crashed {}, \
              crashes {}, restarts {}, unsynced writes lost {}, partitions {}, leaders isolated {}, \
-             heals {}",
+             heals {}, snapshot chunks {}, snapshots installed {}, crashes mid-install {}",
             self.messages_sent,
             self.messages_dropped,
             self.messages_duplicated,
@@ -176,7 +188,10 @@ impl fmt::Display for FaultCounts {
             self.unsynced_writes_lost,
             self.partitions,
             self.leaders_isolated,
-            self.heals
+            self.heals,
+            self.snapshot_chunks_sent,
+            self.snapshots_installed,
+            self.crashes_mid_install
         )
     }
 }

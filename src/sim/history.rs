@@ -15,7 +15,7 @@
 use super::linearizability::{
     check, prune_unobserved_writes, Model, Operation, RegisterInput, RegisterModel, Verdict,
 };
-use super::{ClientOp, SimFailure, SimNode, Simulation};
+use super::{Checker, ClientOp, SimFailure, SimNode, Simulation};
 use crate::log::{EntryKind, PersistentLog};
 use crate::state_machine::{KvStateMachine, StateMachine};
 use crate::types::LogIndex;
@@ -103,7 +103,9 @@ struct Replay {
 }
 
 impl Replay {
-    fn of(node: &SimNode) -> Result<Replay, String> {
+    /// Replays `node`'s applied prefix: from its log, and from the cluster's record of committed
+    /// entries (`checker`) for the prefix its log no longer holds (§7).
+    fn of(node: &SimNode, checker: &Checker) -> Result<Replay, String> {
         let sessions_max = node.config().sessions_max.max(1);
         let mut replay = Replay {
             state_machine: KvStateMachine::new(),
@@ -113,11 +115,12 @@ impl Replay {
         };
         let mut index = LogIndex(1);
         while index <= node.last_applied() {
-            let entry = node
-                .log()
-                .entry(index)
-                .map_err(|error| error.to_string())?
-                .ok_or_else(|| format!("{}: applied entry {index} missing", node.id()))?;
+            let entry = if index >= node.log().first_log_index() {
+                node.log().entry(index).map_err(|error| error.to_string())?
+            } else {
+                checker.committed_entry(index).cloned()
+            }
+            .ok_or_else(|| format!("{}: applied entry {index} missing", node.id()))?;
             match entry.kind {
                 EntryKind::Noop => {}
                 EntryKind::Command => {
@@ -189,9 +192,11 @@ impl Simulation {
             let Some(node) = self.node(id) else {
                 continue;
             };
-            let replay = Replay::of(node).map_err(|reason| self.failure(reason))?;
+            let replay = Replay::of(node, &self.checker).map_err(|reason| self.failure(reason))?;
             let machine = node.state_machine();
-            if replay.state_machine != *machine {
+            // Compared by snapshot: a machine restored from one has its count of commands
+            // applied since the restore, not since the start.
+            if replay.state_machine.snapshot() != machine.snapshot() {
                 let mut copies: BTreeMap<(u64, u64), Vec<LogIndex>> = BTreeMap::new();
                 for (session, sequence, index) in &replay.not_applied {
                     copies

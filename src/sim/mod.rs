@@ -341,6 +341,9 @@ impl Simulation {
         let Some(node) = self.slots[index].node.take() else {
             return;
         };
+        if node.receiving_snapshot() {
+            self.counts.crashes_mid_install += 1;
+        }
         let (log, _state_machine) = node.into_parts();
         let pending = log.pending_write_count();
         let keep = self.rng.gen_range(0..=pending);
@@ -731,6 +734,15 @@ impl Simulation {
     fn carry_out(&mut self, id: ServerId, actions: Actions) {
         let index = self.slot_index(id).expect("known server");
         for envelope in actions.messages {
+            match &envelope.message {
+                Message::InstallSnapshot(_) => self.counts.snapshot_chunks_sent += 1,
+                Message::InstallSnapshotResponse(response)
+                    if response.done && response.match_index == response.last_index =>
+                {
+                    self.counts.snapshots_installed += 1;
+                }
+                _ => {}
+            }
             let (fate, sequence) = self.network.send(
                 id,
                 envelope.to,

@@ -6,7 +6,7 @@
 
 use crate::error::LogError;
 use crate::log::conformance::ReopenableLog;
-use crate::log::{Entry, MemLog, PersistentLog};
+use crate::log::{Entry, MemLog, PersistentLog, SnapshotMeta};
 use crate::types::{LogIndex, ServerId, Term};
 
 /// A [`PersistentLog`] for the deterministic simulator that loses unsynced writes on a crash.
@@ -46,6 +46,10 @@ pub struct SimLog {
     /// The lowest index whose entry was appended or removed since the last
     /// [`SimLog::take_changed_from`], `None` if none.
     changed_from: Option<LogIndex>,
+    /// Entries this log discarded by compaction, by index: not log state (a real log forgets
+    /// them), but kept for the simulator's checkers, which look at a server only after its step
+    /// and must still see the entries it committed and compacted within that step.
+    compacted: std::collections::BTreeMap<LogIndex, Entry>,
 }
 
 /// One write made since the last sync, as the journal holds it.
@@ -85,8 +89,8 @@ impl SimLog {
     /// the rest.
     ///
     /// The returned log has nothing pending, its durable state equals what it reads, and its
-    /// first [`take_changed_from`](Self::take_changed_from) reports `Some(LogIndex(1))`, so
-    /// incremental checkers verify the whole log again.
+    /// first [`take_changed_from`](Self::take_changed_from) reports its first index (1 unless a
+    /// prefix was compacted, §7), so incremental checkers verify the whole log again.
     ///
     /// # Panics
     /// Only if the journal no longer replays onto the durable state, a broken invariant of
@@ -97,11 +101,13 @@ impl SimLog {
         for write in self.journal.iter().take(keep_pending) {
             replay(write, &mut restarted);
         }
+        let first = restarted.first_log_index();
         SimLog {
             current: restarted.clone(),
             durable: restarted,
             journal: Vec::new(),
-            changed_from: Some(LogIndex(1)),
+            changed_from: Some(first),
+            compacted: self.compacted,
         }
     }
 
@@ -109,9 +115,16 @@ impl SimLog {
     /// if no entry changed; for checkers that verify only what changed.
     ///
     /// Appending nothing and truncating at `latest_log_index() + 1` change no entry. A log
-    /// returned by [`crash`](Self::crash) reports `Some(LogIndex(1))` first.
+    /// returned by [`crash`](Self::crash) reports its first index first. The index reported is
+    /// never below [`first_log_index`](PersistentLog::first_log_index), so a checker can read
+    /// from it.
     pub fn take_changed_from(&mut self) -> Option<LogIndex> {
         self.changed_from.take()
+    }
+
+    /// An entry this log discarded by compaction (for checkers only; see the field).
+    pub fn compacted_entry(&self, index: LogIndex) -> Option<&Entry> {
+        self.compacted.get(&index)
     }
 
     /// The latest index a crash keeps for sure: the durable log's latest index.
@@ -220,6 +233,62 @@ impl PersistentLog for SimLog {
         self.journal.clear();
         Ok(())
     }
+
+    fn snapshot_meta(&self) -> Option<&SnapshotMeta> {
+        self.current.snapshot_meta()
+    }
+
+    /// The unfinished snapshot lives only in `current`: a crash loses it, as a crash mid-install
+    /// loses a real server's temporary file.
+    fn begin_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), LogError> {
+        self.current.begin_snapshot(meta)
+    }
+
+    fn write_snapshot(&mut self, data: &[u8]) -> Result<(), LogError> {
+        self.current.write_snapshot(data)
+    }
+
+    /// Durable at once, with every earlier write, as the contract says.
+    fn finish_snapshot(&mut self) -> Result<(), LogError> {
+        let first_before = self.current.first_log_index();
+        self.current.finish_snapshot()?;
+        self.journal.clear();
+        self.durable = self.current.clone();
+        if self.current.first_log_index() != first_before {
+            // §7: the log was discarded and continues after the snapshot, from where the next
+            // entry will be new (the indexes the snapshot covers cannot be read back).
+            self.mark_changed(self.current.first_log_index());
+        }
+        Ok(())
+    }
+
+    fn read_snapshot(&self, offset: u64, bytes_max: u64) -> Result<Vec<u8>, LogError> {
+        self.current.read_snapshot(offset, bytes_max)
+    }
+
+    /// Compaction forgets only entries the snapshot covers. Those are in the durable copy too
+    /// (finishing a snapshot syncs everything, and entries a snapshot covers are never
+    /// truncated), so it applies to both copies at once, durable at once as `FileLog`'s segment
+    /// deletions are, and the journal still replays (it only touches entries after the
+    /// snapshot). It does not sync the other pending writes: a crash after it may still lose
+    /// them, so the simulator keeps catching a missing sync.
+    fn compact_prefix(&mut self, through: LogIndex) -> Result<(), LogError> {
+        let first = self.current.first_log_index();
+        let covered = self
+            .current
+            .snapshot_meta()
+            .is_some_and(|meta| through <= meta.last_index);
+        let discarded = if covered && through >= first {
+            self.current.entries(first, through.next(), u64::MAX)?
+        } else {
+            Vec::new()
+        };
+        self.current.compact_prefix(through)?;
+        for (entry, index) in discarded.into_iter().zip(first.0..) {
+            self.compacted.insert(LogIndex(index), entry);
+        }
+        self.durable.compact_prefix(through)
+    }
 }
 
 impl ReopenableLog for SimLog {
@@ -248,7 +317,11 @@ mod tests {
     /// Everything a read sees, to compare logs.
     fn reads(log: &SimLog) -> (Term, Option<ServerId>, Vec<Entry>) {
         let entries = log
-            .entries(LogIndex(1), log.latest_log_index().next(), u64::MAX)
+            .entries(
+                log.first_log_index(),
+                log.latest_log_index().next(),
+                u64::MAX,
+            )
             .expect("SimLog reads never fail");
         (log.current_term(), log.voted_for(), entries)
     }
@@ -381,6 +454,99 @@ mod tests {
 
         log.truncate_suffix(LogIndex(2)).expect("truncate");
         assert_eq!(log.take_changed_from(), Some(LogIndex(2)));
+    }
+
+    /// A snapshot of `data` up to `last_index` of `last_term`, begun, written and finished.
+    fn install_snapshot(log: &mut SimLog, last_index: u64, last_term: u64, data: &[u8]) {
+        let meta = SnapshotMeta {
+            last_index: LogIndex(last_index),
+            last_term: Term(last_term),
+            voters: vec![ServerId(1)],
+            size: data.len() as u64,
+            checksum: crc32c::crc32c(data),
+        };
+        log.begin_snapshot(meta).expect("begin");
+        log.write_snapshot(data).expect("write");
+        log.finish_snapshot().expect("finish");
+    }
+
+    #[test]
+    fn finishing_a_snapshot_makes_pending_writes_durable() {
+        let mut log = SimLog::new();
+        log.set_current_term(Term(2)).expect("term");
+        log.append_entries(LogIndex(1), &entries_of_terms(1, &[1, 1, 2, 2]))
+            .expect("append");
+        install_snapshot(&mut log, 3, 2, b"state");
+        assert_eq!(log.pending_write_count(), 0);
+        let restarted = log.clone().crash(0);
+        assert_eq!(reads(&restarted), reads(&log));
+        assert_eq!(restarted.snapshot_meta(), log.snapshot_meta());
+    }
+
+    /// Compaction is durable at once but leaves other writes pending, so a crash after it still
+    /// loses them, as the simulator needs to catch a missing sync.
+    #[test]
+    fn compaction_leaves_other_writes_pending() {
+        let mut log = SimLog::new();
+        log.append_entries(LogIndex(1), &entries_of_terms(1, &[1, 1, 1, 2, 2]))
+            .expect("append");
+        install_snapshot(&mut log, 3, 1, b"state");
+        log.set_current_term(Term(4)).expect("term");
+        log.append_entries(LogIndex(6), &entries_of_terms(6, &[3]))
+            .expect("append");
+        assert_eq!(log.pending_write_count(), 2);
+
+        log.compact_prefix(LogIndex(3)).expect("compact");
+        assert_eq!(
+            log.pending_write_count(),
+            2,
+            "compaction synced other writes"
+        );
+        assert_eq!(log.first_log_index(), LogIndex(4));
+
+        let lost = log.clone().crash(0);
+        assert_eq!(lost.first_log_index(), LogIndex(4), "compaction is durable");
+        assert_eq!(lost.latest_log_index(), LogIndex(5));
+        assert_eq!(lost.current_term(), Term(0));
+        let kept = log.clone().crash(2);
+        assert_eq!(reads(&kept), reads(&log));
+        assert_eq!(kept.first_log_index(), LogIndex(4));
+    }
+
+    #[test]
+    fn refused_compaction_changes_nothing_pending() {
+        let mut log = SimLog::new();
+        log.append_entries(LogIndex(1), &entries_of_terms(1, &[1, 1, 1]))
+            .expect("append");
+        install_snapshot(&mut log, 2, 1, b"state");
+        log.set_current_term(Term(2)).expect("term");
+        assert!(log.compact_prefix(LogIndex(3)).is_err());
+        assert_eq!(log.pending_write_count(), 1);
+        assert_eq!(log.first_log_index(), LogIndex(1));
+        assert_eq!(log.crash(0).current_term(), Term(0));
+    }
+
+    /// What `take_changed_from` reports can be read from: after a snapshot replaced a short
+    /// log, and after a crash of a compacted log.
+    #[test]
+    fn changed_from_never_points_below_the_first_index() {
+        let mut log = SimLog::new();
+        log.append_entries(LogIndex(1), &entries_of_terms(1, &[1, 1, 1]))
+            .expect("append");
+        log.take_changed_from();
+        install_snapshot(&mut log, 10, 2, b"state");
+        assert_eq!(log.take_changed_from(), Some(LogIndex(11)));
+        log.append_entries(LogIndex(11), &entries_of_terms(11, &[2, 2, 2, 2, 2]))
+            .expect("append");
+        install_snapshot(&mut log, 14, 2, b"later state");
+        log.compact_prefix(LogIndex(13)).expect("compact");
+        let mut restarted = log.crash(0);
+        let from = restarted
+            .take_changed_from()
+            .expect("a crash reports a change");
+        assert_eq!(from, LogIndex(14));
+        assert_eq!(from, restarted.first_log_index());
+        assert!(restarted.entry(from).is_ok());
     }
 
     #[test]
