@@ -111,8 +111,10 @@ fn main() {
     let leader_metrics = status(&mut client, addresses[leader]);
     let snapshot_file_bytes = largest_file(&root.path().join(format!("n{}", leader + 1)));
     println!(
-        "leader n{} snapshot through {}, commit {}; largest file in its directory {:.1} MB",
+        "leader n{} in term {}: snapshot through {}, commit {}; largest file in its directory \
+         {:.1} MB",
         leader + 1,
+        leader_metrics.current_term,
         leader_metrics.snapshot_index,
         leader_metrics.commit_index,
         snapshot_file_bytes as f64 / 1e6
@@ -264,6 +266,9 @@ fn start_server(
 
 /// `--serve <id> <dir> <snapshot-entries> <chunk-bytes> <address>...`: one server, until killed.
 fn serve(args: &[String]) {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .try_init();
     let id: u64 = args[0].parse().expect("id");
     let dir = PathBuf::from(&args[1]);
     let snapshot_entries: u64 = args[2].parse().expect("snapshot entries");

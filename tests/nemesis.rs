@@ -294,7 +294,7 @@ mod cluster {
 
     use crate::machine::Machine;
     use mioraft::consensus::Config;
-    use mioraft::log::FileLog;
+    use mioraft::log::{FileLog, FileLogOptions};
     use mioraft::{Server, ServerId};
     use std::collections::BTreeMap;
     use std::net::{SocketAddr, TcpListener};
@@ -381,6 +381,14 @@ mod cluster {
         }
     }
 
+    /// 256 KiB segments, so compaction (which deletes whole segments) keeps up with the
+    /// snapshots and lagging servers need snapshots to catch up.
+    pub fn small_segments() -> FileLogOptions {
+        FileLogOptions {
+            segment_bytes_max: 256 << 10,
+        }
+    }
+
     /// The child's side: serve until killed; exit if the test process goes away.
     pub fn run_child(spec: &str) {
         let spec = Spec::decode(spec);
@@ -404,7 +412,7 @@ mod cluster {
             spec.id,
             spec.fd
         );
-        let log = FileLog::open(&spec.dir).expect("open the data directory");
+        let log = FileLog::open_with(&spec.dir, small_segments()).expect("open the data directory");
         let result = Server::new(spec.id, spec.address, log, Machine::default())
             .with_peers(spec.peers.into_iter().collect())
             .with_listener(listener)
@@ -1538,12 +1546,24 @@ mod checks {
         problems
     }
 
-    /// Every server's log holds the same entries up to `commit`; returns how many.
-    pub fn compare_logs(dirs: &[(ServerId, PathBuf)], commit: LogIndex) -> Result<u64, String> {
+    /// Every server's log holds the same entries up to `commit`; returns how many, and where
+    /// each server's snapshot and log begin.
+    pub fn compare_logs(
+        dirs: &[(ServerId, PathBuf)],
+        commit: LogIndex,
+    ) -> Result<(u64, String), String> {
         let mut logs = Vec::new();
+        let mut snapshots = Vec::new();
         for (id, dir) in dirs {
-            let log = FileLog::open(dir).map_err(|error| format!("{id}: {error}"))?;
+            let log = FileLog::open_with(dir, super::cluster::small_segments())
+                .map_err(|error| format!("{id}: {error}"))?;
             let first = log.first_log_index();
+            let snapshot = log
+                .snapshot_meta()
+                .map_or(LogIndex(0), |meta| meta.last_index);
+            snapshots.push(format!(
+                "{id} snapshot through {snapshot}, log from {first}"
+            ));
             let entries = log
                 .entries(first, commit.next(), u64::MAX)
                 .map_err(|error| format!("{id}: {error}"))?;
@@ -1569,7 +1589,7 @@ mod checks {
                 }
             }
         }
-        Ok(commit.0 + 1 - start)
+        Ok((commit.0 + 1 - start, snapshots.join("; ")))
     }
 
     fn linearizable(calls: &[RegisterCall]) -> bool {
@@ -1965,11 +1985,12 @@ fn clients_see_a_linearizable_history_while_servers_crash_pause_and_partition() 
             history.appends.len() - appends_acknowledged - appends_not_applied,
         );
     }
-    if let (Ok(entries), Ok(commit)) = (&logs, &commit) {
+    if let (Ok((entries, snapshots)), Ok(commit)) = (&logs, &commit) {
         println!(
             "  logs: all {} servers hold the same {entries} committed entries (commit index {commit})",
             knobs.servers
         );
+        println!("  snapshots: {snapshots}");
     }
 
     if problems.is_empty() {

@@ -142,6 +142,8 @@ fn five_servers_keep_every_invariant_under_faults() {
 /// it, replays seed 7 twice and checks both runs are identical.
 #[test]
 fn replay_seed() {
+    // `RUST_LOG=debug` shows every server's decisions on the simulated timeline.
+    let _ = env_logger::builder().is_test(true).try_init();
     let servers = std::env::var("MIORAFT_SIM_SERVERS")
         .ok()
         .and_then(|value| value.parse().ok())

@@ -124,7 +124,9 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 self.dispatch(event)?;
             }
         }
-        self.advance_reads()
+        self.advance_reads()?;
+        // A snapshot the log was writing in the background may be ready (§7).
+        self.finish_local_snapshot()
     }
 
     /// Whether this leader has applied its term's no-op: its state machine and session table

@@ -449,6 +449,8 @@ pub struct Consensus<L: PersistentLog, M: StateMachine> {
     reads: read_index::ReadState,
     /// A leader's snapshot being received (§7), if any.
     incoming_snapshot: Option<snapshot::IncomingSnapshot>,
+    /// The last index of our own snapshot while the log writes it, if one is being taken.
+    local_snapshot: Option<LogIndex>,
     /// Entries and bytes applied since the last snapshot, for the snapshot policy.
     applied_since_snapshot: snapshot::AppliedSinceSnapshot,
     /// Randomness for election timeouts, from the seed given at construction.
@@ -518,6 +520,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             waiting_for_term_start: Vec::new(),
             reads: read_index::ReadState::default(),
             incoming_snapshot: None,
+            local_snapshot: None,
             applied_since_snapshot: snapshot::AppliedSinceSnapshot::default(),
             rng: ChaCha8Rng::seed_from_u64(rng_seed),
             out: Actions::default(),

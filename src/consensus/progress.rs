@@ -28,6 +28,8 @@ pub enum ReplicationState {
     Snapshot {
         /// Which snapshot (the last index it covers).
         last_index: LogIndex,
+        /// Its length in bytes.
+        size: u64,
         /// Bytes sent: the next chunk starts here.
         sent: u64,
         /// Bytes the follower said it holds.
@@ -112,10 +114,12 @@ impl Progress {
         self.check();
     }
 
-    /// Starts sending the snapshot through `last_index` from its first byte.
-    pub fn become_snapshot(&mut self, last_index: LogIndex) {
+    /// Starts sending the snapshot through `last_index`, `size` bytes long, from its first
+    /// byte.
+    pub fn become_snapshot(&mut self, last_index: LogIndex, size: u64) {
         self.state = ReplicationState::Snapshot {
             last_index,
+            size,
             sent: 0,
             acked: 0,
         };
@@ -140,6 +144,7 @@ impl Progress {
             last_index: sending,
             sent,
             acked,
+            ..
         } = &mut self.state
         else {
             return;
@@ -327,7 +332,7 @@ mod tests {
     #[test]
     fn snapshot_transfer_resumes_from_the_acknowledged_offset() {
         let mut progress = Progress::new(LogIndex(1));
-        progress.become_snapshot(LogIndex(50));
+        progress.become_snapshot(LogIndex(50), 100);
         assert!(!progress.can_send(LogIndex(60), 4), "no appends meanwhile");
         progress.on_snapshot_sent(10);
         progress.on_snapshot_sent(10);

@@ -39,14 +39,21 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 .expect("progress invariant: next_index >= 1");
             if next_index < self.log.first_log_index() || !self.term_available(prev_log_index) {
                 // §7: the entries it needs were compacted: send the snapshot instead.
-                let snapshot_index = self.snapshot_index();
+                let Some(meta) = self.log.snapshot_meta() else {
+                    log::error!(
+                        "{}: {peer} needs {next_index}, compacted, but there is no snapshot",
+                        self.who()
+                    );
+                    return Ok(());
+                };
+                let (snapshot_index, size) = (meta.last_index, meta.size);
                 log::info!(
                     "{}: {peer} needs {next_index}, compacted; sending snapshot through \
                      {snapshot_index}",
                     self.who()
                 );
                 if let Some(progress) = self.progress.get_mut(&peer) {
-                    progress.become_snapshot(snapshot_index);
+                    progress.become_snapshot(snapshot_index, size);
                 }
                 continue;
             }
@@ -205,9 +212,12 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             );
             return Ok(());
         }
-        if !self.term_available(request.prev_log_index) {
-            // The check point lies in the prefix our snapshot replaced. Compaction never passes
-            // what we applied, so it is committed, and committed entries are the same on every
+        if request.prev_log_index.next() < self.log.first_log_index()
+            || !self.term_available(request.prev_log_index)
+        {
+            // The check point, or entries after it, lie in the prefix our snapshot replaced (a
+            // late or duplicated message can start there too). Compaction never passes what we
+            // applied, so that prefix is committed, and committed entries are the same on every
             // server (§5.4): check from our commit index instead, skipping what it covers.
             assert!(
                 request.prev_log_index < self.commit_index,

@@ -2,15 +2,19 @@
 //! InstallSnapshot in both directions.
 //!
 //! **What a snapshot holds.** Its [`SnapshotMeta`] (last included index and term, the voters at
-//! that index, length and crc32c) is kept by the log; its bytes are the state machine's
-//! [`StateMachine::snapshot`] followed by the client session table (thesis §6.3: the table is
-//! replicated state, so a server restored from a snapshot must answer retries exactly as the
-//! others do), then a fixed trailer giving both lengths. The state machine's part comes first so
-//! that restoring hands its bytes to [`StateMachine::restore_snapshot`] without a second copy.
+//! that index, length and crc32c) is kept by the log; its bytes are a small header (a magic
+//! number and two lengths), the client session table (thesis §6.3: the table is replicated
+//! state, so a server restored from a snapshot must answer retries exactly as the others do),
+//! then the state machine's [`StateMachine::snapshot`]. The state machine's part comes last and
+//! whole, so taking a snapshot hands it to the log by value and restoring reads it back into one
+//! buffer for [`StateMachine::restore_snapshot`]: never a second copy in memory.
 //!
 //! **Policy.** After applying, a server snapshots once `snapshot_entries` entries or
 //! `snapshot_bytes` bytes were applied since its last snapshot, then discards the log up to
-//! `snapshot_keep_entries` behind it. Snapshots are taken synchronously, so never two at once.
+//! `snapshot_keep_entries` behind it. Only the state machine's serialization runs in the
+//! server's thread; the log may write and fsync the bytes in the background
+//! ([`PersistentLog::write_snapshot_owned`]), and the snapshot is put in force once
+//! [`PersistentLog::snapshot_written`] says so. One snapshot at a time.
 //!
 //! **Transfer.** A leader that needs an entry it has compacted sends the snapshot instead, in
 //! chunks of `snapshot_chunk_bytes`, at most `snapshot_chunks_in_flight` unacknowledged. The
@@ -31,10 +35,10 @@ use crate::state_machine::StateMachine;
 use crate::types::{LogIndex, ServerId};
 use bytes::Bytes;
 
-/// Marks the end of a snapshot's bytes, after the two lengths: "MRS" and format version 1.
-const TRAILER_MAGIC: [u8; 4] = *b"MRS1";
-/// Bytes of the trailer: state machine length, session table length (u64 each), magic.
-const TRAILER_BYTES: usize = 8 + 8 + 4;
+/// Opens a snapshot's bytes: "MRS" and format version 1.
+const HEADER_MAGIC: [u8; 4] = *b"MRS1";
+/// Bytes of the header: magic, session table length, state machine length (u64 each).
+const HEADER_BYTES: usize = 4 + 8 + 8;
 
 /// A snapshot being received from a leader (follower side).
 #[derive(Clone, Debug)]
@@ -54,35 +58,41 @@ pub(super) struct AppliedSinceSnapshot {
     pub(super) bytes: u64,
 }
 
-/// Splits a snapshot's bytes into the state machine's part and the session table.
+/// The header and session table that precede the state machine's bytes.
+fn encode_head(sessions: &Sessions, machine_len: usize) -> Vec<u8> {
+    let mut table = Vec::new();
+    sessions.encode(&mut table);
+    let mut head = Vec::with_capacity(HEADER_BYTES + table.len());
+    head.extend_from_slice(&HEADER_MAGIC);
+    head.extend_from_slice(&(table.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(machine_len as u64).to_le_bytes());
+    head.extend_from_slice(&table);
+    head
+}
+
+/// From a snapshot of `size` bytes whose first bytes are `header`: the session table's length
+/// and the state machine's.
 ///
 /// # Errors
 /// What is malformed, for the caller to report with the snapshot's position.
-fn decode_snapshot(
-    mut bytes: Vec<u8>,
-    sessions_max: usize,
-) -> std::result::Result<(Vec<u8>, Sessions), String> {
-    let Some(body_len) = bytes.len().checked_sub(TRAILER_BYTES) else {
-        return Err(format!(
-            "{} bytes is too short to hold a trailer",
-            bytes.len()
-        ));
-    };
-    let trailer = &bytes[body_len..];
-    if trailer[16..] != TRAILER_MAGIC {
-        return Err("the trailer's magic number is wrong".to_owned());
+fn decode_header(header: &[u8], size: u64) -> std::result::Result<(u64, u64), String> {
+    if header.len() < HEADER_BYTES {
+        return Err(format!("{size} bytes is too short to hold a header"));
     }
-    let machine_len = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
-    let sessions_len = u64::from_le_bytes(trailer[8..16].try_into().expect("8 bytes"));
-    if machine_len.checked_add(sessions_len) != Some(body_len as u64) {
+    if header[..4] != HEADER_MAGIC {
+        return Err("the header's magic number is wrong".to_owned());
+    }
+    let sessions_len = u64::from_le_bytes(header[4..12].try_into().expect("8 bytes"));
+    let machine_len = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
+    let total = sessions_len
+        .checked_add(machine_len)
+        .and_then(|body| body.checked_add(HEADER_BYTES as u64));
+    if total != Some(size) {
         return Err(format!(
-            "the trailer's lengths {machine_len} + {sessions_len} do not add up to {body_len}"
+            "the header's lengths {sessions_len} + {machine_len} do not add up to {size} bytes"
         ));
     }
-    let machine_len = body_len - sessions_len as usize;
-    let sessions = Sessions::decode(&bytes[machine_len..body_len], sessions_max)?;
-    bytes.truncate(machine_len);
-    Ok((bytes, sessions))
+    Ok((sessions_len, machine_len))
 }
 
 impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
@@ -92,59 +102,78 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     pub(super) fn maybe_take_snapshot(&mut self) -> Result<()> {
         let due = self.applied_since_snapshot.entries >= self.config.snapshot_entries
             || self.applied_since_snapshot.bytes >= self.config.snapshot_bytes;
-        if due && self.last_applied > self.snapshot_index() {
+        if due && self.local_snapshot.is_none() && self.last_applied > self.snapshot_index() {
             self.take_snapshot()?;
         }
         Ok(())
     }
 
-    /// Snapshots the state at `last_applied`, makes it durable, then compacts the log behind it.
+    /// Snapshots the state at `last_applied` and hands it to the log, which may write it in the
+    /// background; [`Self::finish_local_snapshot`] puts it in force once written.
     pub(super) fn take_snapshot(&mut self) -> Result<()> {
         let last_index = self.last_applied;
         let last_term = self.term_at(last_index)?;
         let machine = self.state_machine.snapshot();
-        let mut tail = Vec::new();
-        if self.config.testing_broken_rule == Some(super::BrokenRule::SnapshotWithoutSessions) {
-            Sessions::new(self.config.sessions_max).encode(&mut tail);
+        let head = if self.config.testing_broken_rule
+            == Some(super::BrokenRule::SnapshotWithoutSessions)
+        {
+            encode_head(&Sessions::new(self.config.sessions_max), machine.len())
         } else {
-            self.sessions.encode(&mut tail);
-        }
-        let sessions_len = tail.len() as u64;
-        tail.extend_from_slice(&(machine.len() as u64).to_le_bytes());
-        tail.extend_from_slice(&sessions_len.to_le_bytes());
-        tail.extend_from_slice(&TRAILER_MAGIC);
+            encode_head(&self.sessions, machine.len())
+        };
         let meta = SnapshotMeta {
             last_index,
             last_term,
             voters: self.voters.clone(),
-            size: (machine.len() + tail.len()) as u64,
-            checksum: crc32c::crc32c_append(crc32c::crc32c(&machine), &tail),
+            size: (head.len() + machine.len()) as u64,
+            checksum: crc32c::crc32c_append(crc32c::crc32c(&head), &machine),
         };
         // A transfer in progress shares the log's one unfinished-snapshot slot; our own snapshot
         // is at least as new as anything we applied, so the transfer is abandoned (the leader
         // restarts it if it is still needed).
         self.incoming_snapshot = None;
         self.log.begin_snapshot(meta)?;
-        self.log.write_snapshot(&machine)?;
-        drop(machine);
-        self.log.write_snapshot(&tail)?;
-        self.log.finish_snapshot()?;
+        self.log.write_snapshot(&head)?;
+        self.log.write_snapshot_owned(machine)?;
+        self.local_snapshot = Some(last_index);
         self.applied_since_snapshot = AppliedSinceSnapshot::default();
-        log::info!(
-            "{}: took a snapshot through {last_index}@t{last_term}",
+        log::debug!(
+            "{}: snapshotting through {last_index}@t{last_term}",
             self.who()
         );
+        self.finish_local_snapshot()
+    }
+
+    /// Puts our own snapshot in force once the log has written it, then compacts the log.
+    pub(super) fn finish_local_snapshot(&mut self) -> Result<()> {
+        let Some(last_index) = self.local_snapshot else {
+            return Ok(());
+        };
+        if !self.log.snapshot_written()? {
+            return Ok(());
+        }
+        self.local_snapshot = None;
+        self.log.finish_snapshot()?;
+        log::info!("{}: took a snapshot through {last_index}", self.who());
         self.compact_log()
     }
 
-    /// Discards the log up to `snapshot_keep_entries` behind the snapshot.
+    /// Discards the log up to `snapshot_keep_entries` behind the snapshot, but, on a leader,
+    /// never past a snapshot it is still sending: that follower continues with the entries
+    /// after it, and must not need a newer snapshot the moment it installs the one it gets.
     fn compact_log(&mut self) -> Result<()> {
         let snapshot_index = self.snapshot_index();
-        let through = LogIndex(
+        let mut through = LogIndex(
             snapshot_index
                 .0
                 .saturating_sub(self.config.snapshot_keep_entries),
         );
+        for progress in self.progress.values() {
+            if let ReplicationState::Snapshot { last_index, .. } = progress.state {
+                // Keep its last entry too: the first append after it checks that entry's term.
+                through = through.min(last_index.prev().unwrap_or_default());
+            }
+        }
         if through >= self.log.first_log_index() {
             self.log.compact_prefix(through)?;
         }
@@ -170,21 +199,15 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         let Some(meta) = self.log.snapshot_meta().cloned() else {
             return Ok(());
         };
-        let bytes = self.log.read_snapshot(0, meta.size)?;
-        if bytes.len() as u64 != meta.size {
-            return Err(LogError::Snapshot {
-                location: format!("{}@t{}", meta.last_index, meta.last_term),
-                reason: format!("read {} of its {} bytes", bytes.len(), meta.size),
-            }
-            .into());
-        }
-        let (machine, sessions) =
-            decode_snapshot(bytes, self.config.sessions_max).map_err(|reason| {
-                LogError::Snapshot {
-                    location: format!("{}@t{}", meta.last_index, meta.last_term),
-                    reason: format!("malformed: {reason}"),
-                }
-            })?;
+        let malformed = |reason: String| LogError::Snapshot {
+            location: format!("{}@t{}", meta.last_index, meta.last_term),
+            reason: format!("malformed: {reason}"),
+        };
+        let header = self.log.read_snapshot(0, HEADER_BYTES as u64)?;
+        let (sessions_len, machine_len) = decode_header(&header, meta.size).map_err(malformed)?;
+        let table = self.read_exactly(HEADER_BYTES as u64, sessions_len)?;
+        let sessions = Sessions::decode(&table, self.config.sessions_max).map_err(malformed)?;
+        let machine = self.read_exactly(HEADER_BYTES as u64 + sessions_len, machine_len)?;
         if meta.voters != self.voters {
             log::warn!(
                 "{}: snapshot {} names voters {:?}, configured {:?}",
@@ -225,6 +248,29 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         Ok(())
     }
 
+    /// `length` bytes of the log's snapshot from `offset`, in one buffer.
+    fn read_exactly(&self, offset: u64, length: u64) -> Result<Vec<u8>> {
+        let mut bytes = if length == 0 {
+            Vec::new()
+        } else {
+            self.log.read_snapshot(offset, length)?
+        };
+        while (bytes.len() as u64) < length {
+            let more = self
+                .log
+                .read_snapshot(offset + bytes.len() as u64, length - bytes.len() as u64)?;
+            if more.is_empty() {
+                return Err(LogError::Snapshot {
+                    location: format!("at offset {offset}"),
+                    reason: format!("ends after {} of {length} bytes", bytes.len()),
+                }
+                .into());
+            }
+            bytes.extend_from_slice(&more);
+        }
+        Ok(bytes)
+    }
+
     // ---- leader side ----
 
     /// Sends `peer` the next chunks of our snapshot, as the flow-control window allows.
@@ -243,6 +289,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             };
             let ReplicationState::Snapshot {
                 last_index,
+                size,
                 sent,
                 acked,
             } = progress.state
@@ -250,8 +297,13 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 return Ok(());
             };
             if last_index != meta.last_index {
-                // We took a newer snapshot since the transfer began: send that one instead.
-                progress.become_snapshot(meta.last_index);
+                if sent >= size {
+                    // Every chunk of the older snapshot is out: wait for the follower's answer
+                    // (the log after it is kept, see `compact_log`). Only if chunks were lost
+                    // does the transfer start over with the newer one.
+                    return Ok(());
+                }
+                progress.become_snapshot(meta.last_index, meta.size);
                 continue;
             }
             if sent >= meta.size || sent - acked >= window {
@@ -298,12 +350,15 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 );
                 return Ok(());
             }
+            let was_sending = matches!(progress.state, ReplicationState::Snapshot { .. });
             let advanced = progress.on_snapshot_done(response.match_index);
-            log::info!(
-                "{}: {from} holds everything through {}; replicating from there",
-                self.who(),
-                response.match_index
-            );
+            if was_sending {
+                log::info!(
+                    "{}: {from} holds everything through {}; replicating from there",
+                    self.who(),
+                    response.match_index
+                );
+            }
             if advanced {
                 self.advance_commit_index()?;
             }
@@ -374,6 +429,12 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 meta.last_term,
                 meta.size
             );
+            if let Some(local) = self.local_snapshot.take() {
+                log::info!(
+                    "{}: abandoned our snapshot through {local} for the leader's",
+                    self.who()
+                );
+            }
             self.log.begin_snapshot(meta.clone())?;
             self.incoming_snapshot = Some(IncomingSnapshot {
                 meta: meta.clone(),
@@ -458,43 +519,35 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
 mod tests {
     use super::*;
 
-    fn encoded(machine: &[u8], sessions: &Sessions) -> Vec<u8> {
-        let mut table = Vec::new();
-        sessions.encode(&mut table);
-        let mut bytes = machine.to_vec();
-        bytes.extend_from_slice(&table);
-        bytes.extend_from_slice(&(machine.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&(table.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&TRAILER_MAGIC);
-        bytes
-    }
-
     #[test]
-    fn snapshot_bytes_split_into_machine_and_sessions() {
+    fn the_header_gives_both_lengths() {
         let mut sessions = Sessions::new(4);
         sessions.register(LogIndex(3));
-        let bytes = encoded(b"machine state", &sessions);
-        let (machine, decoded) = decode_snapshot(bytes, 4).expect("decodes");
-        assert_eq!(machine, b"machine state");
-        assert!(decoded.contains(3));
+        let head = encode_head(&sessions, 13);
+        let size = head.len() as u64 + 13;
+        let (sessions_len, machine_len) = decode_header(&head, size).expect("decodes");
+        assert_eq!(machine_len, 13);
+        assert_eq!(sessions_len as usize, head.len() - HEADER_BYTES);
+        let table = &head[HEADER_BYTES..];
+        assert!(Sessions::decode(table, 4).expect("decodes").contains(3));
     }
 
     #[test]
-    fn malformed_snapshot_bytes_are_refused() {
-        let sessions = Sessions::new(4);
-        let good = encoded(b"state", &sessions);
-        for cut in 0..good.len() {
-            assert!(
-                decode_snapshot(good[..cut].to_vec(), 4).is_err(),
-                "cut {cut}"
-            );
+    fn malformed_headers_are_refused() {
+        let head = encode_head(&Sessions::new(4), 5);
+        let size = head.len() as u64 + 5;
+        for cut in 0..HEADER_BYTES {
+            assert!(decode_header(&head[..cut], size).is_err(), "cut {cut}");
         }
-        let mut bad_magic = good.clone();
-        *bad_magic.last_mut().expect("non-empty") ^= 1;
-        assert!(decode_snapshot(bad_magic, 4).is_err());
-        let mut bad_length = good;
-        let at = bad_length.len() - TRAILER_BYTES;
-        bad_length[at] ^= 1;
-        assert!(decode_snapshot(bad_length, 4).is_err());
+        let mut bad_magic = head.clone();
+        bad_magic[0] ^= 1;
+        assert!(decode_header(&bad_magic, size).is_err());
+        assert!(
+            decode_header(&head, size + 1).is_err(),
+            "lengths must add up"
+        );
+        let mut huge = head;
+        huge[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_header(&huge, size).is_err(), "no overflow");
     }
 }

@@ -630,6 +630,51 @@ pub fn many_entries<L: PersistentLog>(log: &mut L) {
     check_absent(log, LogIndex(9_001), property);
 }
 
+/// Bytes handed over by value ([`PersistentLog::write_snapshot_owned`], which a log may write in
+/// the background) land in order with bytes written by reference before and after them, and
+/// [`PersistentLog::snapshot_written`] eventually says so; the snapshot then reads back whole.
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn snapshot_written_in_the_background_reads_back<L: PersistentLog>(log: &mut L) {
+    let property = "snapshot_written_in_the_background_reads_back";
+    append(log, &history_of_terms(&[1, 1, 2]), property);
+    let data = snapshot_data(300_000, 7);
+    let meta = snapshot_meta(3, 2, &data);
+    ok(log.begin_snapshot(meta.clone()), property, "begin_snapshot");
+    ok(log.write_snapshot(&data[..10]), property, "write_snapshot");
+    ok(
+        log.write_snapshot_owned(data[10..250_000].to_vec()),
+        property,
+        "write_snapshot_owned",
+    );
+    ok(
+        log.write_snapshot(&data[250_000..250_010]),
+        property,
+        "write_snapshot",
+    );
+    ok(
+        log.write_snapshot_owned(data[250_010..].to_vec()),
+        property,
+        "write_snapshot_owned",
+    );
+    // A background write finishes on its own; a bounded wait keeps a broken log from hanging.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ok(log.snapshot_written(), property, "snapshot_written") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{property}: snapshot_written never said yes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    ok(log.finish_snapshot(), property, "finish_snapshot");
+    check_snapshot(log, &meta, &data, property);
+    assert!(
+        read_whole_snapshot(log, 65_536, property) == data,
+        "{property}: the snapshot reads back different bytes"
+    );
+}
+
 /// A finished snapshot reads back: its meta, and its data in reads of any size, each at most
 /// `bytes_max` bytes (at least 1 before the end), empty at the end and refused past it, also
 /// for an empty snapshot. Before any snapshot, `snapshot_meta` is `None` and reads are refused
@@ -1569,6 +1614,7 @@ macro_rules! persistent_log_conformance {
                 large_and_empty_payloads,
                 many_entries,
                 snapshot_round_trip,
+                snapshot_written_in_the_background_reads_back,
                 finish_keeps_matching_suffix,
                 finish_discards_conflicting_log,
                 finish_discards_too_short_log,

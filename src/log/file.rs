@@ -146,19 +146,99 @@ struct SnapshotFile {
     data_offset: u64,
 }
 
+/// Where the bytes of a snapshot being written stand.
+#[derive(Debug)]
+enum SnapshotWriter {
+    /// Written from this thread, through a buffer; not yet flushed or fsynced.
+    Here(BufWriter<File>),
+    /// Handed to a thread that writes them, fsyncs the file and gives it back with the data's
+    /// checksum, so a large snapshot does not stall the caller.
+    Background(std::thread::JoinHandle<io::Result<(File, u32)>>),
+    /// Everything written and fsynced.
+    Written(File),
+    /// Only while one of the above is being replaced by another.
+    Taken,
+}
+
 /// A snapshot being streamed into `snapshot.tmp`.
 #[derive(Debug)]
 struct PendingSnapshot {
     /// What `begin_snapshot` announced; the header already written says the same.
     meta: SnapshotMeta,
     path: PathBuf,
-    writer: BufWriter<File>,
+    writer: SnapshotWriter,
     /// The header's length.
     data_offset: u64,
     /// Data bytes written so far. Invariant: at most `meta.size`.
     written_bytes: u64,
     /// crc32c of the data written so far.
     checksum: u32,
+}
+
+impl PendingSnapshot {
+    /// Waits for a background write, if one is running, and takes in its checksum.
+    fn collect_background(&mut self) -> Result<(), LogError> {
+        if !matches!(self.writer, SnapshotWriter::Background(_)) {
+            return Ok(());
+        }
+        let SnapshotWriter::Background(handle) =
+            std::mem::replace(&mut self.writer, SnapshotWriter::Taken)
+        else {
+            unreachable!("matched just above");
+        };
+        let (file, checksum) = handle
+            .join()
+            .map_err(|_| io_error(&self.path)(io::Error::other("the snapshot writer panicked")))?
+            .map_err(io_error(&self.path))?;
+        self.checksum = checksum;
+        self.writer = SnapshotWriter::Written(file);
+        Ok(())
+    }
+
+    /// The buffered writer, once any background write is done.
+    fn writer_here(&mut self) -> Result<&mut BufWriter<File>, LogError> {
+        self.collect_background()?;
+        if let SnapshotWriter::Written(_) = self.writer {
+            let SnapshotWriter::Written(file) =
+                std::mem::replace(&mut self.writer, SnapshotWriter::Taken)
+            else {
+                unreachable!("matched just above");
+            };
+            self.writer =
+                SnapshotWriter::Here(BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES, file));
+        }
+        match &mut self.writer {
+            SnapshotWriter::Here(writer) => Ok(writer),
+            _ => unreachable!("a pending snapshot's writer is never left taken"),
+        }
+    }
+
+    /// Takes the buffered writer out, to hand to a background write.
+    fn take_writer(&mut self) -> Result<BufWriter<File>, LogError> {
+        self.writer_here()?;
+        match std::mem::replace(&mut self.writer, SnapshotWriter::Taken) {
+            SnapshotWriter::Here(writer) => Ok(writer),
+            _ => unreachable!("writer_here leaves a buffered writer"),
+        }
+    }
+
+    /// The file with every byte written and fsynced, waiting for a background write.
+    fn written_file(&mut self) -> Result<File, LogError> {
+        self.collect_background()?;
+        match std::mem::replace(&mut self.writer, SnapshotWriter::Taken) {
+            SnapshotWriter::Here(writer) => {
+                let file = writer
+                    .into_inner()
+                    .map_err(|error| io_error(&self.path)(error.into_error()))?;
+                file.sync_all().map_err(io_error(&self.path))?;
+                Ok(file)
+            }
+            SnapshotWriter::Written(file) => Ok(file),
+            SnapshotWriter::Background(_) | SnapshotWriter::Taken => {
+                unreachable!("collected above, and never left taken")
+            }
+        }
+    }
 }
 
 /// A durable [`PersistentLog`] in a directory. See the module documentation for the format.
@@ -1202,10 +1282,12 @@ impl PersistentLog for FileLog {
     }
 
     fn begin_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), LogError> {
-        // An unfinished snapshot is dropped (its buffered bytes go to the file about to be
-        // truncated) before the file is created afresh.
-        self.pending_snapshot = None;
         let path = self.dir.join(SNAPSHOT_TEMPORARY_FILE);
+        // An unfinished snapshot is dropped and its file removed before a new one is created: a
+        // background write still running goes on into the removed file, never the new one.
+        if self.pending_snapshot.take().is_some() {
+            Self::drop_pending_file(&path);
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -1219,7 +1301,7 @@ impl PersistentLog for FileLog {
         self.pending_snapshot = Some(PendingSnapshot {
             meta,
             path,
-            writer,
+            writer: SnapshotWriter::Here(writer),
             data_offset: header.len() as u64,
             written_bytes: 0,
             checksum: 0,
@@ -1250,12 +1332,69 @@ impl PersistentLog for FileLog {
             ));
         };
         pending
-            .writer
+            .writer_here()?
             .write_all(data)
             .map_err(io_error(&pending.path))?;
         pending.checksum = crc32c::crc32c_append(pending.checksum, data);
         pending.written_bytes = written_bytes;
         Ok(())
+    }
+
+    /// Writes and fsyncs `data` on a thread of its own; see the trait.
+    fn write_snapshot_owned(&mut self, data: Vec<u8>) -> Result<(), LogError> {
+        let Some(pending) = self.pending_snapshot.as_mut() else {
+            return Err(snapshot_error(
+                &self.dir.join(SNAPSHOT_TEMPORARY_FILE),
+                "write without begin_snapshot",
+            ));
+        };
+        let written_bytes = pending
+            .written_bytes
+            .checked_add(data.len() as u64)
+            .filter(|&total| total <= pending.meta.size);
+        let Some(written_bytes) = written_bytes else {
+            return Err(snapshot_error(
+                &pending.path,
+                format!(
+                    "{} more bytes would pass the announced size of {} bytes ({} written)",
+                    data.len(),
+                    pending.meta.size,
+                    pending.written_bytes
+                ),
+            ));
+        };
+        let mut writer = pending.take_writer()?;
+        let checksum = pending.checksum;
+        let handle = std::thread::Builder::new()
+            .name("mioraft-snapshot".to_owned())
+            .spawn(move || {
+                let checksum = crc32c::crc32c_append(checksum, &data);
+                writer.write_all(&data)?;
+                drop(data);
+                let file = writer.into_inner().map_err(|error| error.into_error())?;
+                file.sync_all()?;
+                Ok((file, checksum))
+            })
+            .map_err(io_error(&pending.path))?;
+        pending.writer = SnapshotWriter::Background(handle);
+        pending.written_bytes = written_bytes;
+        Ok(())
+    }
+
+    fn snapshot_written(&mut self) -> Result<bool, LogError> {
+        let Some(pending) = self.pending_snapshot.as_mut() else {
+            return Ok(true);
+        };
+        match &pending.writer {
+            SnapshotWriter::Background(handle) if !handle.is_finished() => Ok(false),
+            SnapshotWriter::Background(_) => {
+                pending.collect_background()?;
+                Ok(true)
+            }
+            SnapshotWriter::Here(_) | SnapshotWriter::Written(_) | SnapshotWriter::Taken => {
+                Ok(true)
+            }
+        }
     }
 
     fn finish_snapshot(&mut self) -> Result<(), LogError> {
@@ -1265,14 +1404,13 @@ impl PersistentLog for FileLog {
                 "finish without begin_snapshot",
             ));
         };
-        let PendingSnapshot {
-            meta,
-            path,
-            writer,
-            data_offset,
-            written_bytes,
-            checksum,
-        } = pending;
+        let mut pending = pending;
+        // The checksum of bytes written in the background is known once that write is done.
+        pending.collect_background()?;
+        let (written_bytes, checksum) = (pending.written_bytes, pending.checksum);
+        let meta = pending.meta.clone();
+        let path = pending.path.clone();
+        let data_offset = pending.data_offset;
         let refusal = if written_bytes != meta.size {
             Some(format!("holds {written_bytes} of its {} bytes", meta.size))
         } else if checksum != meta.checksum {
@@ -1284,17 +1422,14 @@ impl PersistentLog for FileLog {
             self.snapshot_order_problem(&meta)
         };
         if let Some(reason) = refusal {
-            drop(writer);
+            drop(pending);
             Self::drop_pending_file(&path);
             return Err(snapshot_error(&path, reason));
         }
-        let file = writer
-            .into_inner()
-            .map_err(|error| io_error(&path)(error.into_error()))?;
+        let file = pending.written_file()?;
         // The snapshot is durable together with every earlier write: a crash after the rename
         // must not lose writes made before the finish.
         self.flush()?;
-        file.sync_all().map_err(io_error(&path))?;
         // §7: decided against the log as it stands, before the new snapshot answers for its
         // last index.
         let keeps_entries = matches!(

@@ -319,6 +319,26 @@ pub trait PersistentLog {
     /// storage errors.
     fn write_snapshot(&mut self, data: &[u8]) -> Result<(), LogError>;
 
+    /// Appends `data`, taken by value, to the unfinished snapshot. A log may write it in the
+    /// background (`FileLog` writes and fsyncs it on a thread of its own, so that a large
+    /// snapshot does not stall the server); [`snapshot_written`](Self::snapshot_written) tells
+    /// when that is done. The default writes it at once.
+    ///
+    /// # Errors
+    /// As [`write_snapshot`](Self::write_snapshot).
+    fn write_snapshot_owned(&mut self, data: Vec<u8>) -> Result<(), LogError> {
+        self.write_snapshot(&data)
+    }
+
+    /// Whether every byte of the unfinished snapshot has been written (and made durable), so
+    /// [`finish_snapshot`](Self::finish_snapshot) will not wait. The default: always.
+    ///
+    /// # Errors
+    /// Storage errors from a background write.
+    fn snapshot_written(&mut self) -> Result<bool, LogError> {
+        Ok(true)
+    }
+
     /// Completes the unfinished snapshot: checks its length and checksum against its meta, makes
     /// it durable together with every earlier write (crash-safely: a crash leaves either the old
     /// snapshot or the new one, whole), and puts it in force, discarding the previous one.
