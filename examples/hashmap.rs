@@ -13,10 +13,8 @@ mod common;
 
 use clap::Parser;
 use mioraft::consensus::Config;
-use mioraft::log::FileLog;
-use mioraft::{Client, MemLog, PersistentLog, Server, ServerId, StateMachine};
+use mioraft::{Client, StateMachine};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -266,11 +264,15 @@ fn run(cli: Cli) -> Result<(), String> {
             data_dir,
             memory,
             snapshot_entries,
-        } => serve(
-            ServerId(id),
+        } => common::run_server(
+            id,
             &common::parse_nodes(&nodes)?,
+            HashMapMachine::default(),
             common::Storage::from_flags("hashmap", id, data_dir, memory),
-            snapshot_entries.unwrap_or(Config::default().snapshot_entries),
+            Config {
+                snapshot_entries: snapshot_entries.unwrap_or(Config::default().snapshot_entries),
+                ..Config::default()
+            },
         ),
         Cli::Get { key, nodes } => {
             let value = client(&nodes)?
@@ -303,59 +305,6 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cli::Demo => demo(),
-    }
-}
-
-/// Runs server `id` of `nodes` until it stops, as `common::run_server` does, with its snapshot
-/// policy: a snapshot every `snapshot_entries` applied entries, or 64 MiB of them (the default).
-fn serve(
-    id: ServerId,
-    nodes: &[(ServerId, SocketAddr)],
-    storage: common::Storage,
-    snapshot_entries: u64,
-) -> Result<(), String> {
-    let Some(&(_, address)) = nodes.iter().find(|&&(node, _)| node == id) else {
-        return Err(format!(
-            "server {id} is not in the node list; list every node, this one included, as \
-             <node-id> <node-address>"
-        ));
-    };
-    let peers: HashMap<ServerId, SocketAddr> = nodes
-        .iter()
-        .copied()
-        .filter(|&(node, _)| node != id)
-        .collect();
-    fn run<L: PersistentLog + Send + 'static>(
-        id: ServerId,
-        address: SocketAddr,
-        peers: HashMap<ServerId, SocketAddr>,
-        log: L,
-        snapshot_entries: u64,
-    ) -> Result<(), String> {
-        Server::new(id, address, log, HashMapMachine::default())
-            .with_peers(peers)
-            .with_snapshot_policy(snapshot_entries, Config::default().snapshot_bytes)
-            .run()
-            .map_err(|e| e.to_string())
-    }
-    match storage {
-        common::Storage::Files(dir) => {
-            let log = FileLog::open(&dir)
-                .map_err(|e| format!("cannot open the data directory {}: {e}", dir.display()))?;
-            eprintln!(
-                "{id}: serving on {address}, log in {}, a snapshot every {snapshot_entries} \
-                 entries",
-                dir.display()
-            );
-            run(id, address, peers, log, snapshot_entries)
-        }
-        common::Storage::Memory => {
-            eprintln!(
-                "{id}: serving on {address}, log in memory, a snapshot every {snapshot_entries} \
-                 entries"
-            );
-            run(id, address, peers, MemLog::new(), snapshot_entries)
-        }
     }
 }
 

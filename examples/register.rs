@@ -159,6 +159,7 @@ fn run(cli: Cli) -> Result<(), String> {
             &common::parse_nodes(&nodes)?,
             Register::default(),
             common::Storage::from_flags("register", id, data_dir, memory),
+            mioraft::consensus::Config::default(),
         ),
         Cli::Get { nodes } => send(&nodes, b"G".to_vec(), true),
         Cli::Put { value, nodes } => send(&nodes, format!("P{value}").into_bytes(), false),

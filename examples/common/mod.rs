@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each example uses a different part
 
+use mioraft::consensus::Config;
 use mioraft::log::FileLog;
 use mioraft::{Client, MemLog, Role, Server, ServerId, StateMachine};
 use std::collections::HashMap;
@@ -74,12 +75,13 @@ impl Storage {
     }
 }
 
-/// Runs server `id` of `nodes` (which must include it) until it stops.
+/// Runs server `id` of `nodes` (which must include it) with `config` until it stops.
 pub fn run_server<M: StateMachine>(
     id: u64,
     nodes: &[(ServerId, SocketAddr)],
     state_machine: M,
     storage: Storage,
+    config: Config,
 ) -> Result<(), String> {
     let id = ServerId(id);
     let Some(&(_, address)) = nodes.iter().find(|&&(node, _)| node == id) else {
@@ -98,11 +100,17 @@ pub fn run_server<M: StateMachine>(
             let log = FileLog::open(&dir)
                 .map_err(|e| format!("cannot open the data directory {}: {e}", dir.display()))?;
             eprintln!("{id}: serving on {address}, log in {}", dir.display());
-            Server::run(id, address, peers, log, state_machine)
+            Server::new(id, address, log, state_machine)
+                .with_peers(peers)
+                .with_config(config)
+                .run()
         }
         Storage::Memory => {
             eprintln!("{id}: serving on {address}, log in memory");
-            Server::run(id, address, peers, MemLog::new(), state_machine)
+            Server::new(id, address, MemLog::new(), state_machine)
+                .with_peers(peers)
+                .with_config(config)
+                .run()
         }
     };
     result.map_err(|e| e.to_string())

@@ -71,6 +71,14 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+mod snapshot_file;
+
+use snapshot_file::{
+    encode_snapshot_header, open_snapshot, remove_snapshot_leftover, snapshot_error,
+    PendingSnapshot, SnapshotFile, SnapshotWriter, SNAPSHOT_FILE, SNAPSHOT_TEMPORARY_FILE,
+    SNAPSHOT_WRITE_BUFFER_BYTES,
+};
+
 /// What `VERSION` says for this format.
 pub const FORMAT_VERSION: &str = "mioraft-filelog 1\n";
 /// Bytes before a record's payload: its length and checksum.
@@ -79,26 +87,6 @@ const RECORD_HEADER_BYTES: u64 = 8;
 const PAYLOAD_PREFIX_BYTES: u64 = 17;
 /// Bytes of the state file: term, vote (0 = none) and the checksum of both.
 const STATE_BYTES: usize = 20;
-
-/// The snapshot in force.
-const SNAPSHOT_FILE: &str = "snapshot";
-/// The snapshot being written.
-const SNAPSHOT_TEMPORARY_FILE: &str = "snapshot.tmp";
-/// The first bytes of every snapshot file.
-const SNAPSHOT_MAGIC: [u8; 8] = *b"MIORSNAP";
-/// The snapshot header's own format number.
-const SNAPSHOT_FORMAT: u32 = 1;
-/// Bytes of the snapshot header before the voters: magic, format, header length, last index,
-/// last term, data length, data checksum, voter count.
-const SNAPSHOT_HEADER_FIXED_BYTES: u64 = 48;
-/// Bytes of the snapshot header without voters: the fixed part and the header checksum.
-const SNAPSHOT_HEADER_MIN_BYTES: u64 = SNAPSHOT_HEADER_FIXED_BYTES + 4;
-/// Most voters a snapshot header may list; a larger count is damage, not a configuration.
-const SNAPSHOT_VOTERS_MAX: u64 = 1 << 16;
-/// Bytes of the buffered writer in front of `snapshot.tmp`.
-const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1 << 16;
-/// Bytes read at a time when verifying a snapshot's checksum on open.
-const SNAPSHOT_VERIFY_CHUNK_BYTES: usize = 1 << 16;
 
 /// Tunables of a [`FileLog`].
 #[derive(Clone, Debug)]
@@ -134,111 +122,6 @@ struct Segment {
     first_index: LogIndex,
     /// Bytes of records in the file (and the offset of the next record).
     length: u64,
-}
-
-/// The snapshot in force, its file kept open for positioned reads.
-#[derive(Debug)]
-struct SnapshotFile {
-    meta: SnapshotMeta,
-    path: PathBuf,
-    file: File,
-    /// Where the data starts in the file: the header's length.
-    data_offset: u64,
-}
-
-/// Where the bytes of a snapshot being written stand.
-#[derive(Debug)]
-enum SnapshotWriter {
-    /// Written from this thread, through a buffer; not yet flushed or fsynced.
-    Here(BufWriter<File>),
-    /// Handed to a thread that writes them, fsyncs the file and gives it back with the data's
-    /// checksum, so a large snapshot does not stall the caller.
-    Background(std::thread::JoinHandle<io::Result<(File, u32)>>),
-    /// Everything written and fsynced.
-    Written(File),
-    /// Only while one of the above is being replaced by another.
-    Taken,
-}
-
-/// A snapshot being streamed into `snapshot.tmp`.
-#[derive(Debug)]
-struct PendingSnapshot {
-    /// What `begin_snapshot` announced; the header already written says the same.
-    meta: SnapshotMeta,
-    path: PathBuf,
-    writer: SnapshotWriter,
-    /// The header's length.
-    data_offset: u64,
-    /// Data bytes written so far. Invariant: at most `meta.size`.
-    written_bytes: u64,
-    /// crc32c of the data written so far.
-    checksum: u32,
-}
-
-impl PendingSnapshot {
-    /// Waits for a background write, if one is running, and takes in its checksum.
-    fn collect_background(&mut self) -> Result<(), LogError> {
-        if !matches!(self.writer, SnapshotWriter::Background(_)) {
-            return Ok(());
-        }
-        let SnapshotWriter::Background(handle) =
-            std::mem::replace(&mut self.writer, SnapshotWriter::Taken)
-        else {
-            unreachable!("matched just above");
-        };
-        let (file, checksum) = handle
-            .join()
-            .map_err(|_| io_error(&self.path)(io::Error::other("the snapshot writer panicked")))?
-            .map_err(io_error(&self.path))?;
-        self.checksum = checksum;
-        self.writer = SnapshotWriter::Written(file);
-        Ok(())
-    }
-
-    /// The buffered writer, once any background write is done.
-    fn writer_here(&mut self) -> Result<&mut BufWriter<File>, LogError> {
-        self.collect_background()?;
-        if let SnapshotWriter::Written(_) = self.writer {
-            let SnapshotWriter::Written(file) =
-                std::mem::replace(&mut self.writer, SnapshotWriter::Taken)
-            else {
-                unreachable!("matched just above");
-            };
-            self.writer =
-                SnapshotWriter::Here(BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES, file));
-        }
-        match &mut self.writer {
-            SnapshotWriter::Here(writer) => Ok(writer),
-            _ => unreachable!("a pending snapshot's writer is never left taken"),
-        }
-    }
-
-    /// Takes the buffered writer out, to hand to a background write.
-    fn take_writer(&mut self) -> Result<BufWriter<File>, LogError> {
-        self.writer_here()?;
-        match std::mem::replace(&mut self.writer, SnapshotWriter::Taken) {
-            SnapshotWriter::Here(writer) => Ok(writer),
-            _ => unreachable!("writer_here leaves a buffered writer"),
-        }
-    }
-
-    /// The file with every byte written and fsynced, waiting for a background write.
-    fn written_file(&mut self) -> Result<File, LogError> {
-        self.collect_background()?;
-        match std::mem::replace(&mut self.writer, SnapshotWriter::Taken) {
-            SnapshotWriter::Here(writer) => {
-                let file = writer
-                    .into_inner()
-                    .map_err(|error| io_error(&self.path)(error.into_error()))?;
-                file.sync_all().map_err(io_error(&self.path))?;
-                Ok(file)
-            }
-            SnapshotWriter::Written(file) => Ok(file),
-            SnapshotWriter::Background(_) | SnapshotWriter::Taken => {
-                unreachable!("collected above, and never left taken")
-            }
-        }
-    }
 }
 
 /// A durable [`PersistentLog`] in a directory. See the module documentation for the format.
@@ -296,13 +179,6 @@ fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> LogError {
     LogError::Corrupt {
         path: path.to_path_buf(),
         offset,
-        reason: reason.into(),
-    }
-}
-
-fn snapshot_error(path: &Path, reason: impl Into<String>) -> LogError {
-    LogError::Snapshot {
-        location: path.display().to_string(),
         reason: reason.into(),
     }
 }
@@ -721,197 +597,41 @@ impl FileLog {
 
     /// Deletes `snapshot.tmp` after a refused finish; a failure is only logged, since open
     /// deletes a leftover anyway.
+    /// The unfinished snapshot, and its length once `length` more bytes are written.
+    ///
+    /// # Errors
+    /// [`LogError::Snapshot`] if none was begun or they would pass its announced size.
+    fn room_for_snapshot_bytes(
+        &mut self,
+        length: usize,
+    ) -> Result<(&mut PendingSnapshot, u64), LogError> {
+        let Some(pending) = self.pending_snapshot.as_mut() else {
+            return Err(snapshot_error(
+                &self.dir.join(SNAPSHOT_TEMPORARY_FILE),
+                "write without begin_snapshot",
+            ));
+        };
+        let written_bytes = pending
+            .written_bytes
+            .checked_add(length as u64)
+            .filter(|&total| total <= pending.meta.size);
+        let Some(written_bytes) = written_bytes else {
+            return Err(snapshot_error(
+                &pending.path,
+                format!(
+                    "{length} more bytes would pass the announced size of {} bytes ({} written)",
+                    pending.meta.size, pending.written_bytes
+                ),
+            ));
+        };
+        Ok((pending, written_bytes))
+    }
+
     fn drop_pending_file(path: &Path) {
         if let Err(error) = fs::remove_file(path) {
             log::warn!("{}: could not delete: {error}", path.display());
         }
     }
-}
-
-/// Deletes a `snapshot.tmp` left by a crash during a snapshot's writing: it never took effect.
-fn remove_snapshot_leftover(dir: &Path) -> Result<(), LogError> {
-    let path = dir.join(SNAPSHOT_TEMPORARY_FILE);
-    match fs::remove_file(&path) {
-        Ok(()) => {
-            log::info!(
-                "{}: deleted an unfinished snapshot a crash left behind",
-                path.display()
-            );
-            Ok(())
-        }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(LogError::Io { path, source }),
-    }
-}
-
-/// Opens and fully verifies `dir/snapshot`, if there is one.
-fn open_snapshot(dir: &Path) -> Result<Option<SnapshotFile>, LogError> {
-    let path = dir.join(SNAPSHOT_FILE);
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(LogError::Io { path, source }),
-    };
-    let file_length = file.metadata().map_err(io_error(&path))?.len();
-    let (meta, data_offset) = read_snapshot_header(&file, &path, file_length)?;
-    verify_snapshot_data(&file, &path, data_offset, &meta)?;
-    // The rename that put it in place is made durable before anyone acts on it.
-    sync_directory(dir)?;
-    Ok(Some(SnapshotFile {
-        meta,
-        path,
-        file,
-        data_offset,
-    }))
-}
-
-/// The header of a snapshot file for `meta` (layout in the module docs).
-fn encode_snapshot_header(meta: &SnapshotMeta) -> Vec<u8> {
-    let header_bytes = SNAPSHOT_HEADER_MIN_BYTES + 8 * meta.voters.len() as u64;
-    let mut header = Vec::with_capacity(header_bytes as usize);
-    header.extend_from_slice(&SNAPSHOT_MAGIC);
-    header.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
-    header.extend_from_slice(
-        &u32::try_from(header_bytes)
-            .expect("a voter list far below 4 GiB")
-            .to_le_bytes(),
-    );
-    header.extend_from_slice(&meta.last_index.0.to_le_bytes());
-    header.extend_from_slice(&meta.last_term.0.to_le_bytes());
-    header.extend_from_slice(&meta.size.to_le_bytes());
-    header.extend_from_slice(&meta.checksum.to_le_bytes());
-    header.extend_from_slice(
-        &u32::try_from(meta.voters.len())
-            .expect("a voter list far below 4 G members")
-            .to_le_bytes(),
-    );
-    for voter in &meta.voters {
-        header.extend_from_slice(&voter.0.to_le_bytes());
-    }
-    let checksum = crc32c::crc32c(&header);
-    header.extend_from_slice(&checksum.to_le_bytes());
-    debug_assert_eq!(header.len() as u64, header_bytes);
-    header
-}
-
-/// Reads and checks a snapshot file's header; returns the meta and where the data starts.
-fn read_snapshot_header(
-    file: &File,
-    path: &Path,
-    file_length: u64,
-) -> Result<(SnapshotMeta, u64), LogError> {
-    let u32_at = |bytes: &[u8], at: usize| {
-        u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
-    };
-    let u64_at = |bytes: &[u8], at: usize| {
-        u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
-    };
-    if file_length < SNAPSHOT_HEADER_MIN_BYTES {
-        return Err(corrupt(
-            path,
-            0,
-            format!("snapshot file of {file_length} bytes is shorter than a snapshot header"),
-        ));
-    }
-    let mut start = [0u8; 16];
-    file.read_exact_at(&mut start, 0).map_err(io_error(path))?;
-    if start[..8] != SNAPSHOT_MAGIC {
-        return Err(corrupt(path, 0, "not a snapshot file: bad magic"));
-    }
-    let format = u32_at(&start, 8);
-    if format != SNAPSHOT_FORMAT {
-        return Err(corrupt(
-            path,
-            8,
-            format!("snapshot format {format}, this version reads {SNAPSHOT_FORMAT}"),
-        ));
-    }
-    let header_bytes = u64::from(u32_at(&start, 12));
-    let voter_bytes = header_bytes.checked_sub(SNAPSHOT_HEADER_MIN_BYTES);
-    let plausible = voter_bytes
-        .is_some_and(|bytes| bytes % 8 == 0 && bytes / 8 <= SNAPSHOT_VOTERS_MAX)
-        && header_bytes <= file_length;
-    if !plausible {
-        return Err(corrupt(
-            path,
-            12,
-            format!("impossible header length {header_bytes} in a file of {file_length} bytes"),
-        ));
-    }
-    let mut header = vec![0u8; header_bytes as usize];
-    file.read_exact_at(&mut header, 0).map_err(io_error(path))?;
-    let checksum_at = header.len() - 4;
-    let stored = u32_at(&header, checksum_at);
-    let computed = crc32c::crc32c(&header[..checksum_at]);
-    if stored != computed {
-        return Err(corrupt(
-            path,
-            checksum_at as u64,
-            format!(
-                "header checksum {stored:#010x} does not match its contents ({computed:#010x})"
-            ),
-        ));
-    }
-    let voter_count = u64::from(u32_at(&header, 44));
-    if SNAPSHOT_HEADER_MIN_BYTES + 8 * voter_count != header_bytes {
-        return Err(corrupt(
-            path,
-            44,
-            format!("{voter_count} voters do not fill a header of {header_bytes} bytes"),
-        ));
-    }
-    let voters = (0..voter_count as usize)
-        .map(|position| ServerId(u64_at(&header, 48 + 8 * position)))
-        .collect();
-    let meta = SnapshotMeta {
-        last_index: LogIndex(u64_at(&header, 16)),
-        last_term: Term(u64_at(&header, 24)),
-        voters,
-        size: u64_at(&header, 32),
-        checksum: u32_at(&header, 40),
-    };
-    let data_bytes = file_length - header_bytes;
-    if data_bytes != meta.size {
-        return Err(corrupt(
-            path,
-            header_bytes,
-            format!(
-                "holds {data_bytes} bytes of data, its header says {}",
-                meta.size
-            ),
-        ));
-    }
-    Ok((meta, header_bytes))
-}
-
-/// Streams a snapshot's data through crc32c, a chunk at a time, and compares with its meta.
-fn verify_snapshot_data(
-    file: &File,
-    path: &Path,
-    data_offset: u64,
-    meta: &SnapshotMeta,
-) -> Result<(), LogError> {
-    let mut chunk = vec![0u8; SNAPSHOT_VERIFY_CHUNK_BYTES];
-    let mut checksum = 0;
-    let mut done: u64 = 0;
-    while done < meta.size {
-        let length = (meta.size - done).min(chunk.len() as u64) as usize;
-        file.read_exact_at(&mut chunk[..length], data_offset + done)
-            .map_err(io_error(path))?;
-        checksum = crc32c::crc32c_append(checksum, &chunk[..length]);
-        done += length as u64;
-    }
-    if checksum != meta.checksum {
-        return Err(corrupt(
-            path,
-            data_offset,
-            format!(
-                "snapshot data checksum {checksum:#010x} does not match its header's {:#010x}",
-                meta.checksum
-            ),
-        ));
-    }
-    Ok(())
 }
 
 fn check_version(dir: &Path) -> Result<(), LogError> {
@@ -1310,27 +1030,7 @@ impl PersistentLog for FileLog {
     }
 
     fn write_snapshot(&mut self, data: &[u8]) -> Result<(), LogError> {
-        let Some(pending) = self.pending_snapshot.as_mut() else {
-            return Err(snapshot_error(
-                &self.dir.join(SNAPSHOT_TEMPORARY_FILE),
-                "write without begin_snapshot",
-            ));
-        };
-        let written_bytes = pending
-            .written_bytes
-            .checked_add(data.len() as u64)
-            .filter(|&total| total <= pending.meta.size);
-        let Some(written_bytes) = written_bytes else {
-            return Err(snapshot_error(
-                &pending.path,
-                format!(
-                    "{} more bytes would pass the announced size of {} bytes ({} written)",
-                    data.len(),
-                    pending.meta.size,
-                    pending.written_bytes
-                ),
-            ));
-        };
+        let (pending, written_bytes) = self.room_for_snapshot_bytes(data.len())?;
         pending
             .writer_here()?
             .write_all(data)
@@ -1342,27 +1042,7 @@ impl PersistentLog for FileLog {
 
     /// Writes and fsyncs `data` on a thread of its own; see the trait.
     fn write_snapshot_owned(&mut self, data: Vec<u8>) -> Result<(), LogError> {
-        let Some(pending) = self.pending_snapshot.as_mut() else {
-            return Err(snapshot_error(
-                &self.dir.join(SNAPSHOT_TEMPORARY_FILE),
-                "write without begin_snapshot",
-            ));
-        };
-        let written_bytes = pending
-            .written_bytes
-            .checked_add(data.len() as u64)
-            .filter(|&total| total <= pending.meta.size);
-        let Some(written_bytes) = written_bytes else {
-            return Err(snapshot_error(
-                &pending.path,
-                format!(
-                    "{} more bytes would pass the announced size of {} bytes ({} written)",
-                    data.len(),
-                    pending.meta.size,
-                    pending.written_bytes
-                ),
-            ));
-        };
+        let (pending, written_bytes) = self.room_for_snapshot_bytes(data.len())?;
         let mut writer = pending.take_writer()?;
         let checksum = pending.checksum;
         let handle = std::thread::Builder::new()
