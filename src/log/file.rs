@@ -183,6 +183,17 @@ fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> LogError {
     }
 }
 
+/// Creates `path` empty (truncating what was there), open for reading and writing.
+fn create_empty(path: &Path) -> Result<File, LogError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_error(path))
+}
+
 fn sync_directory(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|directory| directory.sync_all())
@@ -533,13 +544,7 @@ impl FileLog {
 
     fn start_segment(&mut self, first_index: LogIndex) -> Result<(), LogError> {
         let path = self.dir.join(segment_name(first_index));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io_error(&path))?;
+        let file = create_empty(&path)?;
         self.segments.push(Segment {
             path,
             file,
@@ -1008,13 +1013,7 @@ impl PersistentLog for FileLog {
         if self.pending_snapshot.take().is_some() {
             Self::drop_pending_file(&path);
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io_error(&path))?;
+        let file = create_empty(&path)?;
         let header = encode_snapshot_header(&meta);
         let mut writer = BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES, file);
         writer.write_all(&header).map_err(io_error(&path))?;
