@@ -83,11 +83,16 @@ struct RequestVote {
   candidateId @1 :UInt64;
   lastLogIndex @2 :UInt64;
   lastLogTerm @3 :UInt64;
+  # A pre-vote (thesis §9.6): would the receiver vote in term `term`? Its term and vote do not
+  # change.
+  preVote @4 :Bool;
 }
 
 struct RequestVoteResponse {
   term @0 :UInt64;
   voteGranted @1 :Bool;
+  # The answer to a pre-vote; if granted, `term` is the term asked about.
+  preVote @2 :Bool;
 }
 
 struct AppendEntries {

@@ -200,11 +200,13 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
             out.set_candidate_id(m.candidate_id.0);
             out.set_last_log_index(m.last_log_index.0);
             out.set_last_log_term(m.last_log_term.0);
+            out.set_pre_vote(m.pre_vote);
         }
         Message::RequestVoteResponse(m) => {
             let mut out = root.init_request_vote_response();
             out.set_term(m.term.0);
             out.set_vote_granted(m.vote_granted);
+            out.set_pre_vote(m.pre_vote);
         }
         Message::AppendEntries(m) => {
             let mut out = root.init_append_entries();
@@ -452,6 +454,7 @@ fn decode_message_fields(frame: &[u8]) -> Result<Message, WireError> {
                 candidate_id: server_id("candidateId", m.get_candidate_id())?,
                 last_log_index: LogIndex(m.get_last_log_index()),
                 last_log_term: Term(m.get_last_log_term()),
+                pre_vote: m.get_pre_vote(),
             })
         }
         Which::RequestVoteResponse(m) => {
@@ -459,6 +462,7 @@ fn decode_message_fields(frame: &[u8]) -> Result<Message, WireError> {
             Message::RequestVoteResponse(RequestVoteResponse {
                 term: Term(m.get_term()),
                 vote_granted: m.get_vote_granted(),
+                pre_vote: m.get_pre_vote(),
             })
         }
         Which::AppendEntries(m) => {
@@ -768,10 +772,12 @@ mod tests {
                 candidate_id: ServerId(2),
                 last_log_index: LogIndex(40),
                 last_log_term: Term(6),
+                pre_vote: true,
             }),
             Message::RequestVoteResponse(RequestVoteResponse {
                 term: Term(7),
                 vote_granted: true,
+                pre_vote: true,
             }),
             Message::AppendEntries(AppendEntries {
                 term: Term(7),
@@ -880,6 +886,7 @@ mod tests {
                     candidate_id: ServerId(1),
                     last_log_index: LogIndex(0),
                     last_log_term: Term(0),
+                    pre_vote: false,
                 }),
                 0,
             ),
@@ -887,6 +894,7 @@ mod tests {
                 Message::RequestVoteResponse(RequestVoteResponse {
                     term: Term(1),
                     vote_granted: true,
+                    pre_vote: false,
                 }),
                 1,
             ),
@@ -925,6 +933,7 @@ mod tests {
         let mut future = encode_message(&Message::RequestVoteResponse(RequestVoteResponse {
             term: Term(1),
             vote_granted: true,
+            pre_vote: false,
         }));
         future[16] = 6;
         let error = decode_message(&future).unwrap_err();
@@ -1252,6 +1261,7 @@ mod tests {
         let frame = encode_message(&Message::RequestVoteResponse(RequestVoteResponse {
             term: Term(u64::MAX),
             vote_granted: false,
+            pre_vote: false,
         }));
         let error = decode_message(&frame).unwrap_err();
         assert!(error.to_string().contains("leaves no next term"), "{error}");

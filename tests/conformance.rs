@@ -59,9 +59,19 @@ fn build(id: u64, voter_count: u64, log: MemLog, config: Config) -> Node {
     node
 }
 
+/// The paper's rules alone: no pre-vote and no check-quorum (thesis §9.6), which have their
+/// own section below; with them, an election timeout first asks for pre-votes.
+fn paper_config() -> Config {
+    Config {
+        pre_vote: false,
+        check_quorum: false,
+        ..Config::default()
+    }
+}
+
 /// A fresh server: follower, term 0, empty log.
 fn node(id: u64, voter_count: u64) -> Node {
-    build(id, voter_count, MemLog::new(), Config::default())
+    build(id, voter_count, MemLog::new(), paper_config())
 }
 
 /// A server recovered from a log at `current_term` holding entries of `terms` from index 1.
@@ -70,7 +80,7 @@ fn node_with_log(id: u64, voter_count: u64, current_term: u64, terms: &[u64]) ->
         id,
         voter_count,
         filled_log(current_term, terms),
-        Config::default(),
+        paper_config(),
     )
 }
 
@@ -230,6 +240,7 @@ fn vote_request_of(
         candidate_id: ServerId(candidate),
         last_log_index: LogIndex(last_log_index),
         last_log_term: Term(last_log_term),
+        pre_vote: false,
     }
 }
 
@@ -237,6 +248,7 @@ fn vote(term: u64, vote_granted: bool) -> Message {
     Message::RequestVoteResponse(RequestVoteResponse {
         term: Term(term),
         vote_granted,
+        pre_vote: false,
     })
 }
 
@@ -355,7 +367,7 @@ impl Cluster {
             .iter()
             .zip(1..)
             .map(|(&(term, terms), id)| {
-                let node = build(id, size, filled_log(term, terms), Config::default());
+                let node = build(id, size, filled_log(term, terms), paper_config());
                 (ServerId(id), node)
             })
             .collect();
@@ -1164,7 +1176,7 @@ fn voter_grants_only_up_to_date_candidates() {
 fn figure_8_commit_indexes(broken_rule: Option<BrokenRule>) -> Vec<u64> {
     let config = Config {
         testing_broken_rule: broken_rule,
-        ..Config::default()
+        ..paper_config()
     };
     let mut leader = build(1, 3, filled_log(2, &[1, 2]), config);
     win_election(&mut leader);
@@ -2173,5 +2185,162 @@ fn a_leader_keeps_the_log_after_a_snapshot_it_is_sending() {
     assert_eq!(
         cluster.node(3).last_applied(),
         cluster.node(1).last_applied()
+    );
+}
+
+// ---- Pre-vote and check-quorum (thesis §9.6, §6.2) ----
+
+fn pre_vote_request(term: u64, candidate: u64, last: Position) -> Message {
+    Message::RequestVote(RequestVote {
+        pre_vote: true,
+        ..vote_request_of(term, candidate, last)
+    })
+}
+
+fn pre_vote_answer(term: u64, granted: bool) -> Message {
+    Message::RequestVoteResponse(RequestVoteResponse {
+        term: Term(term),
+        vote_granted: granted,
+        pre_vote: true,
+    })
+}
+
+/// The only answer to a vote or pre-vote request in `actions`, as (term, granted, pre-vote);
+/// `None` if there is none.
+fn vote_answer(actions: &Actions) -> Option<(u64, bool, bool)> {
+    let answers = vote_responses(actions);
+    match answers.as_slice() {
+        [] => None,
+        [(_, answer)] => Some((answer.term.0, answer.vote_granted, answer.pre_vote)),
+        more => panic!("expected at most one vote answer, got {more:?}"),
+    }
+}
+
+/// §9.6: with pre-vote, an election timeout asks for pre-votes for the next term without
+/// changing the term or the vote; a majority of yeses then starts the real campaign.
+#[test]
+fn a_timeout_asks_for_pre_votes_before_campaigning() {
+    let mut follower = build(1, 3, filled_log(1, &[1]), Config::default());
+    let actions = fire(&mut follower, Timer::Election);
+    let requests = vote_requests(&actions);
+    assert_eq!(requests.len(), 2);
+    for (_, request) in &requests {
+        assert!(request.pre_vote);
+        assert_eq!(
+            (request.term, request.last_log_index),
+            (Term(2), LogIndex(1))
+        );
+    }
+    assert_eq!(follower.current_term(), Term(1), "no new term yet");
+    assert_eq!(follower.log().voted_for(), None, "no vote cast");
+    assert_eq!(follower.role(), Role::Follower);
+    assert!(!actions.sync_required, "nothing to make durable");
+
+    let actions = receive_and_sync(&mut follower, 2, pre_vote_answer(2, true));
+    assert_eq!(follower.role(), Role::Candidate, "a majority said yes");
+    assert_eq!(follower.current_term(), Term(2));
+    assert!(vote_requests(&actions)
+        .iter()
+        .all(|(_, request)| !request.pre_vote && request.term == Term(2)));
+}
+
+/// §9.6: a pre-vote changes no term and no vote; it is granted only for a higher term and an
+/// up-to-date log; refused pre-votes from a higher term teach the asker that term.
+#[test]
+fn pre_votes_change_nothing_and_need_an_up_to_date_log() {
+    let mut voter = build(2, 3, filled_log(3, &[1, 3]), Config::default());
+    let stale = receive(&mut voter, 1, pre_vote_request(4, 1, (1, 1)));
+    assert_eq!(vote_answer(&stale), Some((3, false, true)));
+    let fresh = receive(&mut voter, 1, pre_vote_request(4, 1, (2, 3)));
+    assert_eq!(vote_answer(&fresh), Some((4, true, true)));
+    let same_term = receive(&mut voter, 1, pre_vote_request(3, 1, (2, 3)));
+    assert_eq!(vote_answer(&same_term), Some((3, false, true)));
+    assert_eq!(voter.current_term(), Term(3), "the term did not move");
+    assert_eq!(voter.log().voted_for(), None, "no vote was cast");
+
+    let mut asker = build(1, 3, filled_log(1, &[1]), Config::default());
+    let _ = fire(&mut asker, Timer::Election);
+    let _ = receive(&mut asker, 2, pre_vote_answer(3, false));
+    assert_eq!(asker.current_term(), Term(3), "learned the higher term");
+    assert_eq!(asker.role(), Role::Follower);
+}
+
+/// §9.6, check-quorum: a follower that heard from its leader within the minimum election
+/// timeout ignores a request to vote in a higher term, and does not adopt that term; once the
+/// lease runs out it answers as usual.
+#[test]
+fn a_follower_with_a_live_leader_ignores_vote_requests_for_a_higher_term() {
+    let mut follower = build(2, 3, filled_log(1, &[1]), Config::default());
+    let _ = receive_and_sync(&mut follower, 1, append(1, 1, (1, 1), vec![], 1));
+    let actions = receive(&mut follower, 3, request_vote(5, 3, (1, 1)));
+    assert_eq!(vote_answer(&actions), None, "ignored");
+    assert_eq!(follower.current_term(), Term(1));
+    let actions = receive(&mut follower, 3, pre_vote_request(2, 3, (1, 1)));
+    assert_eq!(
+        vote_answer(&actions),
+        Some((1, false, true)),
+        "pre-vote refused"
+    );
+
+    let _ = fire(&mut follower, Timer::Quorum);
+    let actions = receive_and_sync(&mut follower, 3, request_vote(5, 3, (1, 1)));
+    assert_eq!(vote_answer(&actions), Some((5, true, false)));
+}
+
+/// Check-quorum: a leader that heard from no majority during an election timeout steps down;
+/// one that did stays.
+#[test]
+fn a_leader_cut_off_from_the_majority_steps_down() {
+    let config = Config {
+        pre_vote: false,
+        ..Config::default()
+    };
+    let mut leader = build(1, 5, MemLog::new(), config);
+    win_election(&mut leader);
+    let _ = receive(&mut leader, 2, ack(1, 1));
+    let _ = receive(&mut leader, 3, ack(1, 1));
+    let _ = fire(&mut leader, Timer::Quorum);
+    assert_eq!(leader.role(), Role::Leader, "heard from 3 of 5");
+    let _ = receive(&mut leader, 2, ack(1, 1));
+    let _ = fire(&mut leader, Timer::Quorum);
+    assert_eq!(leader.role(), Role::Follower, "heard from 2 of 5");
+    assert_eq!(leader.current_term(), Term(1));
+}
+
+/// The story §9.6 is for: a server cut off for many election timeouts keeps timing out. With
+/// pre-vote its term never rises, so when it comes back the leader carries on and the
+/// majority's term is unchanged. Without pre-vote and check-quorum the same story deposes the
+/// leader, so this test can tell the difference.
+#[test]
+fn a_server_rejoining_after_a_partition_does_not_disrupt_the_cluster() {
+    let rejoin = |config: Config| {
+        let mut cluster = Cluster::with_config(3, &config);
+        cluster.elect(1);
+        cluster.propose(1, "put k v");
+        cluster.deliver_until_quiet();
+        cluster.isolate(3);
+        for _ in 0..10 {
+            cluster.time_out(3);
+            cluster.deliver_until_quiet();
+        }
+        cluster.heal();
+        cluster.heartbeat(1);
+        cluster.heartbeat(1);
+        (
+            cluster.leaders(),
+            cluster.node(1).current_term().0,
+            cluster.node(3).current_term().0,
+            cluster.node(3).last_applied(),
+        )
+    };
+    let (leaders, leader_term, rejoined_term, applied) = rejoin(Config::default());
+    assert_eq!(leaders, [1], "the leader kept leading");
+    assert_eq!((leader_term, rejoined_term), (1, 1), "no term was raised");
+    assert_eq!(applied, LogIndex(2), "the rejoined server caught up");
+
+    let (_, leader_term, _, _) = rejoin(paper_config());
+    assert!(
+        leader_term > 1,
+        "without pre-vote the rejoin forces an election"
     );
 }

@@ -829,6 +829,7 @@ fn client_sending_a_peer_message_is_closed() {
         candidate_id: ServerId(2),
         last_log_index: LogIndex(0),
         last_log_term: Term(0),
+        pre_vote: false,
     });
     stream
         .write_all(&wire::encode_message(&vote))

@@ -1,8 +1,10 @@
 //! Elections (§5.2) and the vote restriction that keeps committed entries in every new leader's
-//! log (§5.4.1): timeouts, campaigns, granting and counting votes.
+//! log (§5.4.1): timeouts, campaigns, granting and counting votes; pre-votes, and the leader
+//! lease and quorum check that keep a partitioned or removed server from disrupting a healthy
+//! cluster (thesis §9.6, §6.2).
 
 use super::quorum::{self, VoteResult};
-use super::{Consensus, Message, RequestVote, RequestVoteResponse, Role};
+use super::{Consensus, Message, RequestVote, RequestVoteResponse, Role, Timer, TimerAction};
 use crate::error::Result;
 use crate::log::PersistentLog;
 use crate::state_machine::StateMachine;
@@ -17,6 +19,14 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         if self.role == Role::Leader {
             return Ok(());
         }
+        if self.config.pre_vote {
+            return self.start_pre_vote();
+        }
+        self.campaign()
+    }
+
+    /// Becomes a candidate of the next term and asks every peer for its vote.
+    fn campaign(&mut self) -> Result<()> {
         self.become_candidate()?;
         log::info!("{}: election timeout, campaigning", self.who());
         self.tally_votes()?;
@@ -37,7 +47,192 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             candidate_id: self.id,
             last_log_index: self.log.latest_log_index(),
             last_log_term: self.log.latest_log_term(),
+            pre_vote: false,
         })
+    }
+
+    /// The pre-vote request for the next term (thesis §9.6).
+    pub(super) fn pre_vote_request(&self) -> Message {
+        Message::RequestVote(RequestVote {
+            term: self.current_term().next(),
+            candidate_id: self.id,
+            last_log_index: self.log.latest_log_index(),
+            last_log_term: self.log.latest_log_term(),
+            pre_vote: true,
+        })
+    }
+
+    /// §9.6: instead of raising its term at once, a server whose election timer fired asks the
+    /// others whether they would vote for it in the next term. It stays a follower of its term
+    /// meanwhile, and campaigns only with a majority of yeses.
+    fn start_pre_vote(&mut self) -> Result<()> {
+        let term = self.current_term();
+        // A candidate whose election failed goes back to following before asking again.
+        self.become_follower(term, None)?;
+        self.prevoting = true;
+        self.votes_granted.insert(self.id);
+        log::info!("{}: election timeout, asking for pre-votes", self.who());
+        self.tally_pre_votes()?;
+        if self.prevoting {
+            let request = self.pre_vote_request();
+            for position in 0..self.peers.len() {
+                let peer = self.peers[position];
+                self.send(peer, request.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// §9.6: would we vote for this candidate in the term it names? Only if that term is above
+    /// ours, its log is at least as up-to-date as ours (§5.4.1), and no live leader holds our
+    /// lease. Our term and vote do not change.
+    pub(super) fn handle_pre_vote(&mut self, from: ServerId, request: RequestVote) -> Result<()> {
+        if request.candidate_id != from {
+            log::warn!(
+                "{}: ignored pre-vote from {from} naming candidate {}",
+                self.who(),
+                request.candidate_id
+            );
+            return Ok(());
+        }
+        let current_term = self.current_term();
+        let granted = request.term > current_term
+            && self.candidate_log_is_up_to_date(&request)
+            && !self.in_leader_lease();
+        log::debug!(
+            "{}: {} pre-vote to {from} for term {}",
+            self.who(),
+            if granted { "granted" } else { "refused" },
+            request.term
+        );
+        let term = if granted { request.term } else { current_term };
+        self.send(
+            from,
+            Message::RequestVoteResponse(RequestVoteResponse {
+                term,
+                vote_granted: granted,
+                pre_vote: true,
+            }),
+        );
+        Ok(())
+    }
+
+    /// §9.6: counts pre-votes for the next term; a majority starts the real campaign. A refusal
+    /// from a higher term makes us a follower of it, as any message of a higher term does.
+    pub(super) fn handle_pre_vote_response(
+        &mut self,
+        from: ServerId,
+        response: RequestVoteResponse,
+    ) -> Result<()> {
+        let current_term = self.current_term();
+        if !response.vote_granted && response.term > current_term {
+            return self.become_follower(response.term, None);
+        }
+        if !self.prevoting || self.role != Role::Follower {
+            return Ok(());
+        }
+        if response.vote_granted {
+            if response.term != current_term.next() {
+                return Ok(()); // an answer to an earlier round
+            }
+            self.votes_granted.insert(from);
+        } else {
+            self.votes_rejected.insert(from);
+        }
+        self.tally_pre_votes()
+    }
+
+    fn tally_pre_votes(&mut self) -> Result<()> {
+        let result = quorum::vote_result(
+            self.voters.len(),
+            self.votes_granted.len(),
+            self.votes_rejected.len(),
+        );
+        match result {
+            VoteResult::Won => {
+                log::info!("{}: won the pre-vote; campaigning", self.who());
+                self.campaign()
+            }
+            VoteResult::Lost => {
+                log::info!("{}: lost the pre-vote", self.who());
+                self.prevoting = false;
+                self.votes_granted.clear();
+                self.votes_rejected.clear();
+                Ok(())
+            }
+            VoteResult::Pending => Ok(()),
+        }
+    }
+
+    /// §5.4.1: the candidate's last entry is at least as up-to-date as ours: a later term, or the
+    /// same term and at least as long a log.
+    fn candidate_log_is_up_to_date(&self, request: &RequestVote) -> bool {
+        let our_last_term = self.log.latest_log_term();
+        request.last_log_term > our_last_term
+            || (request.last_log_term == our_last_term
+                && request.last_log_index >= self.log.latest_log_index())
+    }
+
+    /// Whether, with check-quorum, a live leader holds our vote: we lead, or we heard from our
+    /// leader within the minimum election timeout (thesis §9.6).
+    pub(super) fn in_leader_lease(&self) -> bool {
+        self.config.check_quorum
+            && match self.role {
+                Role::Leader => true,
+                Role::Follower => self.leader_lease,
+                Role::Candidate => false,
+            }
+    }
+
+    /// Called when the current leader is heard from: with check-quorum, its lease on our vote
+    /// runs for the minimum election timeout from now.
+    pub(super) fn renew_leader_lease(&mut self) {
+        if self.config.check_quorum {
+            self.leader_lease = true;
+            self.out.timers.push(TimerAction::Set {
+                timer: Timer::Quorum,
+                after: self.config.election_timeout_min,
+            });
+        }
+    }
+
+    /// The quorum timer: a follower's leader lease runs out; a leader checks that a majority
+    /// answered it during the last election timeout, and steps down otherwise (check-quorum), so
+    /// a leader cut off from the majority stops taking requests it could never commit.
+    pub(super) fn on_quorum_timeout(&mut self) -> Result<()> {
+        match self.role {
+            Role::Follower => {
+                self.leader_lease = false;
+                Ok(())
+            }
+            Role::Candidate => Ok(()),
+            Role::Leader => {
+                if !self.config.check_quorum {
+                    return Ok(());
+                }
+                let heard = 1 + self
+                    .progress
+                    .values_mut()
+                    .map(|progress| progress.take_recent_activity())
+                    .filter(|&active| active)
+                    .count();
+                if heard < quorum::majority(self.voters.len()) {
+                    log::warn!(
+                        "{}: heard from only {heard} of {} servers in {:?}; stepping down",
+                        self.who(),
+                        self.voters.len(),
+                        self.config.election_timeout_max
+                    );
+                    let term = self.current_term();
+                    return self.become_follower(term, None);
+                }
+                self.out.timers.push(TimerAction::Set {
+                    timer: Timer::Quorum,
+                    after: self.config.election_timeout_max,
+                });
+                Ok(())
+            }
+        }
     }
 
     /// §5.2, §5.4.1: grant at most one vote per term, first come first served, and only to a
@@ -58,8 +253,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         let our_last_term = self.log.latest_log_term();
         let our_last_index = self.log.latest_log_index();
         // §5.4.1: compare the last entries' terms; with equal terms, the longer log wins.
-        let up_to_date = request.last_log_term > our_last_term
-            || (request.last_log_term == our_last_term && request.last_log_index >= our_last_index);
+        let up_to_date = self.candidate_log_is_up_to_date(&request);
         let free_to_vote = match self.log.voted_for() {
             None => true,
             Some(candidate) => candidate == from,
@@ -87,7 +281,11 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         let term = self.current_term();
         self.send(
             from,
-            Message::RequestVoteResponse(RequestVoteResponse { term, vote_granted }),
+            Message::RequestVoteResponse(RequestVoteResponse {
+                term,
+                vote_granted,
+                pre_vote: false,
+            }),
         );
         Ok(())
     }

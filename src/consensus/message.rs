@@ -16,6 +16,10 @@ pub struct RequestVote {
     pub last_log_index: LogIndex,
     /// Term of the candidate's last log entry.
     pub last_log_term: Term,
+    /// A pre-vote (thesis §9.6): would the receiver vote for this candidate in `term`? Asked
+    /// before campaigning, so a server that cannot win never raises the cluster's term. Neither
+    /// side's term or vote changes.
+    pub pre_vote: bool,
 }
 
 /// The answer to [`RequestVote`].
@@ -25,6 +29,9 @@ pub struct RequestVoteResponse {
     pub term: Term,
     /// Whether the voter granted its vote for `term`.
     pub vote_granted: bool,
+    /// The answer to a pre-vote. A granted pre-vote carries the term asked about, which the
+    /// candidate does not hold yet.
+    pub pre_vote: bool,
 }
 
 /// AppendEntries (§5.3): replicates entries and serves as the heartbeat when `entries` is empty.

@@ -79,6 +79,15 @@ pub struct Config {
     pub snapshot_chunk_bytes: u64,
     /// Most unacknowledged InstallSnapshot chunks per follower (flow control). Default 4.
     pub snapshot_chunks_in_flight: u64,
+    /// Pre-vote (thesis §9.6): before raising its term to campaign, a server asks whether a
+    /// majority would vote for it, so one that cannot win (partitioned, or behind) never disrupts
+    /// the cluster by raising its term. Default on.
+    pub pre_vote: bool,
+    /// Check-quorum (thesis §6.2, §9.6): a leader that has not heard from a majority for an
+    /// election timeout (the maximum) steps down, and a server that heard from a leader within
+    /// the minimum election timeout ignores requests to vote for a higher term (its leader
+    /// lease), so a partitioned or removed server cannot depose a healthy leader. Default on.
+    pub check_quorum: bool,
     /// Test only: deliberately break one Raft rule, to prove the simulator catches it.
     #[doc(hidden)]
     pub testing_broken_rule: Option<BrokenRule>,
@@ -112,6 +121,8 @@ impl Default for Config {
             snapshot_keep_entries: 1_000,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_chunks_in_flight: 4,
+            pre_vote: true,
+            check_quorum: true,
             testing_broken_rule: None,
         }
     }
@@ -177,6 +188,10 @@ pub enum Timer {
     Election,
     /// Leaders: time to heartbeat the followers.
     Heartbeat,
+    /// With check-quorum: on a follower, its leader lease ran out (no word from the leader for
+    /// the minimum election timeout); on a leader, time to check that a majority answered in the
+    /// last election timeout.
+    Quorum,
 }
 
 /// What to do with a timer.
@@ -427,11 +442,17 @@ pub struct Consensus<L: PersistentLog, M: StateMachine> {
     entries_unsynced: bool,
     /// Messages waiting for the next sync, in order.
     withheld: Vec<Envelope>,
-    /// Candidate only: who granted and who refused this term's vote (including ourselves).
+    /// Candidate, or follower asking for pre-votes: who granted and who refused (including
+    /// ourselves).
     votes_granted: BTreeSet<ServerId>,
     votes_rejected: BTreeSet<ServerId>,
     /// Leader only: each peer's replication progress.
     progress: BTreeMap<ServerId, Progress>,
+    /// Follower only: asking for pre-votes for the next term (thesis §9.6).
+    prevoting: bool,
+    /// Follower only: heard from the current leader within the minimum election timeout (the
+    /// leader lease of check-quorum); requests to vote for a higher term are ignored meanwhile.
+    leader_lease: bool,
     /// Proposals this server appended as leader, by (index, term), awaiting commit or apply.
     pending_proposals: BTreeMap<(LogIndex, Term), Vec<Waiter>>,
     /// The replicated session table (thesis §6.3), changed only by applying entries.
@@ -513,6 +534,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             votes_granted: BTreeSet::new(),
             votes_rejected: BTreeSet::new(),
             progress: BTreeMap::new(),
+            prevoting: false,
+            leader_lease: false,
             pending_proposals: BTreeMap::new(),
             sessions: Sessions::new(config_sessions_max),
             sessions_in_flight: HashMap::new(),
@@ -566,6 +589,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             Event::Query { id, query } => self.query(id, query),
             Event::Timeout(Timer::Election) => self.on_election_timeout()?,
             Event::Timeout(Timer::Heartbeat) => self.on_heartbeat_timeout()?,
+            Event::Timeout(Timer::Quorum) => self.on_quorum_timeout()?,
             Event::PeerConnected(peer) => self.on_peer_connected(peer)?,
         }
         Ok(())
@@ -730,7 +754,28 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             );
             return Ok(());
         }
+        // §9.6: pre-votes change no term; they are answered by their own rules.
+        match message {
+            Message::RequestVote(request) if request.pre_vote => {
+                return self.handle_pre_vote(from, request);
+            }
+            Message::RequestVoteResponse(response) if response.pre_vote => {
+                return self.handle_pre_vote_response(from, response);
+            }
+            _ => {}
+        }
         let current_term = self.current_term();
+        if term > current_term && self.in_leader_lease() {
+            if let Message::RequestVote(_) = message {
+                // §9.6, check-quorum: we heard from a live leader within the minimum election
+                // timeout, so this candidate cannot be needed; its higher term is not adopted.
+                log::debug!(
+                    "{}: ignored RequestVote from {from} for term {term}: our leader is alive",
+                    self.who()
+                );
+                return Ok(());
+            }
+        }
         if term > current_term {
             // §5.1: a higher term makes any server a follower of that term. An AppendEntries
             // names the leader; anything else leaves it unknown.
@@ -758,6 +803,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                     Message::RequestVoteResponse(RequestVoteResponse {
                         term: current_term,
                         vote_granted: false,
+                        pre_vote: false,
                     }),
                 ),
                 Message::AppendEntries(_) => self.send(
@@ -816,7 +862,16 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 }
                 Ok(())
             }
-            Role::Follower => Ok(()),
+            Role::Follower => {
+                if self.prevoting
+                    && !self.votes_granted.contains(&peer)
+                    && !self.votes_rejected.contains(&peer)
+                {
+                    let request = self.pre_vote_request();
+                    self.send(peer, request);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -855,6 +910,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         self.votes_granted.clear();
         self.votes_rejected.clear();
         self.progress.clear();
+        self.prevoting = false;
+        self.leader_lease = false;
         self.reset_election_timer();
         Ok(())
     }
@@ -872,6 +929,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         self.hard_state_unsynced = true;
         self.role = Role::Candidate;
         self.leader_id = None;
+        self.prevoting = false;
+        self.leader_lease = false;
         self.votes_granted.clear();
         self.votes_rejected.clear();
         self.votes_granted.insert(self.id);
@@ -901,6 +960,12 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             timer: Timer::Heartbeat,
             after: self.config.heartbeat_interval,
         });
+        if self.config.check_quorum {
+            self.out.timers.push(TimerAction::Set {
+                timer: Timer::Quorum,
+                after: self.config.election_timeout_max,
+            });
+        }
         // §8: a no-op of the new term; once it commits, everything before it is committed too
         // (§5.4.2) and the leader knows its commit index is current.
         let noop_index = self.log.latest_log_index().next();
@@ -1094,6 +1159,7 @@ mod tests {
     fn leader_refuses_proposals_past_uncommitted_entries_max() {
         let config = Config {
             uncommitted_entries_max: 3,
+            pre_vote: false,
             ..Config::default()
         };
         let voters = vec![ServerId(1), ServerId(2), ServerId(3)];
@@ -1118,6 +1184,7 @@ mod tests {
                     message: Message::RequestVoteResponse(RequestVoteResponse {
                         term: Term(1),
                         vote_granted: true,
+                        pre_vote: false,
                     }),
                 })
                 .expect("vote");
@@ -1156,12 +1223,16 @@ mod tests {
     #[test]
     fn a_term_with_no_successor_is_ignored() {
         let voters = vec![ServerId(1), ServerId(2), ServerId(3)];
+        let config = Config {
+            pre_vote: false,
+            ..Config::default()
+        };
         let mut node = Consensus::new(
             ServerId(1),
             voters,
             MemLog::new(),
             NullStateMachine,
-            Config::default(),
+            config,
             1,
         )
         .expect("valid");
@@ -1174,6 +1245,7 @@ mod tests {
                     candidate_id: ServerId(2),
                     last_log_index: LogIndex(0),
                     last_log_term: Term(0),
+                    pre_vote: false,
                 }),
             })
             .expect("step");

@@ -55,6 +55,8 @@ pub struct Progress {
     acked_since_heartbeat: bool,
     /// The highest ReadIndex round this follower answered in the leader's term (thesis §6.4).
     acked_read_round: u64,
+    /// Whether the follower answered since the last quorum check (check-quorum).
+    recent_activity: bool,
 }
 
 impl Progress {
@@ -68,7 +70,18 @@ impl Progress {
             in_flight: VecDeque::new(),
             acked_since_heartbeat: false,
             acked_read_round: 0,
+            recent_activity: false,
         }
+    }
+
+    /// Records that the follower answered (check-quorum).
+    pub fn record_activity(&mut self) {
+        self.recent_activity = true;
+    }
+
+    /// Whether the follower answered since the previous call.
+    pub fn take_recent_activity(&mut self) -> bool {
+        std::mem::take(&mut self.recent_activity)
     }
 
     /// Whether the leader is still looking for where the follower's log matches.

@@ -178,6 +178,10 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         } else {
             self.reset_election_timer();
         }
+        // A leader of our term is alive: it holds our vote for a while (§9.6), and a pre-vote we
+        // were asking for is moot.
+        self.prevoting = false;
+        self.renew_leader_lease();
         Ok(true)
     }
 
@@ -341,8 +345,12 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         if self.role != Role::Leader {
             return Ok(());
         }
-        // Any answer of our term, success or not, shows the follower still follows us (§6.4).
+        // Any answer of our term, success or not, shows the follower still follows us (§6.4),
+        // and counts for check-quorum.
         self.on_read_round_answer(from, response.read_round);
+        if let Some(progress) = self.progress.get_mut(&from) {
+            progress.record_activity();
+        }
         let last_log_index = self.log.latest_log_index();
         if response.success {
             if response.match_index > last_log_index {

@@ -340,6 +340,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         let Some(progress) = self.progress.get_mut(&from) else {
             return Ok(());
         };
+        progress.record_activity();
         if response.done {
             if response.match_index > last_log_index {
                 log::warn!(

@@ -109,6 +109,10 @@ impl SimConfig {
             config.core.snapshot_chunk_bytes = rng.gen_range(8..=256);
             config.core.snapshot_chunks_in_flight = rng.gen_range(1..=4);
         }
+        // §9.6: pre-vote and check-quorum are on by default; some runs go without them, so the
+        // paper's plain rules keep being exercised too.
+        config.core.pre_vote = rng.gen_bool(0.75);
+        config.core.check_quorum = rng.gen_bool(0.75);
         config
     }
 }
@@ -119,7 +123,8 @@ impl fmt::Display for SimConfig {
             f,
             "{} servers, {} clients (timeout {:?}, give up after {:?}; {} keys, {}% reads, {}% cas, \
              {}% answered at commit), append {} entries/{} bytes max, {} in flight; snapshot every \
-             {} entries keeping {}, chunks of {} bytes, {} in flight; {}",
+             {} entries keeping {}, chunks of {} bytes, {} in flight; pre-vote {}, check-quorum {}; \
+             {}",
             self.node_count,
             self.client_count,
             self.client_timeout,
@@ -135,6 +140,8 @@ impl fmt::Display for SimConfig {
             self.core.snapshot_keep_entries,
             self.core.snapshot_chunk_bytes,
             self.core.snapshot_chunks_in_flight,
+            self.core.pre_vote,
+            self.core.check_quorum,
             self.faults
         )
     }

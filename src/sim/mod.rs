@@ -102,7 +102,7 @@ struct Slot {
     node: Option<SimNode>,
     crashed_log: Option<SimLog>,
     incarnation: u64,
-    timer_generations: [u64; 2],
+    timer_generations: [u64; 3],
     sync_scheduled: bool,
     /// The term this server was last seen leading, to notice new leaders.
     led_term: Option<crate::types::Term>,
@@ -174,7 +174,7 @@ impl Simulation {
                 node: None,
                 crashed_log: Some(SimLog::new()),
                 incarnation: 0,
-                timer_generations: [0; 2],
+                timer_generations: [0; 3],
                 sync_scheduled: false,
                 led_term: None,
             });
@@ -352,7 +352,7 @@ impl Simulation {
         let slot = &mut self.slots[index];
         slot.crashed_log = Some(log.crash(keep));
         slot.incarnation += 1;
-        slot.timer_generations = [slot.timer_generations[0] + 1, slot.timer_generations[1] + 1];
+        slot.timer_generations = slot.timer_generations.map(|generation| generation + 1);
         slot.sync_scheduled = false;
         slot.led_term = None;
         log::debug!("sim {}us: crashed {id}", self.clock.now());
@@ -899,5 +899,6 @@ fn timer_slot(timer: Timer) -> usize {
     match timer {
         Timer::Election => 0,
         Timer::Heartbeat => 1,
+        Timer::Quorum => 2,
     }
 }
