@@ -231,6 +231,12 @@ enum Cli {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
+    /// Ask the leader to hand leadership to server <to> (Raft thesis §3.10).
+    Transfer {
+        to: u64,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Show each node's role, term, leader, commit and applied index.
     Status {
         #[arg(required = true)]
@@ -298,6 +304,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 .propose(&encode(CAS, &[&key, &expected, &new]))
                 .map_err(|e| e.to_string())?;
             println!("{}", String::from_utf8_lossy(&reply));
+            Ok(())
+        }
+        Cli::Transfer { to, nodes } => {
+            client(&nodes)?
+                .transfer_leadership(mioraft::ServerId(to))
+                .map_err(|e| e.to_string())?;
+            println!("server {to} leads now");
             Ok(())
         }
         Cli::Status { nodes } => {

@@ -75,7 +75,14 @@ struct Message {
     appendEntriesResponse @3 :AppendEntriesResponse;
     installSnapshot @4 :InstallSnapshot;
     installSnapshotResponse @5 :InstallSnapshotResponse;
+    timeoutNow @6 :TimeoutNow;
   }
+}
+
+# The leader hands leadership to a caught-up follower: campaign now (Raft thesis §3.10).
+struct TimeoutNow {
+  term @0 :UInt64;
+  leaderId @1 :UInt64;
 }
 
 struct RequestVote {
@@ -86,6 +93,9 @@ struct RequestVote {
   # A pre-vote (thesis §9.6): would the receiver vote in term `term`? Its term and vote do not
   # change.
   preVote @4 :Bool;
+  # The candidate campaigns because the leader handed it leadership (thesis §3.10): voters
+  # answer even while they hear from a live leader.
+  leadershipTransfer @5 :Bool;
 }
 
 struct RequestVoteResponse {
@@ -183,6 +193,9 @@ struct ClientRequest {
     registerSession @4 :Void;
     # A command inside a session, applied at most once however often it is retried.
     sessionPropose @5 :SessionProposal;
+    # Ask the leader to hand leadership to the server with this id (Raft thesis §3.10);
+    # answered with `transferred` once it has, or `rejected` (transferFailed) if it could not.
+    transferLeadership @6 :UInt64;
   }
 }
 
@@ -225,6 +238,8 @@ enum RejectionReason {
   # The server cannot tell whether the command was applied: it installed a snapshot that covers
   # the command's entry. Retrying in the same session is safe (answered exactly once).
   outcomeUnknown @6;
+  # A leadership transfer could not be done; the message says why.
+  transferFailed @7;
 }
 
 # A server's view of itself (the fields of mioraft's Metrics).
@@ -283,6 +298,8 @@ struct ClientResponse {
     # drops the least recently used) or never existed. The command was not applied; open a new
     # session to go on.
     sessionExpired @9 :UInt64;
+    # Leadership went to the server with this id, as asked.
+    transferred @10 :UInt64;
   }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::consensus::{
     AppendEntries, AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse, Message,
-    RequestVote, RequestVoteResponse, ResponseMode, Role,
+    RequestVote, RequestVoteResponse, ResponseMode, Role, TimeoutNow,
 };
 use crate::error::WireError;
 use crate::log::{Entry, EntryKind, SnapshotMeta};
@@ -46,6 +46,8 @@ pub enum RequestBody {
     RegisterSession,
     /// A command inside a session, applied at most once.
     SessionPropose(SessionProposal),
+    /// Hand leadership to this server (thesis §3.10).
+    TransferLeadership(ServerId),
 }
 
 /// Request `sequence` of session `session` (see the schema's `SessionProposal`).
@@ -101,6 +103,8 @@ pub enum ResponseBody {
     Refused(Vec<u8>),
     /// The session is unknown (expired or never opened); the command was not applied.
     SessionExpired(u64),
+    /// Leadership went to this server, as asked.
+    Transferred(ServerId),
 }
 
 /// Why a request was refused (see the schema for each meaning).
@@ -121,6 +125,8 @@ pub enum RejectionReason {
     /// Whether it was applied cannot be told (a snapshot replaced its entry): retry in the
     /// same session.
     OutcomeUnknown,
+    /// A leadership transfer could not be done.
+    TransferFailed,
 }
 
 impl std::fmt::Display for RejectionReason {
@@ -133,6 +139,7 @@ impl std::fmt::Display for RejectionReason {
             RejectionReason::BadRequest => "bad request",
             RejectionReason::Superseded => "superseded",
             RejectionReason::OutcomeUnknown => "outcome unknown",
+            RejectionReason::TransferFailed => "transfer failed",
         })
     }
 }
@@ -201,6 +208,7 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
             out.set_last_log_index(m.last_log_index.0);
             out.set_last_log_term(m.last_log_term.0);
             out.set_pre_vote(m.pre_vote);
+            out.set_leadership_transfer(m.leadership_transfer);
         }
         Message::RequestVoteResponse(m) => {
             let mut out = root.init_request_vote_response();
@@ -237,6 +245,11 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
             out.set_offset(m.offset);
             encode_snapshot_meta(&m.meta, out.reborrow().init_meta());
             out.set_data(&m.data);
+        }
+        Message::TimeoutNow(m) => {
+            let mut out = root.init_timeout_now();
+            out.set_term(m.term.0);
+            out.set_leader_id(m.leader_id.0);
         }
         Message::InstallSnapshotResponse(m) => {
             let mut out = root.init_install_snapshot_response();
@@ -289,6 +302,7 @@ pub fn request_message(request: &ClientRequest) -> Builder<HeapAllocator> {
         RequestBody::Query(query) => root.set_query(query),
         RequestBody::Status => root.set_status(()),
         RequestBody::RegisterSession => root.set_register_session(()),
+        RequestBody::TransferLeadership(to) => root.set_transfer_leadership(to.0),
         RequestBody::SessionPropose(proposal) => {
             let mut out = root.init_session_propose();
             out.set_session(proposal.session);
@@ -329,6 +343,7 @@ pub fn encode_response(response: &ClientResponse) -> Vec<u8> {
                 RejectionReason::BadRequest => schema::RejectionReason::BadRequest,
                 RejectionReason::Superseded => schema::RejectionReason::Superseded,
                 RejectionReason::OutcomeUnknown => schema::RejectionReason::OutcomeUnknown,
+                RejectionReason::TransferFailed => schema::RejectionReason::TransferFailed,
             });
             rejection.set_message(message.as_str());
         }
@@ -359,6 +374,7 @@ pub fn encode_response(response: &ClientResponse) -> Vec<u8> {
         ResponseBody::Committed(index) => root.set_committed(index.0),
         ResponseBody::Refused(error) => root.set_refused(error),
         ResponseBody::SessionExpired(session) => root.set_session_expired(*session),
+        ResponseBody::Transferred(to) => root.set_transferred(to.0),
     }
     to_frame(&builder)
 }
@@ -455,6 +471,7 @@ fn decode_message_fields(frame: &[u8]) -> Result<Message, WireError> {
                 last_log_index: LogIndex(m.get_last_log_index()),
                 last_log_term: Term(m.get_last_log_term()),
                 pre_vote: m.get_pre_vote(),
+                leadership_transfer: m.get_leadership_transfer(),
             })
         }
         Which::RequestVoteResponse(m) => {
@@ -554,6 +571,13 @@ fn decode_message_fields(frame: &[u8]) -> Result<Message, WireError> {
                 match_index: LogIndex(m.get_match_index()),
             })
         }
+        Which::TimeoutNow(m) => {
+            let m = m?;
+            Message::TimeoutNow(TimeoutNow {
+                term: Term(m.get_term()),
+                leader_id: server_id("TimeoutNow.leaderId", m.get_leader_id())?,
+            })
+        }
     })
 }
 
@@ -626,6 +650,9 @@ pub fn decode_request(frame: &[u8]) -> Result<ClientRequest, WireError> {
         Which::Query(query) => RequestBody::Query(query?.to_vec()),
         Which::Status(()) => RequestBody::Status,
         Which::RegisterSession(()) => RequestBody::RegisterSession,
+        Which::TransferLeadership(to) => {
+            RequestBody::TransferLeadership(server_id("transferLeadership", to)?)
+        }
         Which::SessionPropose(proposal) => {
             let proposal = proposal?;
             let sequence = proposal.get_sequence();
@@ -706,6 +733,7 @@ fn decode_response_fields<S: ReaderSegments>(
                 schema::RejectionReason::BadRequest => RejectionReason::BadRequest,
                 schema::RejectionReason::Superseded => RejectionReason::Superseded,
                 schema::RejectionReason::OutcomeUnknown => RejectionReason::OutcomeUnknown,
+                schema::RejectionReason::TransferFailed => RejectionReason::TransferFailed,
             };
             ResponseBody::Rejected {
                 reason,
@@ -746,6 +774,7 @@ fn decode_response_fields<S: ReaderSegments>(
         Which::Committed(index) => ResponseBody::Committed(LogIndex(index)),
         Which::Refused(error) => ResponseBody::Refused(error?.to_vec()),
         Which::SessionExpired(session) => ResponseBody::SessionExpired(session),
+        Which::Transferred(to) => ResponseBody::Transferred(server_id("transferred", to)?),
     };
     Ok(ClientResponse {
         request_id: root.get_request_id(),
@@ -773,6 +802,7 @@ mod tests {
                 last_log_index: LogIndex(40),
                 last_log_term: Term(6),
                 pre_vote: true,
+                leadership_transfer: false,
             }),
             Message::RequestVoteResponse(RequestVoteResponse {
                 term: Term(7),
@@ -887,6 +917,7 @@ mod tests {
                     last_log_index: LogIndex(0),
                     last_log_term: Term(0),
                     pre_vote: false,
+                    leadership_transfer: false,
                 }),
                 0,
             ),
@@ -935,12 +966,12 @@ mod tests {
             vote_granted: true,
             pre_vote: false,
         }));
-        future[16] = 6;
+        future[16] = 7;
         let error = decode_message(&future).unwrap_err();
         assert!(
             error
                 .to_string()
-                .contains("unknown value in field Message: 6"),
+                .contains("unknown value in field Message: 7"),
             "{error}"
         );
     }
@@ -1168,6 +1199,7 @@ mod tests {
             RequestBody::Query(b"get k".to_vec()),
             RequestBody::Status,
             RequestBody::RegisterSession,
+            RequestBody::TransferLeadership(ServerId(3)),
             RequestBody::SessionPropose(SessionProposal {
                 session: 12,
                 sequence: 3,
@@ -1209,6 +1241,11 @@ mod tests {
             ResponseBody::Committed(LogIndex(44)),
             ResponseBody::Refused(b"no such account".to_vec()),
             ResponseBody::SessionExpired(12),
+            ResponseBody::Transferred(ServerId(3)),
+            ResponseBody::Rejected {
+                reason: RejectionReason::TransferFailed,
+                message: "n3 did not take over".to_owned(),
+            },
             ResponseBody::Rejected {
                 reason: RejectionReason::Superseded,
                 message: "old".to_owned(),

@@ -830,6 +830,7 @@ fn client_sending_a_peer_message_is_closed() {
         last_log_index: LogIndex(0),
         last_log_term: Term(0),
         pre_vote: false,
+        leadership_transfer: false,
     });
     stream
         .write_all(&wire::encode_message(&vote))
@@ -876,4 +877,82 @@ fn client_that_never_reads_its_responses_is_closed() {
     assert_closed_by_server(stream, "client not reading");
     assert_still_serving(address);
     handle.shutdown().expect("clean shutdown");
+}
+
+/// §3.10 over real sockets: while a client writes, the operator hands leadership to a chosen
+/// follower; it becomes leader, the writes go on, and none is lost. Prints how long the handover
+/// took (a figure, not a limit).
+#[test]
+fn leadership_transfer_under_load_goes_to_the_chosen_server() {
+    init_logging();
+    let cluster = mioraft::server::LocalCluster::spawn(
+        3,
+        |_| MemLog::new(),
+        |_| KvStateMachine::new(),
+        |builder| builder,
+    )
+    .expect("start a cluster");
+    let leader = cluster.wait_for_leader(WAIT).expect("a leader");
+    let addresses = cluster.addresses();
+    let target = ServerId(if leader == ServerId(3) { 2 } else { 3 });
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let addresses = addresses.clone();
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut client = Client::new(addresses).with_timeout(Duration::from_secs(10));
+            let mut written = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                client
+                    .propose(format!("put k{written} v").as_bytes())
+                    .expect("writes go on through the transfer");
+                written += 1;
+            }
+            written
+        })
+    };
+    wait_for("some writes", || {
+        let applied = status_of(addresses[0])
+            .map_err(|e| e.to_string())?
+            .last_applied;
+        if applied > LogIndex(50) {
+            Ok(())
+        } else {
+            Err(format!("applied {applied}"))
+        }
+    });
+    let mut admin = Client::new(addresses.clone()).with_timeout(Duration::from_secs(10));
+    let started = Instant::now();
+    admin
+        .transfer_leadership(target)
+        .expect("the transfer succeeds");
+    let handed_over = started.elapsed();
+    let target_address = addresses[(target.0 - 1) as usize];
+    wait_for("the target to lead", || {
+        let metrics = status_of(target_address).map_err(|e| e.to_string())?;
+        if metrics.role == Role::Leader {
+            Ok(())
+        } else {
+            Err(format!("{metrics:?}"))
+        }
+    });
+    eprintln!(
+        "leadership went from {leader} to {target} in {:.1} ms under load",
+        handed_over.as_secs_f64() * 1e3
+    );
+    stop.store(true, Ordering::SeqCst);
+    let written = writer.join().expect("the writer finished");
+    let mut reader = Client::new(addresses).with_timeout(Duration::from_secs(10));
+    for n in [0, written / 2, written - 1] {
+        assert_eq!(
+            reader.query(format!("get k{n}").as_bytes()).expect("read"),
+            b"v",
+            "write {n} of {written} is there"
+        );
+    }
+    let error = admin
+        .transfer_leadership(ServerId(9))
+        .expect_err("not a member");
+    assert!(error.to_string().contains("not a voting member"), "{error}");
+    cluster.shutdown().expect("clean shutdown");
 }

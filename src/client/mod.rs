@@ -19,7 +19,7 @@ use crate::consensus::ResponseMode;
 use crate::error::{Error, Result};
 use crate::framing::{FrameReader, MESSAGE_BYTES_MAX_DEFAULT};
 use crate::metrics::Metrics;
-use crate::types::LogIndex;
+use crate::types::{LogIndex, ServerId};
 use crate::wire::{self, ClientRequest, ClientResponse, Preamble, RequestBody, ResponseBody};
 use policy::{Call, Route, Session, Step};
 use std::io::{Read, Write};
@@ -151,6 +151,20 @@ impl Client {
         let proposal = self.session.proposal(session, command, respond_when);
         let answer = self.call(proposal, deadline)?;
         self.session.settle(answer)
+    }
+
+    /// Asks the leader to hand leadership to server `to` (thesis §3.10): the leader stops
+    /// taking proposals, brings `to` up to date and tells it to campaign at once. Returns once
+    /// the leader has stepped down for `to`'s election (`to` then leads, unless it failed in the
+    /// meantime).
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] if `to` is not a voter, another transfer is under way, or `to` did
+    /// not take over within an election timeout (the old leader then leads on);
+    /// [`Error::Timeout`] if no leader answered in time.
+    pub fn transfer_leadership(&mut self, to: ServerId) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        policy::transferred(self.call(RequestBody::TransferLeadership(to), deadline)?).map(|_| ())
     }
 
     /// Asks one server, leader or not, for its [`Metrics`].

@@ -9,7 +9,7 @@
 use crate::consensus::ResponseMode;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::types::LogIndex;
+use crate::types::{LogIndex, ServerId};
 use crate::wire::{RejectionReason, RequestBody, ResponseBody, SessionProposal};
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -206,7 +206,8 @@ impl Call {
                 }
                 RejectionReason::TooLarge
                 | RejectionReason::BadRequest
-                | RejectionReason::Superseded => Step::Fail(Error::Rejected {
+                | RejectionReason::Superseded
+                | RejectionReason::TransferFailed => Step::Fail(Error::Rejected {
                     reason: reason.to_string(),
                     message,
                 }),
@@ -317,6 +318,14 @@ pub(super) fn committed(answer: ResponseBody) -> Result<LogIndex> {
         ResponseBody::Committed(index) => Ok(index),
         // A retry of a request applied since is answered from the session table.
         ResponseBody::Applied(_) => Err(unexpected(ResponseBody::Applied(Vec::new()))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The server now leading, in an answer to `transfer_leadership`.
+pub(super) fn transferred(answer: ResponseBody) -> Result<ServerId> {
+    match answer {
+        ResponseBody::Transferred(to) => Ok(to),
         other => Err(unexpected(other)),
     }
 }

@@ -30,7 +30,9 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         session: Option<SessionRequest>,
         respond_when: ResponseMode,
     ) -> Result<()> {
-        if self.role != Role::Leader {
+        // §3.10: a leader handing over leadership takes no new proposals; they go to the
+        // server about to lead.
+        if self.role != Role::Leader || self.transfer.is_some() {
             self.reply(id, self.not_leader());
             return Ok(());
         }
@@ -82,7 +84,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
 
     /// §6.3: a new session is a log entry; its id is the entry's index.
     pub(super) fn register_session(&mut self, id: ProposalId) -> Result<()> {
-        if self.role != Role::Leader {
+        if self.role != Role::Leader || self.transfer.is_some() {
             self.reply(id, self.not_leader());
             return Ok(());
         }
@@ -185,9 +187,10 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         Ok(index)
     }
 
+    /// "Not leader", naming the leader we know of, or the one we are handing over to.
     fn not_leader(&self) -> ProposalOutcome {
         ProposalOutcome::NotLeader {
-            leader: self.leader_id,
+            leader: self.transferring_to().or(self.leader_id),
         }
     }
 

@@ -22,12 +22,14 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         if self.config.pre_vote {
             return self.start_pre_vote();
         }
-        self.campaign()
+        self.campaign(false)
     }
 
-    /// Becomes a candidate of the next term and asks every peer for its vote.
-    fn campaign(&mut self) -> Result<()> {
+    /// Becomes a candidate of the next term and asks every peer for its vote; `for_transfer`
+    /// when the leader handed over leadership (thesis §3.10), so voters set aside their lease.
+    pub(super) fn campaign(&mut self, for_transfer: bool) -> Result<()> {
         self.become_candidate()?;
+        self.campaigning_for_transfer = for_transfer;
         log::info!("{}: election timeout, campaigning", self.who());
         self.tally_votes()?;
         if self.role == Role::Candidate {
@@ -48,6 +50,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             last_log_index: self.log.latest_log_index(),
             last_log_term: self.log.latest_log_term(),
             pre_vote: false,
+            leadership_transfer: self.campaigning_for_transfer,
         })
     }
 
@@ -59,6 +62,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             last_log_index: self.log.latest_log_index(),
             last_log_term: self.log.latest_log_term(),
             pre_vote: true,
+            leadership_transfer: false,
         })
     }
 
@@ -151,7 +155,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         match result {
             VoteResult::Won => {
                 log::info!("{}: won the pre-vote; campaigning", self.who());
-                self.campaign()
+                self.campaign(false)
             }
             VoteResult::Lost => {
                 log::info!("{}: lost the pre-vote", self.who());

@@ -20,6 +20,9 @@ pub struct RequestVote {
     /// before campaigning, so a server that cannot win never raises the cluster's term. Neither
     /// side's term or vote changes.
     pub pre_vote: bool,
+    /// The candidate campaigns because the leader handed over leadership (thesis §3.10):
+    /// voters answer even while their leader lease holds.
+    pub leadership_transfer: bool,
 }
 
 /// The answer to [`RequestVote`].
@@ -110,6 +113,16 @@ pub struct InstallSnapshotResponse {
     pub match_index: LogIndex,
 }
 
+/// TimeoutNow (thesis §3.10): the leader, handing over leadership, tells a caught-up follower to
+/// campaign at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeoutNow {
+    /// The leader's term.
+    pub term: Term,
+    /// The sender.
+    pub leader_id: ServerId,
+}
+
 /// Every message one server sends another.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -125,6 +138,8 @@ pub enum Message {
     InstallSnapshot(InstallSnapshot),
     /// A follower's answer to a chunk.
     InstallSnapshotResponse(InstallSnapshotResponse),
+    /// The leader hands leadership to the receiver.
+    TimeoutNow(TimeoutNow),
 }
 
 impl Message {
@@ -137,6 +152,7 @@ impl Message {
             Message::AppendEntriesResponse(m) => m.term,
             Message::InstallSnapshot(m) => m.term,
             Message::InstallSnapshotResponse(m) => m.term,
+            Message::TimeoutNow(m) => m.term,
         }
     }
 
@@ -149,6 +165,7 @@ impl Message {
             Message::AppendEntriesResponse(_) => "AppendEntriesResponse",
             Message::InstallSnapshot(_) => "InstallSnapshot",
             Message::InstallSnapshotResponse(_) => "InstallSnapshotResponse",
+            Message::TimeoutNow(_) => "TimeoutNow",
         }
     }
 }

@@ -22,10 +22,11 @@ mod read_index;
 mod replication;
 pub mod sessions;
 mod snapshot;
+mod transfer;
 
 pub use message::{
     AppendEntries, AppendEntriesResponse, Envelope, InstallSnapshot, InstallSnapshotResponse,
-    Message, RequestVote, RequestVoteResponse,
+    Message, RequestVote, RequestVoteResponse, TimeoutNow,
 };
 
 use crate::error::{ConfigError, LogError, Result};
@@ -295,6 +296,16 @@ pub enum ProposalOutcome {
         /// Where the proposal had been appended.
         index: LogIndex,
     },
+    /// Leadership went to `to` (thesis §3.10): this server stepped down for its election.
+    LeadershipTransferred {
+        /// The server asked to lead.
+        to: ServerId,
+    },
+    /// A leadership transfer could not be done; nothing changed.
+    TransferFailed {
+        /// Why, in words for an operator.
+        reason: String,
+    },
     /// A linearizable read's answer (§6.4): what `StateMachine::query` returned.
     Read {
         /// The state machine's answer.
@@ -351,6 +362,14 @@ pub enum Event {
         id: ProposalId,
         /// The question for `StateMachine::query`.
         query: Vec<u8>,
+    },
+    /// An operator asks the leader to hand leadership to `to` (thesis §3.10), answered with
+    /// [`ProposalOutcome::LeadershipTransferred`] or [`ProposalOutcome::TransferFailed`].
+    TransferLeadership {
+        /// The caller's tag, echoed in the reply.
+        id: ProposalId,
+        /// The voter to lead next.
+        to: ServerId,
     },
     /// A timer armed by a [`TimerAction::Set`] fired.
     Timeout(Timer),
@@ -453,6 +472,10 @@ pub struct Consensus<L: PersistentLog, M: StateMachine> {
     /// Follower only: heard from the current leader within the minimum election timeout (the
     /// leader lease of check-quorum); requests to vote for a higher term are ignored meanwhile.
     leader_lease: bool,
+    /// Leader only: a leadership transfer under way (thesis §3.10).
+    transfer: Option<transfer::LeaderTransfer>,
+    /// Candidate only: campaigning because the leader handed over leadership.
+    campaigning_for_transfer: bool,
     /// Proposals this server appended as leader, by (index, term), awaiting commit or apply.
     pending_proposals: BTreeMap<(LogIndex, Term), Vec<Waiter>>,
     /// The replicated session table (thesis §6.3), changed only by applying entries.
@@ -536,6 +559,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             progress: BTreeMap::new(),
             prevoting: false,
             leader_lease: false,
+            transfer: None,
+            campaigning_for_transfer: false,
             pending_proposals: BTreeMap::new(),
             sessions: Sessions::new(config_sessions_max),
             sessions_in_flight: HashMap::new(),
@@ -587,6 +612,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             } => self.propose(id, command, session, respond_when)?,
             Event::RegisterSession { id } => self.register_session(id)?,
             Event::Query { id, query } => self.query(id, query),
+            Event::TransferLeadership { id, to } => self.transfer_leadership(id, to)?,
             Event::Timeout(Timer::Election) => self.on_election_timeout()?,
             Event::Timeout(Timer::Heartbeat) => self.on_heartbeat_timeout()?,
             Event::Timeout(Timer::Quorum) => self.on_quorum_timeout()?,
@@ -766,7 +792,11 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         }
         let current_term = self.current_term();
         if term > current_term && self.in_leader_lease() {
-            if let Message::RequestVote(_) = message {
+            if let Message::RequestVote(RequestVote {
+                leadership_transfer: false,
+                ..
+            }) = message
+            {
                 // §9.6, check-quorum: we heard from a live leader within the minimum election
                 // timeout, so this candidate cannot be needed; its higher term is not adopted.
                 log::debug!(
@@ -835,6 +865,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             Message::InstallSnapshotResponse(response) => {
                 self.handle_install_snapshot_response(from, response)
             }
+            Message::TimeoutNow(request) => self.handle_timeout_now(from, request),
         }
     }
 
@@ -891,6 +922,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         }
         if self.role == Role::Leader {
             self.out.timers.push(TimerAction::Cancel(Timer::Heartbeat));
+            self.end_transfer_on_step_down(term > current_term);
             // A deposed leader answers no read and appends no waiting proposal.
             self.abandon_reads(leader);
             for event in std::mem::take(&mut self.waiting_for_term_start) {
@@ -912,6 +944,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         self.progress.clear();
         self.prevoting = false;
         self.leader_lease = false;
+        self.campaigning_for_transfer = false;
         self.reset_election_timer();
         Ok(())
     }
@@ -1246,6 +1279,7 @@ mod tests {
                     last_log_index: LogIndex(0),
                     last_log_term: Term(0),
                     pre_vote: false,
+                    leadership_transfer: false,
                 }),
             })
             .expect("step");

@@ -101,6 +101,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         });
         // Reads waiting for a round ride on these heartbeats (§6.4).
         self.start_read_round_with_heartbeats();
+        self.transfer_tick();
         let window = self.config.in_flight_appends_max;
         for position in 0..self.peers.len() {
             let peer = self.peers[position];
@@ -368,6 +369,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             if advanced {
                 self.advance_commit_index()?;
             }
+            self.continue_transfer(from);
         } else {
             let next_index = self.next_index_after_conflict(&response)?;
             let current_term = self.current_term();

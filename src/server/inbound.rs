@@ -210,6 +210,9 @@ where
             RequestBody::Query(query) => {
                 self.submit(token, request_id, |id| Event::Query { id, query })
             }
+            RequestBody::TransferLeadership(to) => {
+                self.submit(token, request_id, |id| Event::TransferLeadership { id, to })
+            }
             RequestBody::Status => {
                 let body = ResponseBody::Status(self.consensus.metrics());
                 self.respond(token, request_id, body);

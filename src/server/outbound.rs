@@ -205,6 +205,11 @@ where
                 ),
             },
             ProposalOutcome::Read { result } => ResponseBody::Applied(result),
+            ProposalOutcome::LeadershipTransferred { to } => ResponseBody::Transferred(to),
+            ProposalOutcome::TransferFailed { reason } => ResponseBody::Rejected {
+                reason: RejectionReason::TransferFailed,
+                message: reason,
+            },
             ProposalOutcome::Unknown { index } => ResponseBody::Rejected {
                 reason: RejectionReason::OutcomeUnknown,
                 message: format!(

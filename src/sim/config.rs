@@ -113,6 +113,7 @@ impl SimConfig {
         // paper's plain rules keep being exercised too.
         config.core.pre_vote = rng.gen_bool(0.75);
         config.core.check_quorum = rng.gen_bool(0.75);
+        config.faults.transfer_weight = rng.gen_range(0..3);
         config
     }
 }

@@ -23,6 +23,8 @@ pub struct FaultConfig {
     pub crash_weight: u32,
     /// Relative weight of cutting the network into two sides.
     pub partition_weight: u32,
+    /// Relative weight of asking the leader to hand leadership to another server (§3.10).
+    pub transfer_weight: u32,
     /// Chance that a newly elected leader is cut off from everyone shortly after its election
     /// (leader churn: the setting of Figure 8).
     pub isolate_new_leader_probability: f64,
@@ -40,6 +42,7 @@ impl FaultConfig {
             fault_interval_mean_us: 0,
             crash_weight: 0,
             partition_weight: 0,
+            transfer_weight: 0,
             isolate_new_leader_probability: 0.0,
         }
     }
@@ -66,6 +69,9 @@ impl FaultConfig {
             fault_interval_mean_us: rng.gen_range(100_000..1_000_000),
             crash_weight: rng.gen_range(1..4),
             partition_weight: rng.gen_range(1..4),
+            // Drawn by `SimConfig::random` after everything else, so older seeds keep their
+            // other knobs.
+            transfer_weight: 0,
             isolate_new_leader_probability: rng.gen_range(0.1..0.9),
         }
     }
@@ -83,7 +89,7 @@ impl fmt::Display for FaultConfig {
         write!(
             f,
             "drop {:.3}, duplicate {:.3}, delay {}..{} us, sync delay <= {} us, fault every ~{} us \
-             (crash weight {}, partition weight {}), isolate new leader {:.2}",
+             (crash weight {}, partition weight {}, transfer weight {}), isolate new leader {:.2}",
             self.drop_probability,
             self.duplicate_probability,
             self.delay_min_us,
@@ -92,6 +98,7 @@ impl fmt::Display for FaultConfig {
             self.fault_interval_mean_us,
             self.crash_weight,
             self.partition_weight,
+            self.transfer_weight,
             self.isolate_new_leader_probability
         )
     }
@@ -130,6 +137,10 @@ pub struct FaultCounts {
     pub snapshots_installed: u64,
     /// Crashes of a server in the middle of receiving a snapshot.
     pub crashes_mid_install: u64,
+    /// Leadership transfers asked for (§3.10).
+    pub transfers_asked: u64,
+    /// Leadership transfers a leader reported done.
+    pub transfers_done: u64,
 }
 
 impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
@@ -151,6 +162,8 @@ impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
             snapshot_chunks_sent,
             snapshots_installed,
             crashes_mid_install,
+            transfers_asked,
+            transfers_done,
         } = other;
         self.messages_sent += messages_sent;
         self.messages_dropped += messages_dropped;
@@ -167,6 +180,8 @@ impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
         self.snapshot_chunks_sent += snapshot_chunks_sent;
         self.snapshots_installed += snapshots_installed;
         self.crashes_mid_install += crashes_mid_install;
+        self.transfers_asked += transfers_asked;
+        self.transfers_done += transfers_done;
     }
 }
 
@@ -176,7 +191,8 @@ impl fmt::Display for FaultCounts {
             f,
             "sent {}, dropped {}, duplicated {}, reordered {}, partitioned {}, to crashed {}, \
              crashes {}, restarts {}, unsynced writes lost {}, partitions {}, leaders isolated {}, \
-             heals {}, snapshot chunks {}, snapshots installed {}, crashes mid-install {}",
+             heals {}, snapshot chunks {}, snapshots installed {}, crashes mid-install {}, \
+             transfers {} asked / {} done",
             self.messages_sent,
             self.messages_dropped,
             self.messages_duplicated,
@@ -191,7 +207,9 @@ impl fmt::Display for FaultCounts {
             self.heals,
             self.snapshot_chunks_sent,
             self.snapshots_installed,
-            self.crashes_mid_install
+            self.crashes_mid_install,
+            self.transfers_asked,
+            self.transfers_done
         )
     }
 }

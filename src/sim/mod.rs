@@ -784,6 +784,11 @@ impl Simulation {
             }
         }
         for reply in actions.replies {
+            if let ProposalOutcome::LeadershipTransferred { to } = reply.outcome {
+                if to != id {
+                    self.counts.transfers_done += 1;
+                }
+            }
             self.route_reply(id, reply.id, reply.outcome);
         }
         if actions.sync_required && !self.slots[index].sync_scheduled {
@@ -822,7 +827,8 @@ impl Simulation {
         } else {
             0
         };
-        let total = faults.crash_weight + faults.partition_weight + heal_weight;
+        let total =
+            faults.crash_weight + faults.partition_weight + heal_weight + faults.transfer_weight;
         if total > 0 {
             let mut pick = self.rng.gen_range(0..total);
             if pick < faults.crash_weight {
@@ -844,6 +850,8 @@ impl Simulation {
                     shuffled.shuffle(&mut self.rng);
                     let cut = self.rng.gen_range(1..shuffled.len().max(2));
                     self.partition(&shuffled[..cut.min(shuffled.len())]);
+                } else if pick < faults.partition_weight + faults.transfer_weight {
+                    self.ask_for_transfer();
                 } else {
                     self.heal_network();
                 }
@@ -851,6 +859,26 @@ impl Simulation {
         }
         let after = self.fault_interval();
         self.clock.schedule(after, SimEvent::Fault);
+    }
+
+    /// An operator asks the leader, if there is one, to hand leadership to another server
+    /// (§3.10), which may be down or cut off.
+    fn ask_for_transfer(&mut self) {
+        let Some(leader) = self.leader() else {
+            return;
+        };
+        let others: Vec<ServerId> = self
+            .voters
+            .iter()
+            .copied()
+            .filter(|&voter| voter != leader)
+            .collect();
+        let Some(&to) = others.choose(&mut self.rng) else {
+            return;
+        };
+        self.counts.transfers_asked += 1;
+        let id = self.next_direct_proposal();
+        self.step_node(leader, Event::TransferLeadership { id, to });
     }
 
     fn fault_interval(&mut self) -> Micros {
