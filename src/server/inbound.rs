@@ -161,9 +161,16 @@ where
             }
         };
         self.timers.cancel(Deadline::Preamble(token.0));
+        let calling_peer = match kind {
+            Kind::InboundPeer(peer) => Some(peer),
+            _ => None,
+        };
         if let Some(connection) = self.connections.get_mut(token.0) {
             connection.set_kind(kind);
             log::debug!("{}: identified {connection}", self.id);
+        }
+        if let Some(peer) = calling_peer {
+            self.on_peer_dialled_us(peer);
         }
     }
 

@@ -348,6 +348,20 @@ where
         self.queue_frame(token, &wire::encode_preamble(&Preamble::Peer(self.id)));
     }
 
+    /// `peer` dialled us, so it is up (it may just have restarted): if we have no connection to
+    /// it, dial it back now instead of when our backoff says, so messages flow both ways at once.
+    pub(super) fn on_peer_dialled_us(&mut self, peer: ServerId) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if state.outbound.is_some() {
+            return;
+        }
+        state.backoff.reset();
+        log::debug!("{}: {peer} called us; dialling it back now", self.id);
+        self.dial(peer);
+    }
+
     /// Our connection to `peer` closed: forget it and dial again after a backoff, which starts
     /// over only if the connection had been healthy for a while.
     pub(super) fn on_outbound_closed(&mut self, peer: ServerId, token: Token) {
