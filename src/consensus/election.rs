@@ -147,11 +147,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     }
 
     fn tally_pre_votes(&mut self) -> Result<()> {
-        let result = quorum::vote_result(
-            self.voters.len(),
-            self.votes_granted.len(),
-            self.votes_rejected.len(),
-        );
+        let result = self.count_votes();
         match result {
             VoteResult::Won => {
                 log::info!("{}: won the pre-vote; campaigning", self.who());
@@ -312,12 +308,17 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         self.tally_votes()
     }
 
-    fn tally_votes(&mut self) -> Result<()> {
-        let result = quorum::vote_result(
+    /// Where the grants and refusals gathered so far leave this (pre-)vote.
+    fn count_votes(&self) -> VoteResult {
+        quorum::vote_result(
             self.voters.len(),
             self.votes_granted.len(),
             self.votes_rejected.len(),
-        );
+        )
+    }
+
+    fn tally_votes(&mut self) -> Result<()> {
+        let result = self.count_votes();
         match result {
             VoteResult::Won => self.become_leader(),
             VoteResult::Lost => {
