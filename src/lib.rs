@@ -55,9 +55,9 @@ pub mod wire;
 #[allow(missing_docs, unused, clippy::all, clippy::pedantic)]
 mod messages_capnp;
 
-pub use client::Client;
 #[cfg(feature = "async-client")]
 pub use client::{AsyncClient, AsyncRuntime};
+pub use client::{Client, MemberStatus};
 pub use consensus::{Consensus, Role};
 pub use error::{ConfigError, Error, LogError, Result, WireError};
 pub use log::{Entry, EntryKind, MemLog, PersistentLog, SnapshotMeta};

@@ -454,3 +454,37 @@ fn calls_are_send() {
     assert_send(&client.status(nowhere));
     assert_send(&client);
 }
+
+/// §3.10 through the async client: leadership goes to the chosen server.
+#[test]
+fn hands_leadership_to_a_chosen_server() {
+    let cluster = LocalCluster::spawn(3, |_| MemLog::new(), |_| KvStateMachine::new(), |b| b)
+        .expect("cluster starts");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .expect("a leader");
+    let target = ServerId(if leader == ServerId(1) { 2 } else { 1 });
+    let addresses = cluster.addresses();
+    async_io::block_on(async {
+        let mut client = client(addresses.clone());
+        client.propose(b"put k v").await.expect("applied");
+        client
+            .transfer_leadership(target)
+            .await
+            .expect("handed over");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = client
+                .status(addresses[(target.0 - 1) as usize])
+                .await
+                .expect("the target answers");
+            if status.role == Role::Leader {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{target} never led: {status:?}");
+            async_io::Timer::after(Duration::from_millis(5)).await;
+        }
+        assert_eq!(client.query(b"get k").await.expect("read"), b"v");
+    });
+    cluster.shutdown().expect("clean shutdown");
+}

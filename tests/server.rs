@@ -956,3 +956,70 @@ fn leadership_transfer_under_load_goes_to_the_chosen_server() {
     assert!(error.to_string().contains("not a voting member"), "{error}");
     cluster.shutdown().expect("clean shutdown");
 }
+
+/// `Client::cluster_status` reports every member: its role, term and applied index from its own
+/// answer, its match index from the leader's, and an error for a member that is down.
+#[test]
+fn cluster_status_reports_every_member() {
+    init_logging();
+    let cluster = mioraft::server::LocalCluster::spawn(
+        3,
+        |_| MemLog::new(),
+        |_| KvStateMachine::new(),
+        |builder| builder,
+    )
+    .expect("start a cluster");
+    let leader = cluster.wait_for_leader(WAIT).expect("a leader");
+    let addresses = cluster.addresses();
+    let mut client = Client::new(addresses.clone()).with_timeout(Duration::from_secs(5));
+    client.propose(b"put k v").expect("write");
+    let statuses = wait_for("every member to have applied the write", || {
+        let statuses = client.cluster_status();
+        let settled = statuses.iter().all(|member| {
+            member.metrics.as_ref().is_ok_and(|m| {
+                m.last_applied >= LogIndex(3) && member.match_index == Some(m.last_log_index)
+            })
+        });
+        if settled {
+            Ok(statuses)
+        } else {
+            Err(format!("{statuses:?}"))
+        }
+    });
+    assert_eq!(statuses.len(), 3);
+    let roles: Vec<(ServerId, Role)> = statuses
+        .iter()
+        .map(|member| {
+            let metrics = member.metrics.as_ref().expect("answered");
+            (metrics.id, metrics.role)
+        })
+        .collect();
+    assert_eq!(
+        roles
+            .iter()
+            .filter(|(_, role)| *role == Role::Leader)
+            .count(),
+        1
+    );
+    assert!(roles.contains(&(leader, Role::Leader)), "{roles:?}");
+    assert_eq!(
+        statuses
+            .iter()
+            .map(|member| member.address)
+            .collect::<Vec<_>>(),
+        addresses
+    );
+    let mut servers = cluster.into_servers();
+    let down = servers.remove(2);
+    let down_address = down.local_addr();
+    down.shutdown().expect("stop one server");
+    let statuses = client.cluster_status();
+    let gone = statuses
+        .iter()
+        .find(|member| member.address == down_address)
+        .expect("still listed");
+    assert!(gone.metrics.is_err(), "{gone:?}");
+    for server in servers {
+        server.shutdown().expect("clean shutdown");
+    }
+}

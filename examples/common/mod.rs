@@ -119,19 +119,23 @@ pub fn run_server<M: StateMachine>(
 /// Prints each node's role, term, leader, commit and applied index.
 pub fn print_status(addresses: &[SocketAddr]) {
     println!(
-        "{:<22} {:>4} {:<10} {:>6} {:>7} {:>8} {:>8}",
-        "address", "id", "role", "term", "leader", "commit", "applied"
+        "{:<22} {:>4} {:<10} {:>6} {:>7} {:>8} {:>8} {:>8}",
+        "address", "id", "role", "term", "leader", "match", "commit", "applied"
     );
-    for &address in addresses {
-        let mut client = Client::new([address]).with_timeout(Duration::from_secs(1));
-        match client.status(address) {
+    let mut client = Client::new(addresses.to_vec()).with_timeout(Duration::from_secs(1));
+    for member in client.cluster_status() {
+        let address = member.address;
+        match member.metrics {
             Ok(m) => println!(
-                "{:<22} {:>4} {:<10} {:>6} {:>7} {:>8} {:>8}",
+                "{:<22} {:>4} {:<10} {:>6} {:>7} {:>8} {:>8} {:>8}",
                 address,
                 m.id.0,
                 format!("{:?}", m.role).to_lowercase(),
                 m.current_term.0,
                 m.current_leader.map_or("-".to_owned(), |l| l.0.to_string()),
+                member
+                    .match_index
+                    .map_or("-".to_owned(), |i| i.0.to_string()),
                 m.commit_index.0,
                 m.last_applied.0
             ),

@@ -8,7 +8,7 @@ use crate::consensus::ResponseMode;
 use crate::error::{Error, Result};
 use crate::framing::MESSAGE_BYTES_MAX_DEFAULT;
 use crate::metrics::Metrics;
-use crate::types::LogIndex;
+use crate::types::{LogIndex, ServerId};
 use crate::wire::{self, ClientRequest, Preamble, RequestBody, ResponseBody};
 use capnp_futures::serialize::{read_message, write_message};
 use futures_util::future::{self, Either};
@@ -254,6 +254,20 @@ impl<R: AsyncRuntime> AsyncClient<R> {
             self.call(RequestBody::Query(query.to_vec()), deadline)
                 .await?,
         )
+    }
+
+    /// Asks the leader to hand leadership to server `to` (thesis §3.10); see
+    /// [`Client::transfer_leadership`](crate::Client::transfer_leadership).
+    ///
+    /// # Errors
+    /// As for [`Client::transfer_leadership`](crate::Client::transfer_leadership).
+    pub async fn transfer_leadership(&mut self, to: ServerId) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        policy::transferred(
+            self.call(RequestBody::TransferLeadership(to), deadline)
+                .await?,
+        )
+        .map(|_| ())
     }
 
     /// Asks one server, leader or not, for its [`Metrics`].

@@ -21,6 +21,7 @@ use crate::framing::{FrameReader, MESSAGE_BYTES_MAX_DEFAULT};
 use crate::metrics::Metrics;
 use crate::types::{LogIndex, ServerId};
 use crate::wire::{self, ClientRequest, ClientResponse, Preamble, RequestBody, ResponseBody};
+pub use policy::MemberStatus;
 use policy::{Call, Route, Session, Step};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -165,6 +166,26 @@ impl Client {
     pub fn transfer_leadership(&mut self, to: ServerId) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
         policy::transferred(self.call(RequestBody::TransferLeadership(to), deadline)?).map(|_| ())
+    }
+
+    /// Asks every server of the cluster for its [`Metrics`] and puts beside each the leader's
+    /// match index for it: each member's role, term, match and applied index in one call. A
+    /// server that does not answer within a second (or the client's timeout, if shorter) is
+    /// reported with the error.
+    pub fn cluster_status(&mut self) -> Vec<MemberStatus> {
+        let per_server = self.timeout.min(Duration::from_secs(1));
+        let addresses = self.route.cluster().to_vec();
+        let reports = addresses
+            .into_iter()
+            .map(|address| {
+                let deadline = Instant::now() + per_server;
+                let report = self
+                    .attempt(address, &RequestBody::Status, deadline)
+                    .and_then(policy::status);
+                (address, report)
+            })
+            .collect();
+        policy::cluster_status(reports)
     }
 
     /// Asks one server, leader or not, for its [`Metrics`].

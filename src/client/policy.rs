@@ -66,6 +66,11 @@ impl Route {
     ///
     /// # Panics
     /// If the cluster is empty; [`Call::start`] refuses such a call first.
+    /// Every server of the cluster, as given.
+    pub(super) fn cluster(&self) -> &[SocketAddr] {
+        &self.cluster
+    }
+
     pub(super) fn target(&self) -> SocketAddr {
         self.cluster[self.target % self.cluster.len()]
     }
@@ -330,6 +335,47 @@ pub(super) fn transferred(answer: ResponseBody) -> Result<ServerId> {
         ResponseBody::Transferred(to) => Ok(to),
         other => Err(unexpected(other)),
     }
+}
+
+/// Each server's own report beside what the leader (the one of the highest term that answered)
+/// knows of it, for `cluster_status`.
+pub(super) fn cluster_status(reports: Vec<(SocketAddr, Result<Metrics>)>) -> Vec<MemberStatus> {
+    let leader = reports
+        .iter()
+        .filter_map(|(_, report)| report.as_ref().ok())
+        .filter(|metrics| metrics.role == crate::Role::Leader)
+        .max_by_key(|metrics| metrics.current_term)
+        .cloned();
+    reports
+        .into_iter()
+        .map(|(address, metrics)| {
+            let match_index = match (&leader, &metrics) {
+                (Some(leader), Ok(metrics)) if leader.id == metrics.id => {
+                    Some(leader.last_log_index)
+                }
+                (Some(leader), Ok(metrics)) => leader.match_indexes.get(&metrics.id).copied(),
+                _ => None,
+            };
+            MemberStatus {
+                address,
+                metrics,
+                match_index,
+            }
+        })
+        .collect()
+}
+
+/// One server of the cluster as [`Client::cluster_status`](super::Client::cluster_status) sees
+/// it.
+#[derive(Debug)]
+pub struct MemberStatus {
+    /// Where it was asked.
+    pub address: SocketAddr,
+    /// Its own report (role, term, leader, commit and applied index, ...), or why none came.
+    pub metrics: Result<Metrics>,
+    /// How far the leader knows its log matches the leader's (the leader's own last index for
+    /// the leader); `None` when no leader answered or it does not know.
+    pub match_index: Option<LogIndex>,
 }
 
 /// The metrics in an answer to `status`.

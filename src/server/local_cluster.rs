@@ -90,6 +90,11 @@ impl LocalCluster {
         &self.servers
     }
 
+    /// The servers themselves, server 1 first, to stop or restart one at a time.
+    pub fn into_servers(self) -> Vec<ServerHandle> {
+        self.servers
+    }
+
     /// Waits until some server reports itself leader, and returns it.
     ///
     /// # Errors
