@@ -1770,6 +1770,100 @@ fn read_until_answered(
     .ok()
 }
 
+/// Thesis §9.6 with real processes: a server cut off from the others for many election
+/// timeouts (3 s against 150–300 ms) keeps timing out, but with pre-vote it never raises its
+/// term, so when the links heal the leader carries on: no election, the majority's term
+/// unchanged, and the returning server catches up with what was written meanwhile.
+#[test]
+fn a_server_partitioned_for_many_election_timeouts_rejoins_without_an_election() {
+    if std::env::var(cluster::CHILD_ENV).is_ok() {
+        return;
+    }
+    const SERVERS: usize = 3;
+    let root = tempfile::Builder::new()
+        .prefix("mioraft-partition-")
+        .tempdir()
+        .expect("a temporary directory");
+    let mut cluster = cluster::Cluster::bind(SERVERS, root.path());
+    let addresses = cluster.addresses();
+    let relay = relay::Relay::new(&addresses);
+    for index in 0..SERVERS {
+        let peers = (0..SERVERS)
+            .filter(|&peer| peer != index)
+            .map(|peer| (cluster.id(peer), relay.address(index, peer)))
+            .collect();
+        cluster.set_peers(index, peers);
+        cluster.start(index);
+    }
+    struct CloseOnDrop(cluster::Cluster);
+    impl Drop for CloseOnDrop {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _guard = CloseOnDrop(cluster);
+    let leader = wait_for(Duration::from_secs(20), || {
+        addresses
+            .iter()
+            .find_map(|&address| {
+                status(address, Duration::from_millis(500)).filter(|m| m.role == Role::Leader)
+            })
+            .ok_or_else(|| "no leader yet".to_owned())
+    })
+    .expect("a leader");
+    let leader_index = (leader.id.0 - 1) as usize;
+    let cut_off = (leader_index + 1) % SERVERS;
+    for other in (0..SERVERS).filter(|&other| other != cut_off) {
+        relay.cut(cut_off, other, relay::CutMode::Blackhole);
+        relay.cut(other, cut_off, relay::CutMode::Blackhole);
+    }
+    let mut client = mioraft::Client::new(addresses.clone()).with_timeout(Duration::from_secs(10));
+    client
+        .propose(b"put during partition")
+        .expect("the majority writes");
+    // The fault's length, not a wait for a condition: many election timeouts pass.
+    thread::sleep(Duration::from_secs(3));
+    let isolated = status(addresses[cut_off], Duration::from_millis(500)).expect("it answers");
+    for other in (0..SERVERS).filter(|&other| other != cut_off) {
+        relay.heal(cut_off, other);
+        relay.heal(other, cut_off);
+    }
+    let rejoined = wait_for(Duration::from_secs(20), || {
+        let metrics = status(addresses[cut_off], Duration::from_millis(500))
+            .ok_or_else(|| "no answer".to_owned())?;
+        let leader_now = status(addresses[leader_index], Duration::from_millis(500))
+            .ok_or_else(|| "the leader does not answer".to_owned())?;
+        if metrics.current_leader == Some(leader.id)
+            && metrics.last_applied >= leader_now.commit_index
+        {
+            Ok(metrics)
+        } else {
+            Err(format!("rejoining {metrics:?}; leader {leader_now:?}"))
+        }
+    })
+    .expect("the cut-off server follows the leader again");
+    let after: Vec<Metrics> = addresses
+        .iter()
+        .map(|&address| status(address, Duration::from_millis(500)).expect("answers"))
+        .collect();
+    println!(
+        "cut off {} for 3 s: its term stayed {} while cut off; leader {} kept term {}",
+        isolated.id, isolated.current_term, leader.id, leader.current_term
+    );
+    assert_eq!(
+        isolated.current_term, leader.current_term,
+        "pre-vote: the cut-off server never raised its term"
+    );
+    for metrics in &after {
+        assert_eq!(
+            metrics.current_term, leader.current_term,
+            "no election happened: {after:?}"
+        );
+    }
+    assert_eq!(after[leader_index].role, Role::Leader);
+    assert_eq!(rejoined.current_term, leader.current_term);
+}
+
 #[test]
 fn clients_see_a_linearizable_history_while_servers_crash_pause_and_partition() {
     if std::env::var_os(cluster::CHILD_ENV).is_some() {
