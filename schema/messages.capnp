@@ -64,6 +64,9 @@ enum EntryKind {
   # number (each a little-endian UInt64), then the command. Applied at most once per
   # (session, sequence).
   sessionCommand @3;
+  # A cluster configuration (Raft thesis §4.1): `data` is the configuration in mioraft's
+  # Membership byte encoding. It takes effect as soon as it is in a server's log.
+  configuration @4;
 }
 
 # Raft's RPCs between servers (Figure 2 of the Raft paper). Every field is the paper's.
@@ -140,8 +143,10 @@ struct SnapshotMeta {
   lastIndex @0 :UInt64;
   # The term of that entry (at least 1).
   lastTerm @1 :UInt64;
-  # The voting members as of lastIndex: server ids, ascending, none repeated, never 0.
-  voters @2 :List(UInt64);
+  # The configuration in force at lastIndex, in mioraft's Membership byte encoding (voters,
+  # learners and their addresses). Only the chunk at offset 0 carries it; later chunks leave
+  # it empty.
+  configuration @2 :Data;
   # The length of the snapshot's bytes.
   size @3 :UInt64;
   # crc32c (Castagnoli) of the snapshot's bytes.
@@ -258,6 +263,8 @@ struct Status {
   snapshotIndex @8 :UInt64;
   # The first index its log still holds (1 until compacted).
   firstLogIndex @9 :UInt64;
+  # The configuration in force on the server, in mioraft's Membership byte encoding.
+  configuration @10 :Data;
 }
 
 struct PeerStatus {
@@ -269,6 +276,8 @@ enum Role {
   follower @0;
   candidate @1;
   leader @2;
+  # Receives the log but does not vote: a learner, or a server outside the configuration.
+  learner @3;
 }
 
 # The answer to one ClientRequest.

@@ -2,6 +2,7 @@
 //! (DESIGN.md §5).
 
 use crate::consensus::Role;
+use crate::membership::Membership;
 use crate::types::{LogIndex, ServerId, Term};
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 pub struct Metrics {
     /// The server.
     pub id: ServerId,
-    /// Follower, Candidate or Leader.
+    /// Follower, Candidate, Leader or Learner.
     pub role: Role,
     /// Its current term.
     pub current_term: Term,
@@ -28,4 +29,6 @@ pub struct Metrics {
     pub snapshot_index: LogIndex,
     /// The first index its log still holds (1 until compacted).
     pub first_log_index: LogIndex,
+    /// The configuration in force on this server (thesis §4.1): voters, learners, addresses.
+    pub membership: Membership,
 }

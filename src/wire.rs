@@ -8,6 +8,7 @@ use crate::consensus::{
 };
 use crate::error::WireError;
 use crate::log::{Entry, EntryKind, SnapshotMeta};
+use crate::membership::Membership;
 use crate::messages_capnp as schema;
 use crate::metrics::Metrics;
 use crate::types::{LogIndex, ServerId, Term};
@@ -144,19 +145,17 @@ impl std::fmt::Display for RejectionReason {
     }
 }
 
-/// Words of an InstallSnapshot message besides its voter list and data: the root pointer (1),
+/// Words of an InstallSnapshot message besides its configuration and data: the root pointer (1),
 /// `Message` (1 data word, 1 pointer), `InstallSnapshot` (3 + 2) and `SnapshotMeta` (4 + 1).
 const INSTALL_SNAPSHOT_FIXED_WORDS: u64 = 13;
 
 /// The most bytes an InstallSnapshot frame from [`encode_message`] takes besides its chunk of
-/// snapshot data, when the snapshot's membership has `voters` members: the segment table (8),
-/// the message's structs (104), 8 per voter, and up to 7 bytes padding the chunk to a whole
-/// word. A peer's message limit must hold `snapshot_chunk_bytes` plus this.
-pub fn install_snapshot_overhead_bytes(voters: usize) -> u64 {
-    (voters as u64)
-        .saturating_add(INSTALL_SNAPSHOT_FIXED_WORDS + 1)
-        .saturating_mul(8)
-        .saturating_add(7)
+/// snapshot data and its configuration: the segment table (8), the message's structs (104), and
+/// up to 7 bytes each padding the chunk and the configuration to whole words. The core counts
+/// the configuration toward `snapshot_chunk_bytes`, so a peer's message limit must hold
+/// `snapshot_chunk_bytes` plus this.
+pub fn install_snapshot_overhead_bytes() -> u64 {
+    (INSTALL_SNAPSHOT_FIXED_WORDS + 1) * 8 + 7 + 7
 }
 
 // ---- encoding ----
@@ -189,7 +188,7 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
         // ever larger segments, and a single-segment frame for the reader.
         Message::InstallSnapshot(m) => {
             let words = INSTALL_SNAPSHOT_FIXED_WORDS
-                .saturating_add(m.meta.voters.len() as u64)
+                .saturating_add((m.meta.membership.encode().len() as u64).div_ceil(8))
                 .saturating_add((m.data.len() as u64).div_ceil(8));
             // Cap'n Proto's largest segment (2^29 words); anything bigger spills over into
             // further segments, which the allocator adds as needed.
@@ -234,6 +233,7 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
                     EntryKind::Command => schema::EntryKind::Command,
                     EntryKind::RegisterSession => schema::EntryKind::RegisterSession,
                     EntryKind::SessionCommand => schema::EntryKind::SessionCommand,
+                    EntryKind::Configuration => schema::EntryKind::Configuration,
                 });
                 slot.set_data(&entry.data);
             }
@@ -278,11 +278,7 @@ fn encode_snapshot_meta(meta: &SnapshotMeta, mut out: schema::snapshot_meta::Bui
     out.set_last_term(meta.last_term.0);
     out.set_size(meta.size);
     out.set_checksum(meta.checksum);
-    let count = u32::try_from(meta.voters.len()).expect("membership is far below 2^32 servers");
-    let mut voters = out.init_voters(count);
-    for (position, voter) in meta.voters.iter().enumerate() {
-        voters.set(position as u32, voter.0);
-    }
+    out.set_configuration(&meta.membership.encode());
 }
 
 /// Encodes a client request as one frame.
@@ -354,7 +350,9 @@ pub fn encode_response(response: &ClientResponse) -> Vec<u8> {
                 Role::Follower => schema::Role::Follower,
                 Role::Candidate => schema::Role::Candidate,
                 Role::Leader => schema::Role::Leader,
+                Role::Learner => schema::Role::Learner,
             });
+            status.set_configuration(&metrics.membership.encode());
             status.set_current_term(metrics.current_term.0);
             status.set_leader_id(metrics.current_leader.map_or(0, |id| id.0));
             status.set_last_log_index(metrics.last_log_index.0);
@@ -419,6 +417,11 @@ fn server_id(field: &'static str, value: u64) -> Result<ServerId, WireError> {
         });
     }
     Ok(ServerId(value))
+}
+
+/// A configuration in its byte encoding, checked.
+fn membership(field: &'static str, bytes: &[u8]) -> Result<Membership, WireError> {
+    Membership::decode(bytes).map_err(|reason| WireError::Invalid { field, reason })
 }
 
 fn not_in_schema(field: &'static str) -> impl Fn(capnp::NotInSchema) -> WireError {
@@ -505,6 +508,7 @@ fn decode_message_fields(frame: &[u8]) -> Result<Message, WireError> {
                     schema::EntryKind::Command => EntryKind::Command,
                     schema::EntryKind::RegisterSession => EntryKind::RegisterSession,
                     schema::EntryKind::SessionCommand => EntryKind::SessionCommand,
+                    schema::EntryKind::Configuration => EntryKind::Configuration,
                 };
                 entries.push(Entry {
                     term: Term(entry.get_term()),
@@ -537,8 +541,8 @@ fn decode_message_fields(frame: &[u8]) -> Result<Message, WireError> {
         Which::InstallSnapshot(m) => {
             let m = m?;
             let term = Term(m.get_term());
-            let meta = decode_snapshot_meta(m.get_meta()?, term)?;
             let offset = m.get_offset();
+            let meta = decode_snapshot_meta(m.get_meta()?, term, offset == 0)?;
             let data = m.get_data()?;
             // §7: chunks lie within the snapshot; one reaching past its announced size is
             // not part of it.
@@ -583,10 +587,12 @@ fn decode_message_fields(frame: &[u8]) -> Result<Message, WireError> {
 
 /// Checks a snapshot's description from a leader of `term`: a snapshot covers at least one
 /// entry, of a term no later than the leader's (a leader's log holds no later term), and its
-/// members are real server ids in ascending order, as [`SnapshotMeta::voters`] keeps them.
+/// configuration is well formed with at least one voter. Only the `first_chunk` carries the
+/// configuration; later chunks' is empty.
 fn decode_snapshot_meta(
     meta: schema::snapshot_meta::Reader<'_>,
     term: Term,
+    first_chunk: bool,
 ) -> Result<SnapshotMeta, WireError> {
     let last_index = LogIndex(meta.get_last_index());
     let last_term = Term(meta.get_last_term());
@@ -608,30 +614,22 @@ fn decode_snapshot_meta(
             ),
         });
     }
-    // A list of UInt64 takes 8 bytes of the message per element, so its length is bounded by
-    // the frame's size: no forged count can force a large allocation here.
-    let list = meta.get_voters()?;
-    let mut voters = Vec::with_capacity(list.len() as usize);
-    for voter in list.iter() {
-        let voter = server_id("SnapshotMeta.voters", voter)?;
-        if voters.last().is_some_and(|&previous| previous >= voter) {
-            return Err(WireError::Invalid {
-                field: "SnapshotMeta.voters",
-                reason: format!("server ids must ascend without repeats; {voter} comes late"),
-            });
-        }
-        voters.push(voter);
-    }
-    if voters.is_empty() {
+    let configuration = meta.get_configuration()?;
+    let membership = if first_chunk || !configuration.is_empty() {
+        membership("SnapshotMeta.configuration", configuration)?
+    } else {
+        Membership::default()
+    };
+    if first_chunk && membership.voter_count() == 0 {
         return Err(WireError::Invalid {
-            field: "SnapshotMeta.voters",
-            reason: "a snapshot's membership has at least one voter".to_owned(),
+            field: "SnapshotMeta.configuration",
+            reason: "a snapshot's configuration has at least one voter".to_owned(),
         });
     }
     Ok(SnapshotMeta {
         last_index,
         last_term,
-        voters,
+        membership,
         size: meta.get_size(),
         checksum: meta.get_checksum(),
     })
@@ -746,6 +744,7 @@ fn decode_response_fields<S: ReaderSegments>(
                 schema::Role::Follower => Role::Follower,
                 schema::Role::Candidate => Role::Candidate,
                 schema::Role::Leader => Role::Leader,
+                schema::Role::Learner => Role::Learner,
             };
             let mut match_indexes = std::collections::BTreeMap::new();
             for peer in status.get_peers()?.iter() {
@@ -768,6 +767,7 @@ fn decode_response_fields<S: ReaderSegments>(
                 match_indexes,
                 snapshot_index: LogIndex(status.get_snapshot_index()),
                 first_log_index: LogIndex(status.get_first_log_index()),
+                membership: membership("Status.configuration", status.get_configuration()?)?,
             })
         }
         Which::SessionRegistered(session) => ResponseBody::SessionRegistered(session),
@@ -874,7 +874,7 @@ mod tests {
         SnapshotMeta {
             last_index: LogIndex(120),
             last_term: Term(6),
-            voters: (1..=voters).map(ServerId).collect(),
+            membership: Membership::from_voters((1..=voters).map(ServerId)),
             size: 100,
             checksum: 0x1234_5678,
         }
@@ -981,23 +981,32 @@ mod tests {
     /// passes a frame reader of exactly that limit, and round-trips byte for byte.
     #[test]
     fn a_full_size_snapshot_chunk_round_trips_within_the_overhead() {
-        // The overhead is exact up to the chunk's padding, for every chunk length mod 8.
+        // The overhead is exact up to the paddings of the chunk and the configuration, for
+        // every length mod 8 of each.
         for (length, voters) in [(0, 1), (1, 1), (7, 3), (8, 5), (9, 7), (1000, 2)] {
-            let chunk = InstallSnapshot {
-                meta: SnapshotMeta {
-                    voters: (1..=voters).map(ServerId).collect(),
-                    ..snapshot_meta(voters)
-                },
-                ..snapshot_chunk(vec![1; length], 0)
-            };
-            let frame = encode_message(&Message::InstallSnapshot(chunk));
-            assert_eq!(frame[..4], [0; 4], "one segment");
-            let bound = length as u64 + install_snapshot_overhead_bytes(voters as usize);
-            assert!(frame.len() as u64 <= bound, "{length}: {}", frame.len());
-            assert!(frame.len() as u64 + 8 > bound, "{length}: {}", frame.len());
+            for address_length in [0, 1, 7, 100, crate::membership::ADDRESS_BYTES_MAX] {
+                let membership = (1..=voters).fold(Membership::default(), |members, id| {
+                    members.with_voter(ServerId(id), "a".repeat(address_length))
+                });
+                let membership_bytes = membership.encode().len() as u64;
+                let chunk = InstallSnapshot {
+                    meta: SnapshotMeta {
+                        membership,
+                        ..snapshot_meta(voters)
+                    },
+                    ..snapshot_chunk(vec![1; length], 0)
+                };
+                let frame = encode_message(&Message::InstallSnapshot(chunk));
+                assert_eq!(frame[..4], [0; 4], "one segment");
+                let bound = length as u64 + membership_bytes + install_snapshot_overhead_bytes();
+                assert!(frame.len() as u64 <= bound, "{length}: {}", frame.len());
+                assert!(frame.len() as u64 + 16 > bound, "{length}: {}", frame.len());
+            }
         }
+        // A chunk as the core cuts it: the configuration's bytes count toward the chunk size.
+        let membership = Membership::from_voters((1..=1_000).map(ServerId));
         let chunk_bytes = crate::consensus::Config::default().snapshot_chunk_bytes;
-        let data: Vec<u8> = (0..chunk_bytes)
+        let data: Vec<u8> = (0..chunk_bytes - membership.encode().len() as u64)
             .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         let message = Message::InstallSnapshot(InstallSnapshot {
@@ -1006,7 +1015,7 @@ mod tests {
             meta: SnapshotMeta {
                 last_index: LogIndex(1_000_000),
                 last_term: Term(9),
-                voters: (1..=1_000).map(ServerId).collect(),
+                membership,
                 size: 5 * chunk_bytes + 3,
                 checksum: u32::MAX,
             },
@@ -1015,7 +1024,7 @@ mod tests {
         });
         let frame = encode_message(&message);
         assert_eq!(frame[..4], [0; 4], "one segment");
-        let limit = chunk_bytes + install_snapshot_overhead_bytes(1_000);
+        let limit = chunk_bytes + install_snapshot_overhead_bytes();
         assert!(
             frame.len() as u64 <= limit,
             "{} bytes, limit {limit}",
@@ -1094,42 +1103,12 @@ mod tests {
             (
                 InstallSnapshot {
                     meta: SnapshotMeta {
-                        voters: Vec::new(),
+                        membership: Membership::default().with_learner(ServerId(2), "b:1"),
                         ..meta.clone()
                     },
                     ..chunk.clone()
                 },
                 "at least one voter",
-            ),
-            (
-                InstallSnapshot {
-                    meta: SnapshotMeta {
-                        voters: vec![ServerId(1), ServerId(0)],
-                        ..meta.clone()
-                    },
-                    ..chunk.clone()
-                },
-                "invalid SnapshotMeta.voters: server id 0",
-            ),
-            (
-                InstallSnapshot {
-                    meta: SnapshotMeta {
-                        voters: vec![ServerId(1), ServerId(3), ServerId(2)],
-                        ..meta.clone()
-                    },
-                    ..chunk.clone()
-                },
-                "must ascend without repeats",
-            ),
-            (
-                InstallSnapshot {
-                    meta: SnapshotMeta {
-                        voters: vec![ServerId(1), ServerId(2), ServerId(2)],
-                        ..meta.clone()
-                    },
-                    ..chunk.clone()
-                },
-                "must ascend without repeats",
             ),
             (
                 InstallSnapshot {
@@ -1224,6 +1203,8 @@ mod tests {
             match_indexes: [(ServerId(2), LogIndex(9)), (ServerId(3), LogIndex(7))].into(),
             snapshot_index: LogIndex(6),
             first_log_index: LogIndex(4),
+            membership: Membership::from_voters([ServerId(1), ServerId(3)])
+                .with_learner(ServerId(2), "127.0.0.1:4000"),
         };
         for body in [
             ResponseBody::Applied(b"ok".to_vec()),

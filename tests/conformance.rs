@@ -148,6 +148,7 @@ fn node_in_role(role: Role) -> Node {
             candidate
         }
         Role::Leader => leader(3),
+        Role::Learner => unreachable!("the paper's scenarios have no learners"),
     }
 }
 
@@ -870,7 +871,11 @@ fn proposal_appends_current_term_entry_and_replicates_it() {
     let mut leader = leader(3);
     let actions = propose(&mut leader, 1, "put x 1");
     let entry = Entry::command(Term(1), "put x 1");
-    assert_eq!(log_entries(&leader), [Entry::noop(Term(1)), entry.clone()]);
+    // The first leader's term-start entry is the initial configuration (thesis §4.1), which
+    // serves as its no-op (§8).
+    let membership = mioraft::Membership::from_voters((1..=3).map(ServerId));
+    let first = Entry::configuration(Term(1), &membership);
+    assert_eq!(log_entries(&leader), [first, entry.clone()]);
     assert_eq!(leader.commit_index(), LogIndex(1));
     assert!(actions.replies.is_empty());
     assert!(actions.sync_required);

@@ -127,6 +127,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             }
         }
         self.advance_reads()?;
+        self.advance_membership_change()?;
         // A snapshot the log was writing in the background may be ready (§7).
         self.finish_local_snapshot()
     }

@@ -19,6 +19,12 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         if self.role == Role::Leader {
             return Ok(());
         }
+        if !self.membership().is_voter(self.id) {
+            // Learners, servers waiting to be added and removed servers never campaign (thesis
+            // §4.2.1, §4.2.3); the timer keeps running in case a configuration makes us a voter.
+            self.reset_election_timer();
+            return Ok(());
+        }
         if self.config.pre_vote {
             return self.start_pre_vote();
         }
@@ -28,18 +34,29 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     /// Becomes a candidate of the next term and asks every peer for its vote; `for_transfer`
     /// when the leader handed over leadership (thesis §3.10), so voters set aside their lease.
     pub(super) fn campaign(&mut self, for_transfer: bool) -> Result<()> {
+        if !self.membership().is_voter(self.id) {
+            log::warn!("{}: not a voter; not campaigning", self.who());
+            return Ok(());
+        }
         self.become_candidate()?;
         self.campaigning_for_transfer = for_transfer;
         log::info!("{}: election timeout, campaigning", self.who());
         self.tally_votes()?;
         if self.role == Role::Candidate {
             let request = self.vote_request();
-            for position in 0..self.peers.len() {
-                let peer = self.peers[position];
-                self.send(peer, request.clone());
-            }
+            self.send_to_other_voters(&request);
         }
         Ok(())
+    }
+
+    /// Sends `message` to every voter but us (§5.2: only voters are asked for votes).
+    fn send_to_other_voters(&mut self, message: &Message) {
+        for position in 0..self.voters.len() {
+            let voter = self.voters[position];
+            if voter != self.id {
+                self.send(voter, message.clone());
+            }
+        }
     }
 
     /// The vote request of the current term, carrying our last log position (§5.4.1).
@@ -79,10 +96,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         self.tally_pre_votes()?;
         if self.prevoting {
             let request = self.pre_vote_request();
-            for position in 0..self.peers.len() {
-                let peer = self.peers[position];
-                self.send(peer, request.clone());
-            }
+            self.send_to_other_voters(&request);
         }
         Ok(())
     }
@@ -180,7 +194,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             && match self.role {
                 Role::Leader => true,
                 Role::Follower => self.leader_lease,
-                Role::Candidate => false,
+                Role::Candidate | Role::Learner => false,
             }
     }
 
@@ -201,7 +215,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     /// a leader cut off from the majority stops taking requests it could never commit.
     pub(super) fn on_quorum_timeout(&mut self) -> Result<()> {
         match self.role {
-            Role::Follower => {
+            Role::Follower | Role::Learner => {
                 self.leader_lease = false;
                 Ok(())
             }
@@ -210,12 +224,13 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 if !self.config.check_quorum {
                     return Ok(());
                 }
-                let heard = 1 + self
-                    .progress
-                    .values_mut()
-                    .map(|progress| progress.take_recent_activity())
-                    .filter(|&active| active)
-                    .count();
+                // Only voters count; a leader being removed does not count itself (§4.2.2).
+                let mut heard = usize::from(self.voters.contains(&self.id));
+                for (peer, progress) in self.progress.iter_mut() {
+                    if progress.take_recent_activity() && self.voters.contains(peer) {
+                        heard += 1;
+                    }
+                }
                 if heard < quorum::majority(self.voters.len()) {
                     log::warn!(
                         "{}: heard from only {heard} of {} servers in {:?}; stepping down",
@@ -310,10 +325,15 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
 
     /// Where the grants and refusals gathered so far leave this (pre-)vote.
     fn count_votes(&self) -> VoteResult {
+        // Answers from servers outside the voters (a stale learner, a removed server) count for
+        // nothing.
+        let among_voters = |set: &std::collections::BTreeSet<ServerId>| {
+            set.iter().filter(|id| self.voters.contains(id)).count()
+        };
         quorum::vote_result(
             self.voters.len(),
-            self.votes_granted.len(),
-            self.votes_rejected.len(),
+            among_voters(&self.votes_granted),
+            among_voters(&self.votes_rejected),
         )
     }
 

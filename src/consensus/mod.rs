@@ -15,6 +15,7 @@
 mod client_requests;
 mod election;
 mod invariants;
+mod membership_change;
 pub mod message;
 pub mod progress;
 pub mod quorum;
@@ -31,6 +32,7 @@ pub use message::{
 
 use crate::error::{ConfigError, LogError, Result};
 use crate::log::PersistentLog;
+use crate::membership::Membership;
 use crate::state_machine::StateMachine;
 use crate::types::{LogIndex, ServerId, Term};
 use client_requests::Waiter;
@@ -76,7 +78,8 @@ pub struct Config {
     /// Entries kept in the log behind a new snapshot, so a follower slightly behind still catches
     /// up by appends rather than a whole snapshot. Default 1,000.
     pub snapshot_keep_entries: u64,
-    /// Most snapshot bytes one InstallSnapshot message carries. Default 1 MiB.
+    /// Most bytes of snapshot data and configuration (which travels in every chunk) one
+    /// InstallSnapshot message carries; at least one byte of data goes. Default 1 MiB.
     pub snapshot_chunk_bytes: u64,
     /// Most unacknowledged InstallSnapshot chunks per follower (flow control). Default 4.
     pub snapshot_chunks_in_flight: u64,
@@ -180,6 +183,9 @@ pub enum Role {
     Candidate,
     /// Handles proposals and replicates the log.
     Leader,
+    /// Receives the log but neither votes nor campaigns (thesis §4.2.1): a learner, or a server
+    /// outside the configuration (waiting to be added, or removed).
+    Learner,
 }
 
 /// The timers a server keeps. Arming one replaces its previous deadline.
@@ -193,6 +199,9 @@ pub enum Timer {
     /// the minimum election timeout); on a leader, time to check that a majority answered in the
     /// last election timeout.
     Quorum,
+    /// Leaders adding a server: the current catch-up round has run for an election timeout
+    /// (thesis §4.2.1).
+    CatchUp,
 }
 
 /// What to do with a timer.
@@ -306,6 +315,18 @@ pub enum ProposalOutcome {
         /// Why, in words for an operator.
         reason: String,
     },
+    /// The configuration change is committed at `index` (thesis §4.1); for an added server,
+    /// it now votes.
+    MembershipChanged {
+        /// Where the configuration entry sits in the log.
+        index: LogIndex,
+    },
+    /// A configuration change could not be made (another is in progress, the server did not
+    /// catch up, …); the words say what holds now.
+    MembershipChangeFailed {
+        /// Why, in words for an operator.
+        reason: String,
+    },
     /// A linearizable read's answer (§6.4): what `StateMachine::query` returned.
     Read {
         /// The state machine's answer.
@@ -371,10 +392,46 @@ pub enum Event {
         /// The voter to lead next.
         to: ServerId,
     },
+    /// An operator asks the leader to change the configuration, one server at a time (thesis
+    /// §4.1), answered with [`ProposalOutcome::MembershipChanged`] once the change is committed
+    /// or [`ProposalOutcome::MembershipChangeFailed`].
+    ChangeMembership {
+        /// The caller's tag, echoed in the reply.
+        id: ProposalId,
+        /// What to change.
+        change: MembershipChange,
+    },
     /// A timer armed by a [`TimerAction::Set`] fired.
     Timeout(Timer),
     /// The connection to a peer was (re)established: messages sent before may have been lost.
     PeerConnected(ServerId),
+}
+
+/// One configuration change (thesis §4.1). Each is idempotent: asking again for a change already
+/// made succeeds at once, so a client may retry after a timeout or a leader change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add `id` at `address` as a voter: first as a learner, caught up in rounds until a round
+    /// takes less than an election timeout (thesis §4.2.1), then promoted.
+    AddServer {
+        /// The new server.
+        id: ServerId,
+        /// Where it listens.
+        address: String,
+    },
+    /// Add `id` at `address` as a learner: it receives the log but does not vote.
+    AddLearner {
+        /// The new server.
+        id: ServerId,
+        /// Where it listens.
+        address: String,
+    },
+    /// Remove `id`, voter or learner. Removing the leader itself is allowed: it leads until the
+    /// change commits, then hands over and steps down (thesis §4.2.2).
+    RemoveServer {
+        /// The server to remove.
+        id: ServerId,
+    },
 }
 
 /// What the caller must do after a step. Every message here may be sent at once; messages that
@@ -434,10 +491,20 @@ impl Actions {
 pub struct Consensus<L: PersistentLog, M: StateMachine> {
     /// This server. Never 0. Constant.
     id: ServerId,
-    /// Every voting member including this one, sorted. Constant (until membership changes).
+    /// The configuration given at construction: in force until the log holds one (thesis §4.1).
+    /// Empty for a server that waits to be added.
+    bootstrap: Membership,
+    /// The configuration at the snapshot's last index (or `bootstrap` at index 0) and every
+    /// configuration entry in the log after it, by index. The last one is in force, committed or
+    /// not (thesis §4.1). Never empty.
+    configurations: BTreeMap<LogIndex, Membership>,
+    /// The voters of the configuration in force, sorted.
     voters: Vec<ServerId>,
-    /// The voters other than this server, sorted.
+    /// Every member of the configuration in force other than this server (voters and learners),
+    /// sorted: whom a leader replicates to.
     peers: Vec<ServerId>,
+    /// Leader only: the configuration change under way, if any.
+    membership_change: Option<membership_change::PendingChange>,
     /// Durable term, vote and entries. Written only here; synced only by [`Consensus::sync`].
     log: L,
     /// The application, fed committed commands in order.
@@ -509,8 +576,9 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     /// Creates a server from its durable `log` (new or recovered) and a state machine, as a
     /// follower. Call [`Consensus::start`] once to arm its first election timer.
     ///
-    /// `voters` lists every voting member, this server included; `rng_seed` feeds the election
-    /// timeout randomness, so equal seeds give equal runs.
+    /// `voters` lists every voting member, this server included (addresses unknown; see
+    /// [`Consensus::with_membership`]); `rng_seed` feeds the election timeout randomness, so equal
+    /// seeds give equal runs.
     ///
     /// # Errors
     /// [`ConfigError`] if the configuration or membership is invalid.
@@ -522,7 +590,6 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         config: Config,
         rng_seed: u64,
     ) -> Result<Self> {
-        config.validate()?;
         let voters: Vec<ServerId> = voters
             .into_iter()
             .collect::<BTreeSet<_>>()
@@ -535,14 +602,50 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             }
             .into());
         }
-        let peers = voters.iter().copied().filter(|&v| v != id).collect();
+        let membership = Membership::from_voters(voters);
+        Self::with_membership(id, membership, log, state_machine, config, rng_seed)
+    }
+
+    /// Creates a server as [`Consensus::new`] does, from a whole initial configuration with
+    /// addresses. The initial configuration is in force until the log holds one; the first
+    /// leader of a new cluster writes it as the cluster's first entry (thesis §4.1), and a
+    /// server whose log (or snapshot) already holds a configuration uses that instead.
+    ///
+    /// An empty `membership` starts a server that joins an existing cluster: it never campaigns
+    /// and waits for a leader to add it ([`MembershipChange::AddServer`]).
+    ///
+    /// # Errors
+    /// [`ConfigError`] if the configuration is invalid or, when not empty, does not make this
+    /// server a voter; a [`LogError`] if a configuration in the log cannot be read.
+    pub fn with_membership(
+        id: ServerId,
+        membership: Membership,
+        log: L,
+        state_machine: M,
+        config: Config,
+        rng_seed: u64,
+    ) -> Result<Self> {
+        config.validate()?;
+        let valid = id.0 != 0
+            && membership.validate().is_ok()
+            && (membership.is_empty() || membership.is_voter(id));
+        if !valid {
+            return Err(ConfigError::Membership {
+                id: id.0,
+                voters: membership.voters().iter().map(|v| v.0).collect(),
+            }
+            .into());
+        }
         let durable_index = log.latest_log_index();
         let observed = Observed::new(log.current_term());
         let config_sessions_max = config.sessions_max;
         let mut consensus = Consensus {
             id,
-            voters,
-            peers,
+            configurations: BTreeMap::from([(LogIndex(0), membership.clone())]),
+            bootstrap: membership,
+            voters: Vec::new(),
+            peers: Vec::new(),
+            membership_change: None,
             log,
             state_machine,
             config,
@@ -576,6 +679,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         };
         // §7: start from the newest snapshot and replay only the log after it.
         consensus.restore_from_snapshot()?;
+        consensus.load_configurations()?;
         Ok(consensus)
     }
 
@@ -613,9 +717,11 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             Event::RegisterSession { id } => self.register_session(id)?,
             Event::Query { id, query } => self.query(id, query),
             Event::TransferLeadership { id, to } => self.transfer_leadership(id, to)?,
+            Event::ChangeMembership { id, change } => self.change_membership(id, change)?,
             Event::Timeout(Timer::Election) => self.on_election_timeout()?,
             Event::Timeout(Timer::Heartbeat) => self.on_heartbeat_timeout()?,
             Event::Timeout(Timer::Quorum) => self.on_quorum_timeout()?,
+            Event::Timeout(Timer::CatchUp) => self.on_catch_up_timeout()?,
             Event::PeerConnected(peer) => self.on_peer_connected(peer)?,
         }
         Ok(())
@@ -645,14 +751,34 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         self.id
     }
 
-    /// Every voting member, sorted.
+    /// Every voting member of the configuration in force, sorted.
     pub fn voters(&self) -> &[ServerId] {
         &self.voters
     }
 
-    /// The current role.
+    /// The configuration in force: the newest in the log, committed or not (thesis §4.1).
+    pub fn membership(&self) -> &Membership {
+        self.configurations
+            .last_key_value()
+            .map(|(_, membership)| membership)
+            .expect("configurations is never empty")
+    }
+
+    /// The log index of the configuration in force (0: the initial one, not yet in the log).
+    pub fn membership_index(&self) -> LogIndex {
+        self.configurations
+            .last_key_value()
+            .map(|(&index, _)| index)
+            .expect("configurations is never empty")
+    }
+
+    /// The current role; a follower outside the voters is a [`Role::Learner`].
     pub fn role(&self) -> Role {
-        self.role
+        if self.role == Role::Follower && !self.membership().is_voter(self.id) {
+            Role::Learner
+        } else {
+            self.role
+        }
     }
 
     /// The current term.
@@ -699,7 +825,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     pub fn metrics(&self) -> crate::metrics::Metrics {
         crate::metrics::Metrics {
             id: self.id,
-            role: self.role,
+            role: self.role(),
             current_term: self.current_term(),
             current_leader: self.leader_id,
             last_log_index: self.log.latest_log_index(),
@@ -715,6 +841,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 .snapshot_meta()
                 .map_or(LogIndex(0), |meta| meta.last_index),
             first_log_index: self.log.first_log_index(),
+            membership: self.membership().clone(),
         }
     }
 
@@ -761,9 +888,12 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     // ---- message dispatch (§5.1: compare terms first, then act by role) ----
 
     fn handle_message(&mut self, from: ServerId, message: Message) -> Result<()> {
-        if !self.peers.contains(&from) {
-            log::debug!(
-                "{}: ignored {} from non-member {from}",
+        // Any server may write to us: a leader whose configuration we have not seen yet adds us,
+        // and a removed server may not know it was removed. What it can do is bounded by the
+        // rules below (terms, pre-vote and the leader lease, thesis §4.2.3).
+        if from == self.id || from.0 == 0 {
+            log::warn!(
+                "{}: ignored {} claiming to come from {from}",
                 self.who(),
                 message.name()
             );
@@ -893,7 +1023,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 }
                 Ok(())
             }
-            Role::Follower => {
+            Role::Follower | Role::Learner => {
                 if self.prevoting
                     && !self.votes_granted.contains(&peer)
                     && !self.votes_rejected.contains(&peer)
@@ -936,6 +1066,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 });
             }
             self.sessions_in_flight.clear();
+            self.abandon_membership_change(leader);
         }
         self.role = Role::Follower;
         self.leader_id = leader;
@@ -1000,10 +1131,17 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             });
         }
         // §8: a no-op of the new term; once it commits, everything before it is committed too
-        // (§5.4.2) and the leader knows its commit index is current.
+        // (§5.4.2) and the leader knows its commit index is current. The first leader of a new
+        // cluster writes the initial configuration instead, which does the same and puts the
+        // configuration in the log (thesis §4.1).
         let noop_index = self.log.latest_log_index().next();
         let term = self.current_term();
-        self.append_to_own_log(&[crate::log::Entry::noop(term)])?;
+        let entry = if self.membership_index().is_zero() {
+            crate::log::Entry::configuration(term, &self.bootstrap)
+        } else {
+            crate::log::Entry::noop(term)
+        };
+        self.append_to_own_log(&[entry])?;
         self.term_start = noop_index;
         self.sessions_in_flight.clear();
         log::info!("{}: became leader; no-op at {noop_index}", self.who());
@@ -1037,6 +1175,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         if !entries.is_empty() {
             self.entries_unsynced = true;
         }
+        // Thesis §4.1: a configuration takes effect as soon as it is in the log.
+        self.record_configurations(from, entries);
         Ok(())
     }
 
@@ -1086,10 +1226,11 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
 
     /// "n2 t7 follower", the prefix of every log line.
     fn who(&self) -> String {
-        let role = match self.role {
+        let role = match self.role() {
             Role::Follower => "follower",
             Role::Candidate => "candidate",
             Role::Leader => "leader",
+            Role::Learner => "learner",
         };
         format!("{} t{} {role}", self.id, self.current_term())
     }

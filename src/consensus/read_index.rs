@@ -150,12 +150,16 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
 
     /// The highest round a majority answered (the leader answers every round it starts).
     fn confirm_reads(&mut self) -> Result<()> {
+        // Only voters confirm leadership; a leader being removed does not count itself.
         let mut rounds: Vec<u64> = self
             .progress
-            .values()
-            .map(|progress| progress.acked_read_round())
+            .iter()
+            .filter(|(peer, _)| self.voters.contains(peer))
+            .map(|(_, progress)| progress.acked_read_round())
             .collect();
-        rounds.push(self.reads.round);
+        if self.voters.contains(&self.id) {
+            rounds.push(self.reads.round);
+        }
         let confirmed = quorum::agreed_value(&mut rounds);
         if confirmed > self.reads.confirmed {
             self.reads.confirmed = confirmed;

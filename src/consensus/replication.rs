@@ -290,12 +290,20 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                     }
                     log::debug!("{}: truncating conflicting suffix from {index}", self.who());
                     self.log.truncate_suffix(index)?;
+                    self.forget_configurations_from(index);
                     self.entries_unsynced = true;
                     self.durable_index = self.durable_index.min(index.prev().unwrap_or_default());
                     break;
                 }
                 None => break,
             }
+        }
+        if let Err(reason) = Self::check_configuration_entries(new_entries) {
+            log::error!(
+                "{}: ignored AppendEntries from {from}: malformed configuration entry: {reason}",
+                self.who()
+            );
+            return Ok(());
         }
         if !new_entries.is_empty() {
             self.append_to_own_log(new_entries)?;
@@ -477,12 +485,17 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         if self.role != Role::Leader {
             return Ok(());
         }
+        // Only voters count (thesis §4.1, §4.2.1); a leader being removed does not count itself
+        // (§4.2.2).
         let mut match_indexes: Vec<LogIndex> = self
             .progress
-            .values()
-            .map(|progress| progress.match_index)
+            .iter()
+            .filter(|(peer, _)| self.voters.contains(peer))
+            .map(|(_, progress)| progress.match_index)
             .collect();
-        match_indexes.push(self.durable_index);
+        if self.voters.contains(&self.id) {
+            match_indexes.push(self.durable_index);
+        }
         let majority_index = quorum::committed_index(&mut match_indexes);
         if majority_index <= self.commit_index {
             return Ok(());
@@ -519,7 +532,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             for entry in entries {
                 let index = self.last_applied.next();
                 let outcome = match entry.kind {
-                    EntryKind::Noop => None,
+                    EntryKind::Noop | EntryKind::Configuration => None,
                     EntryKind::Command => Some(ProposalOutcome::Applied {
                         index,
                         result: self.state_machine.apply(&entry.data),

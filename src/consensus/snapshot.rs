@@ -31,6 +31,7 @@ use super::{
 };
 use crate::error::{LogError, Result};
 use crate::log::{PersistentLog, SnapshotMeta};
+use crate::membership::Membership;
 use crate::state_machine::StateMachine;
 use crate::types::{LogIndex, ServerId};
 use bytes::Bytes;
@@ -124,7 +125,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         let meta = SnapshotMeta {
             last_index,
             last_term,
-            voters: self.voters.clone(),
+            membership: self.membership_at(last_index),
             size: (head.len() + machine.len()) as u64,
             checksum: crc32c::crc32c_append(crc32c::crc32c(&head), &machine),
         };
@@ -155,6 +156,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         self.local_snapshot = None;
         self.log.finish_snapshot()?;
         log::info!("{}: took a snapshot through {last_index}", self.who());
+        self.prune_configurations(last_index);
         self.compact_log()
     }
 
@@ -208,15 +210,6 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         let table = self.read_exactly(HEADER_BYTES as u64, sessions_len)?;
         let sessions = Sessions::decode(&table, self.config.sessions_max).map_err(malformed)?;
         let machine = self.read_exactly(HEADER_BYTES as u64 + sessions_len, machine_len)?;
-        if meta.voters != self.voters {
-            log::warn!(
-                "{}: snapshot {} names voters {:?}, configured {:?}",
-                self.who(),
-                meta.last_index,
-                meta.voters,
-                self.voters
-            );
-        }
         self.state_machine.restore_snapshot(machine);
         self.sessions = sessions;
         self.last_applied = meta.last_index;
@@ -309,9 +302,26 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             if sent >= meta.size || sent - acked >= window {
                 return Ok(());
             }
-            let data = self
-                .log
-                .read_snapshot(sent, self.config.snapshot_chunk_bytes)?;
+            // The configuration travels in the first chunk only (the follower takes the meta
+            // from there) and counts toward that chunk's size, so every chunk fits the
+            // receiver's message limit however large the cluster grew.
+            let (chunk_meta, data_max) = if sent == 0 {
+                let configuration_bytes = meta.membership.encode().len() as u64;
+                let data_max = self
+                    .config
+                    .snapshot_chunk_bytes
+                    .saturating_sub(configuration_bytes);
+                (meta.clone(), data_max)
+            } else {
+                let meta = SnapshotMeta {
+                    membership: Membership::default(),
+                    ..meta.clone()
+                };
+                (meta, self.config.snapshot_chunk_bytes)
+            };
+            // Never more than the window ahead of what the follower acknowledged.
+            let data_max = data_max.min(acked + window - sent);
+            let data = self.log.read_snapshot(sent, data_max)?;
             if data.is_empty() {
                 return Ok(());
             }
@@ -319,7 +329,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             let message = Message::InstallSnapshot(InstallSnapshot {
                 term: self.current_term(),
                 leader_id: self.id,
-                meta: meta.clone(),
+                meta: chunk_meta,
                 offset: sent,
                 data: Bytes::from(data),
             });
@@ -423,6 +433,15 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 self.reply_snapshot(from, &meta, 0, None);
                 return Ok(());
             }
+            if meta.membership.voter_count() == 0 {
+                // The first chunk names the snapshot's configuration; one without voters would
+                // leave us unable to say who the members are.
+                log::warn!(
+                    "{}: ignored InstallSnapshot from {from}: its configuration has no voters",
+                    self.who()
+                );
+                return Ok(());
+            }
             log::info!(
                 "{}: receiving snapshot through {}@t{} ({} bytes) from {from}",
                 self.who(),
@@ -484,6 +503,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         self.log.finish_snapshot()?;
         self.durable_index = self.log.latest_log_index();
         self.restore_from_snapshot()?;
+        // The snapshot's configuration, and any in the log suffix kept after it, are in force.
+        self.load_configurations()?;
         self.compact_log()?;
         log::info!(
             "{}: installed snapshot through {}@t{}; log now {}..={}",

@@ -31,7 +31,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             })
         } else if to == self.id {
             Some(ProposalOutcome::LeadershipTransferred { to })
-        } else if !self.peers.contains(&to) {
+        } else if !self.voters.contains(&to) {
             Some(ProposalOutcome::TransferFailed {
                 reason: format!(
                     "{to} is not a voting member of the cluster (voters {:?})",

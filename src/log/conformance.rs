@@ -1945,7 +1945,10 @@ fn snapshot_meta(last_index: u64, last_term: u64, data: &[u8]) -> SnapshotMeta {
     SnapshotMeta {
         last_index: LogIndex(last_index),
         last_term: Term(last_term),
-        voters: vec![ServerId(1), ServerId(2), ServerId(3)],
+        membership: crate::membership::Membership::default()
+            .with_voter(ServerId(1), "127.0.0.1:7001")
+            .with_voter(ServerId(2), "127.0.0.1:7002")
+            .with_learner(ServerId(4), "127.0.0.1:7004"),
         size: data.len() as u64,
         checksum: crc32c::crc32c(data),
     }

@@ -17,13 +17,13 @@
 //!   |----------|-------|--------------------------------------------------------|
 //!   | 0        | 8     | magic `MIORSNAP`                                       |
 //!   | 8        | 4     | snapshot format, 1                                     |
-//!   | 12       | 4     | header length `h` = 52 + 8 × voter count               |
+//!   | 12       | 4     | header length `h` = 52 + configuration length          |
 //!   | 16       | 8     | last index                                             |
 //!   | 24       | 8     | last term                                              |
 //!   | 32       | 8     | data length                                            |
 //!   | 40       | 4     | crc32c of the data                                     |
-//!   | 44       | 4     | voter count `n`                                        |
-//!   | 48       | 8 × n | voter ids                                              |
+//!   | 44       | 4     | configuration length `n`                               |
+//!   | 48       | n     | the configuration (`Membership` byte encoding)         |
 //!   | h - 4    | 4     | crc32c of the header's bytes before it                 |
 //!
 //!   and the data fills the file from offset `h`;

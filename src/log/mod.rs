@@ -16,6 +16,7 @@ pub use file::{FileLog, FileLogOptions, FORMAT_VERSION};
 pub use mem::MemLog;
 
 use crate::error::LogError;
+use crate::membership::Membership;
 use crate::types::{LogIndex, ServerId, Term};
 use bytes::Bytes;
 
@@ -35,6 +36,10 @@ pub enum EntryKind {
     /// request's sequence number (each a little-endian u64) followed by the command. Applied at
     /// most once per (session, sequence number); see [`Entry::session_command`].
     SessionCommand,
+    /// A cluster configuration (thesis §4.1): the data is a [`Membership`] in its byte encoding.
+    /// It takes effect on every server as soon as it is in the log; see
+    /// [`Entry::configuration`].
+    Configuration,
 }
 
 impl EntryKind {
@@ -45,6 +50,7 @@ impl EntryKind {
             EntryKind::Command => 1,
             EntryKind::RegisterSession => 2,
             EntryKind::SessionCommand => 3,
+            EntryKind::Configuration => 4,
         }
     }
 
@@ -55,6 +61,7 @@ impl EntryKind {
             1 => Some(EntryKind::Command),
             2 => Some(EntryKind::RegisterSession),
             3 => Some(EntryKind::SessionCommand),
+            4 => Some(EntryKind::Configuration),
             _ => None,
         }
     }
@@ -119,6 +126,24 @@ impl Entry {
         }
     }
 
+    /// The configuration entry naming `membership`, in `term` (thesis §4.1).
+    ///
+    /// # Panics
+    /// If `membership` breaks [`Membership::validate`]'s limits.
+    pub fn configuration(term: Term, membership: &Membership) -> Self {
+        Entry {
+            term,
+            kind: EntryKind::Configuration,
+            data: Bytes::from(membership.encode()),
+        }
+    }
+
+    /// For a [`EntryKind::Configuration`]: the configuration it names, or why its bytes are not
+    /// one. `None` for other kinds.
+    pub fn membership(&self) -> Option<Result<Membership, String>> {
+        (self.kind == EntryKind::Configuration).then(|| Membership::decode(&self.data))
+    }
+
     /// For a [`EntryKind::SessionCommand`]: its session id, sequence number and command.
     /// `None` for other kinds, or if the data is too short to hold the header (only a faulty
     /// peer or disk produces that).
@@ -147,8 +172,8 @@ pub struct SnapshotMeta {
     pub last_index: LogIndex,
     /// The term of that entry.
     pub last_term: Term,
-    /// The voting members as of `last_index`, sorted.
-    pub voters: Vec<ServerId>,
+    /// The configuration in force at `last_index` (thesis §4.1): voters, learners, addresses.
+    pub membership: Membership,
     /// Length of the snapshot's data in bytes.
     pub size: u64,
     /// crc32c of the snapshot's data.

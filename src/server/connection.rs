@@ -402,8 +402,11 @@ mod tests {
     use mio::{Events, Poll};
     use std::time::Instant;
 
-    /// A chunk message of the default chunk size, at chunk position `number`.
+    /// A chunk message of the default chunk size, at chunk position `number + 1`.
     fn full_chunk(number: u64) -> Vec<u8> {
+        // A chunk after the first: a full chunk of data, no configuration (the core sends it in
+        // the first chunk only, counted toward that chunk's size).
+        let membership = crate::membership::Membership::default();
         let chunk_bytes = Config::default().snapshot_chunk_bytes;
         let data: Vec<u8> = (0..chunk_bytes).map(|n| (n ^ number) as u8).collect();
         wire::encode_message(&Message::InstallSnapshot(InstallSnapshot {
@@ -412,11 +415,11 @@ mod tests {
             meta: SnapshotMeta {
                 last_index: LogIndex(500),
                 last_term: Term(2),
-                voters: vec![ServerId(1), ServerId(2), ServerId(3)],
+                membership,
                 size: 100 * chunk_bytes,
                 checksum: 7,
             },
-            offset: number * chunk_bytes,
+            offset: (number + 1) * chunk_bytes,
             data: data.into(),
         }))
     }
@@ -483,7 +486,7 @@ mod tests {
             connection.flush(poll.registry(), Token(0)).expect("flush");
         }
         let chunk_bytes = Config::default().snapshot_chunk_bytes;
-        let expected: Vec<u64> = (0..window).map(|number| number * chunk_bytes).collect();
+        let expected: Vec<u64> = (1..=window).map(|number| number * chunk_bytes).collect();
         assert_eq!(reader.join().expect("reader"), expected);
         assert!(
             connection.output.capacity() <= OUTPUT_CAPACITY_KEPT_MAX,
@@ -520,7 +523,7 @@ mod tests {
     #[test]
     fn full_snapshot_chunks_arrive_whole_across_reads() {
         let chunk_bytes = Config::default().snapshot_chunk_bytes;
-        let limit = chunk_bytes + wire::install_snapshot_overhead_bytes(64);
+        let limit = chunk_bytes + wire::install_snapshot_overhead_bytes();
         let poll = Poll::new().expect("poll");
         let (mut connection, mut other_end) = connected(&poll, limit);
         let frames = [full_chunk(0), full_chunk(1)];

@@ -50,10 +50,6 @@ const EVENTS_PER_POLL_MAX: usize = 1024;
 /// Most connections (peers and clients, inbound and outbound) open at once; further
 /// connections are accepted and closed at once, with a warning.
 const CONNECTIONS_MAX: usize = 4096;
-/// The membership size the message limit is checked against for snapshot chunks, unless the
-/// configured one is larger: a member list travels in every chunk, and a cluster may grow after
-/// it starts. More than any Raft cluster uses (each voter adds to every commit's quorum).
-const SNAPSHOT_VOTERS_ALLOWANCE: usize = 64;
 /// The default for [`ServerBuilder::with_preamble_timeout`].
 const PREAMBLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 
@@ -202,9 +198,8 @@ where
     /// accept the largest AppendEntries and InstallSnapshot chunk the others send: keep it well
     /// above [`Config::append_bytes_max`], [`Config::snapshot_chunk_bytes`] and the largest
     /// command. [`run`](Self::run) and [`spawn`](Self::spawn) refuse a limit below twice
-    /// `append_bytes_max`, or below `snapshot_chunk_bytes` plus the chunk's message header:
-    /// [`install_snapshot_overhead_bytes`] of the membership, counted as at least 64 voters
-    /// (under 1 KiB).
+    /// `append_bytes_max`, or below `snapshot_chunk_bytes` plus the chunk's message header
+    /// ([`install_snapshot_overhead_bytes`], 126 bytes).
     #[must_use]
     pub fn with_message_bytes_max(mut self, message_bytes_max: u64) -> Self {
         self.message_bytes_max = message_bytes_max;
@@ -311,9 +306,7 @@ where
         // A full InstallSnapshot chunk (§7) must fit every peer's message limit too, or a
         // follower that needs a snapshot would close the connection on every chunk.
         let snapshot_chunk_bytes = self.config.snapshot_chunk_bytes;
-        let members = 1 + self.peers.keys().filter(|&&peer| peer != self.id).count();
-        let overhead_bytes =
-            install_snapshot_overhead_bytes(members.max(SNAPSHOT_VOTERS_ALLOWANCE));
+        let overhead_bytes = install_snapshot_overhead_bytes();
         let chunk_message_bytes = snapshot_chunk_bytes.saturating_add(overhead_bytes);
         if self.message_bytes_max < chunk_message_bytes {
             return Err(ConfigError::MessageLimitBelowSnapshotChunk {
@@ -743,8 +736,7 @@ mod tests {
             snapshot_chunk_bytes: 64 << 10,
             ..Config::default()
         };
-        let overhead_bytes =
-            crate::wire::install_snapshot_overhead_bytes(SNAPSHOT_VOTERS_ALLOWANCE);
+        let overhead_bytes = crate::wire::install_snapshot_overhead_bytes();
         let too_small = config_error(
             builder()
                 .with_config(config.clone())

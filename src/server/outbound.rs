@@ -210,6 +210,12 @@ where
                 reason: RejectionReason::TransferFailed,
                 message: reason,
             },
+            // TEMP(membership wire): replaced by proper responses.
+            ProposalOutcome::MembershipChanged { index } => ResponseBody::Committed(index),
+            ProposalOutcome::MembershipChangeFailed { reason } => ResponseBody::Rejected {
+                reason: RejectionReason::TransferFailed,
+                message: reason,
+            },
             ProposalOutcome::Unknown { index } => ResponseBody::Rejected {
                 reason: RejectionReason::OutcomeUnknown,
                 message: format!(

@@ -122,7 +122,7 @@ impl Replay {
             }
             .ok_or_else(|| format!("{}: applied entry {index} missing", node.id()))?;
             match entry.kind {
-                EntryKind::Noop => {}
+                EntryKind::Noop | EntryKind::Configuration => {}
                 EntryKind::Command => {
                     replay.state_machine.apply(&entry.data);
                 }

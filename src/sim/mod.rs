@@ -102,7 +102,7 @@ struct Slot {
     node: Option<SimNode>,
     crashed_log: Option<SimLog>,
     incarnation: u64,
-    timer_generations: [u64; 3],
+    timer_generations: [u64; 4],
     sync_scheduled: bool,
     /// The term this server was last seen leading, to notice new leaders.
     led_term: Option<crate::types::Term>,
@@ -174,7 +174,7 @@ impl Simulation {
                 node: None,
                 crashed_log: Some(SimLog::new()),
                 incarnation: 0,
-                timer_generations: [0; 3],
+                timer_generations: [0; 4],
                 sync_scheduled: false,
                 led_term: None,
             });
@@ -928,5 +928,6 @@ fn timer_slot(timer: Timer) -> usize {
         Timer::Election => 0,
         Timer::Heartbeat => 1,
         Timer::Quorum => 2,
+        Timer::CatchUp => 3,
     }
 }

@@ -482,7 +482,7 @@ mod tests {
         let meta = SnapshotMeta {
             last_index: LogIndex(last_index),
             last_term: Term(last_term),
-            voters: vec![ServerId(1)],
+            membership: crate::membership::Membership::from_voters([ServerId(1)]),
             size: data.len() as u64,
             checksum: crc32c::crc32c(data),
         };

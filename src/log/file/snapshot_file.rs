@@ -5,7 +5,8 @@
 use super::{corrupt, io_error, sync_directory};
 use crate::error::LogError;
 use crate::log::SnapshotMeta;
-use crate::types::{LogIndex, ServerId, Term};
+use crate::membership::Membership;
+use crate::types::{LogIndex, Term};
 use std::fs::{self, File};
 use std::io::{self, BufWriter};
 use std::os::unix::fs::FileExt;
@@ -18,14 +19,14 @@ pub(super) const SNAPSHOT_TEMPORARY_FILE: &str = "snapshot.tmp";
 /// The first bytes of every snapshot file.
 pub(super) const SNAPSHOT_MAGIC: [u8; 8] = *b"MIORSNAP";
 /// The snapshot header's own format number.
-pub(super) const SNAPSHOT_FORMAT: u32 = 1;
-/// Bytes of the snapshot header before the voters: magic, format, header length, last index,
-/// last term, data length, data checksum, voter count.
+pub(super) const SNAPSHOT_FORMAT: u32 = 2;
+/// Bytes of the snapshot header before the configuration: magic, format, header length, last
+/// index, last term, data length, data checksum, configuration length.
 pub(super) const SNAPSHOT_HEADER_FIXED_BYTES: u64 = 48;
-/// Bytes of the snapshot header without voters: the fixed part and the header checksum.
+/// Bytes of the snapshot header without a configuration: the fixed part and the header checksum.
 pub(super) const SNAPSHOT_HEADER_MIN_BYTES: u64 = SNAPSHOT_HEADER_FIXED_BYTES + 4;
-/// Most voters a snapshot header may list; a larger count is damage, not a configuration.
-pub(super) const SNAPSHOT_VOTERS_MAX: u64 = 1 << 16;
+/// Most configuration bytes a snapshot header may hold; more is damage, not a configuration.
+pub(super) const SNAPSHOT_MEMBERSHIP_BYTES_MAX: u64 = 1 << 20;
 /// Bytes of the buffered writer in front of `snapshot.tmp`.
 pub(super) const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1 << 16;
 /// Bytes read at a time when verifying a snapshot's checksum on open.
@@ -182,13 +183,14 @@ pub(super) fn open_snapshot(dir: &Path) -> Result<Option<SnapshotFile>, LogError
 
 /// The header of a snapshot file for `meta` (layout in the module docs).
 pub(super) fn encode_snapshot_header(meta: &SnapshotMeta) -> Vec<u8> {
-    let header_bytes = SNAPSHOT_HEADER_MIN_BYTES + 8 * meta.voters.len() as u64;
+    let membership = meta.membership.encode();
+    let header_bytes = SNAPSHOT_HEADER_MIN_BYTES + membership.len() as u64;
     let mut header = Vec::with_capacity(header_bytes as usize);
     header.extend_from_slice(&SNAPSHOT_MAGIC);
     header.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
     header.extend_from_slice(
         &u32::try_from(header_bytes)
-            .expect("a voter list far below 4 GiB")
+            .expect("a configuration far below 4 GiB")
             .to_le_bytes(),
     );
     header.extend_from_slice(&meta.last_index.0.to_le_bytes());
@@ -196,13 +198,11 @@ pub(super) fn encode_snapshot_header(meta: &SnapshotMeta) -> Vec<u8> {
     header.extend_from_slice(&meta.size.to_le_bytes());
     header.extend_from_slice(&meta.checksum.to_le_bytes());
     header.extend_from_slice(
-        &u32::try_from(meta.voters.len())
-            .expect("a voter list far below 4 G members")
+        &u32::try_from(membership.len())
+            .expect("a configuration far below 4 GiB")
             .to_le_bytes(),
     );
-    for voter in &meta.voters {
-        header.extend_from_slice(&voter.0.to_le_bytes());
-    }
+    header.extend_from_slice(&membership);
     let checksum = crc32c::crc32c(&header);
     header.extend_from_slice(&checksum.to_le_bytes());
     debug_assert_eq!(header.len() as u64, header_bytes);
@@ -242,9 +242,8 @@ pub(super) fn read_snapshot_header(
         ));
     }
     let header_bytes = u64::from(u32_at(&start, 12));
-    let voter_bytes = header_bytes.checked_sub(SNAPSHOT_HEADER_MIN_BYTES);
-    let plausible = voter_bytes
-        .is_some_and(|bytes| bytes % 8 == 0 && bytes / 8 <= SNAPSHOT_VOTERS_MAX)
+    let membership_bytes = header_bytes.checked_sub(SNAPSHOT_HEADER_MIN_BYTES);
+    let plausible = membership_bytes.is_some_and(|bytes| bytes <= SNAPSHOT_MEMBERSHIP_BYTES_MAX)
         && header_bytes <= file_length;
     if !plausible {
         return Err(corrupt(
@@ -267,21 +266,23 @@ pub(super) fn read_snapshot_header(
             ),
         ));
     }
-    let voter_count = u64::from(u32_at(&header, 44));
-    if SNAPSHOT_HEADER_MIN_BYTES + 8 * voter_count != header_bytes {
+    let membership_length = u64::from(u32_at(&header, 44));
+    if SNAPSHOT_HEADER_MIN_BYTES + membership_length != header_bytes {
         return Err(corrupt(
             path,
             44,
-            format!("{voter_count} voters do not fill a header of {header_bytes} bytes"),
+            format!(
+                "a configuration of {membership_length} bytes does not fill a header of \
+                 {header_bytes} bytes"
+            ),
         ));
     }
-    let voters = (0..voter_count as usize)
-        .map(|position| ServerId(u64_at(&header, 48 + 8 * position)))
-        .collect();
+    let membership = Membership::decode(&header[48..checksum_at])
+        .map_err(|reason| corrupt(path, 48, format!("snapshot configuration: {reason}")))?;
     let meta = SnapshotMeta {
         last_index: LogIndex(u64_at(&header, 16)),
         last_term: Term(u64_at(&header, 24)),
-        voters,
+        membership,
         size: u64_at(&header, 32),
         checksum: u32_at(&header, 40),
     };
