@@ -17,11 +17,11 @@
 
 use mioraft::consensus::{
     Actions, AppendEntries, AppendEntriesResponse, BrokenRule, ClientReply, Config, Consensus,
-    Envelope, Event, InstallSnapshot, Message, ProposalId, ProposalOutcome, RequestVote,
-    RequestVoteResponse, ResponseMode, SessionRequest, Timer, TimerAction,
+    Envelope, Event, InstallSnapshot, MembershipChange, Message, ProposalId, ProposalOutcome,
+    RequestVote, RequestVoteResponse, ResponseMode, SessionRequest, Timer, TimerAction,
 };
 use mioraft::{
-    Entry, EntryKind, KvStateMachine, LogIndex, MemLog, PersistentLog, Role, ServerId,
+    Entry, EntryKind, KvStateMachine, LogIndex, MemLog, Membership, PersistentLog, Role, ServerId,
     SnapshotMeta, StateMachine, Term,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -2463,4 +2463,508 @@ fn a_transfer_names_a_voter_and_runs_alone() {
         cluster.outcomes(second).as_slice(),
         [ProposalOutcome::TransferFailed { reason }] if reason.contains("already under way")
     ));
+}
+
+// ---- Membership changes (thesis chapter 4) ----
+
+impl Cluster {
+    /// Adds server `id`, started to join an existing cluster: an empty configuration, so it
+    /// stays passive until a leader adds it.
+    fn add_joiner(&mut self, id: u64, config: &Config) {
+        let mut node = Consensus::with_membership(
+            ServerId(id),
+            Membership::default(),
+            MemLog::new(),
+            KvStateMachine::new(),
+            config.clone(),
+            id,
+        )
+        .expect("a joining server");
+        let actions = node.start();
+        self.nodes.insert(ServerId(id), node);
+        self.absorb(ServerId(id), actions);
+    }
+
+    /// An operator asks `leader` for `change`; the network runs until quiet.
+    fn change(&mut self, leader: u64, change: MembershipChange) -> ProposalId {
+        let proposal = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        self.step(
+            leader,
+            Event::ChangeMembership {
+                id: proposal,
+                change,
+            },
+        );
+        self.deliver_until_quiet();
+        proposal
+    }
+
+    fn membership(&self, id: u64) -> &Membership {
+        self.node(id).membership()
+    }
+}
+
+fn add_server(id: u64) -> MembershipChange {
+    MembershipChange::AddServer {
+        id: ServerId(id),
+        address: format!("127.0.0.1:{}", 7000 + id),
+    }
+}
+
+fn add_learner(id: u64) -> MembershipChange {
+    MembershipChange::AddLearner {
+        id: ServerId(id),
+        address: format!("127.0.0.1:{}", 7000 + id),
+    }
+}
+
+fn remove_server(id: u64) -> MembershipChange {
+    MembershipChange::RemoveServer { id: ServerId(id) }
+}
+
+fn ids(list: &[u64]) -> Vec<ServerId> {
+    list.iter().copied().map(ServerId).collect()
+}
+
+/// The reason of a refused change, or a panic naming what came instead.
+fn refusal(outcomes: &[ProposalOutcome]) -> String {
+    match outcomes {
+        [ProposalOutcome::MembershipChangeFailed { reason }] => reason.clone(),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn changed(outcomes: &[ProposalOutcome]) -> bool {
+    matches!(outcomes, [ProposalOutcome::MembershipChanged { .. }])
+}
+
+/// Thesis §4.1: servers started with the same member list form the cluster; the first leader
+/// writes that configuration as the first log entry, where every server then finds it.
+#[test]
+fn the_first_leader_writes_the_initial_configuration_as_entry_one() {
+    let mut cluster = Cluster::with_config(3, &paper_config());
+    for id in 1..=3 {
+        assert_eq!(cluster.node(id).membership_index(), LogIndex(0));
+    }
+    cluster.elect(1);
+    cluster.catch_up(1);
+    for id in 1..=3 {
+        let first = cluster.node(id).log().entry(LogIndex(1)).expect("read");
+        let first = first.expect("entry 1");
+        assert_eq!(first.kind, EntryKind::Configuration);
+        assert_eq!(
+            first.membership(),
+            Some(Ok(Membership::from_voters(ids(&[1, 2, 3]))))
+        );
+        assert_eq!(cluster.node(id).membership_index(), LogIndex(1));
+        assert_eq!(cluster.node(id).commit_index(), LogIndex(1));
+    }
+    // A later leader writes a plain no-op: the configuration is in the log already.
+    cluster.time_out(2);
+    cluster.deliver_until_quiet();
+    assert_eq!(cluster.leaders(), [2]);
+    let start = cluster.node(2).log().entry(LogIndex(2)).expect("read");
+    assert_eq!(start.expect("entry 2").kind, EntryKind::Noop);
+}
+
+/// Thesis §4.2.1: a server started to join is passive: its timer fires but it never campaigns
+/// (its term stays 0) until a leader adds it.
+#[test]
+fn a_joining_server_never_campaigns() {
+    let mut cluster = Cluster::with_config(1, &Config::default());
+    cluster.add_joiner(2, &Config::default());
+    for _ in 0..5 {
+        cluster.time_out(2);
+        cluster.deliver_until_quiet();
+    }
+    let joiner = cluster.node(2);
+    assert_eq!(joiner.current_term(), Term(0));
+    assert_eq!(joiner.role(), Role::Learner);
+    assert!(joiner.membership().is_empty());
+    assert!(cluster.delivered.is_empty(), "it sent nothing");
+}
+
+/// Thesis §4.2.1, §4.1: adding a server makes it a learner, catches it up (one fast round
+/// here), then promotes it; each step is its own configuration entry, in force as soon as it
+/// is in a log, and the operator hears once the promotion is committed.
+#[test]
+fn an_added_server_is_caught_up_as_a_learner_then_promoted() {
+    let mut cluster = Cluster::with_config(3, &Config::default());
+    cluster.elect(1);
+    for n in 0..20 {
+        cluster.propose(1, &format!("put k{n} v{n}"));
+    }
+    cluster.add_joiner(4, &Config::default());
+    let add = cluster.change(1, add_server(4));
+    cluster.catch_up(1);
+    assert!(
+        changed(&cluster.outcomes(add)),
+        "{:?}",
+        cluster.outcomes(add)
+    );
+    let expected =
+        Membership::from_voters(ids(&[1, 2, 3])).with_voter(ServerId(4), "127.0.0.1:7004");
+    for id in 1..=4 {
+        assert_eq!(cluster.membership(id), &expected, "server {id}");
+    }
+    assert_eq!(cluster.node(4).role(), Role::Follower);
+    assert_eq!(cluster.node(4).state_machine().get("k19"), Some("v19"));
+    // The learner configuration came first, then the promotion.
+    let kinds: Vec<Membership> = log_entries(cluster.node(4))
+        .iter()
+        .filter_map(|entry| entry.membership().map(|m| m.expect("well formed")))
+        .collect();
+    assert_eq!(kinds.len(), 3, "initial, learner, voter: {kinds:?}");
+    assert!(kinds[1].is_learner(ServerId(4)) && kinds[2].is_voter(ServerId(4)));
+    // Idempotent: asking again succeeds at once without a new entry.
+    let last = cluster.node(1).last_log_index();
+    let again = cluster.change(1, add_server(4));
+    assert!(changed(&cluster.outcomes(again)));
+    assert_eq!(cluster.node(1).last_log_index(), last);
+}
+
+/// Learners receive the log but neither count toward commitment nor vote; they never
+/// campaign.
+#[test]
+fn a_learner_receives_the_log_but_does_not_count() {
+    let mut cluster = Cluster::with_config(2, &Config::default());
+    cluster.elect(1);
+    cluster.add_joiner(3, &Config::default());
+    let add = cluster.change(1, add_learner(3));
+    cluster.catch_up(1);
+    assert!(changed(&cluster.outcomes(add)));
+    assert_eq!(cluster.node(3).role(), Role::Learner);
+    cluster.propose(1, "put a 1");
+    cluster.catch_up(1);
+    assert_eq!(cluster.node(3).state_machine().get("a"), Some("1"));
+    // Voter 2 gone: the learner's acknowledgement cannot make a majority of {1, 2}.
+    cluster.isolate(2);
+    let stuck = cluster.propose(1, "put b 2");
+    cluster.catch_up(1);
+    assert!(cluster.outcomes(stuck).is_empty(), "not committed");
+    assert_eq!(
+        cluster.node(3).log().latest_log_index(),
+        cluster.node(1).last_log_index()
+    );
+    let term = cluster.node(3).current_term();
+    cluster.time_out(3);
+    cluster.deliver_until_quiet();
+    assert_eq!(
+        cluster.node(3).current_term(),
+        term,
+        "a learner never campaigns"
+    );
+}
+
+/// Thesis §4.1: one change at a time. A second change while the first is uncommitted is
+/// refused with words saying so; a leader makes no change before an entry of its own term is
+/// committed. Removing the only voter is refused; removing a non-member is already done.
+#[test]
+fn changes_go_one_at_a_time_and_refusals_say_why() {
+    let mut cluster = Cluster::with_config(3, &Config::default());
+    cluster.time_out(1);
+    // Votes are in flight: once it leads, its first entry is not committed yet.
+    cluster.deliver_until_quiet();
+    cluster.isolate(2);
+    cluster.isolate(3);
+    cluster.add_joiner(4, &Config::default());
+    cluster.isolate(4);
+    let first = cluster.change(1, add_learner(4));
+    assert!(cluster.outcomes(first).is_empty(), "under way");
+    let second = cluster.change(1, remove_server(3));
+    assert!(refusal(&cluster.outcomes(second)).contains("in progress"));
+    cluster.heal();
+    cluster.catch_up(1);
+    assert!(changed(&cluster.outcomes(first)));
+    let stranger = cluster.change(1, remove_server(9));
+    assert!(
+        changed(&cluster.outcomes(stranger)),
+        "not a member: nothing to do"
+    );
+
+    let mut single = Cluster::with_config(1, &Config::default());
+    single.elect(1);
+    let last = single.change(1, remove_server(1));
+    assert!(refusal(&single.outcomes(last)).contains("only voter"));
+    let nobody = single.change(
+        1,
+        MembershipChange::AddServer {
+            id: ServerId(5),
+            address: String::new(),
+        },
+    );
+    assert!(refusal(&single.outcomes(nobody)).contains("needs an address"));
+}
+
+/// Thesis §4.1: a change is refused until the leader has committed an entry of its term.
+#[test]
+fn a_new_leader_changes_nothing_before_its_first_entry_commits() {
+    let mut log = MemLog::new();
+    log.set_current_term(Term(1)).expect("term");
+    let initial = Entry::configuration(Term(1), &Membership::from_voters(voters(3)));
+    log.append_entries(LogIndex(1), &[initial, Entry::command(Term(1), "put a 1")])
+        .expect("append");
+    let mut leader = build(1, 3, log, paper_config());
+    win_election(&mut leader);
+    assert_eq!(leader.current_term(), Term(2));
+    let actions = leader
+        .step(Event::ChangeMembership {
+            id: ProposalId(7),
+            change: remove_server(3),
+        })
+        .expect("step");
+    let [ClientReply { outcome, .. }] = actions.replies.as_slice() else {
+        panic!("{:?}", actions.replies);
+    };
+    let reason = refusal(std::slice::from_ref(outcome));
+    assert!(
+        reason.contains("not committed an entry of its term"),
+        "{reason}"
+    );
+}
+
+/// Thesis §4.2.1: a server that does not answer at all is given up on after a number of
+/// election timeouts without progress; it stays a learner, and the words say what to do.
+#[test]
+fn adding_an_unreachable_server_gives_up_with_a_clear_error() {
+    let mut cluster = Cluster::with_config(3, &Config::default());
+    cluster.elect(1);
+    cluster.isolate(4);
+    let add = cluster.change(1, add_server(4));
+    for _ in 0..9 {
+        cluster.step(1, Event::Timeout(Timer::CatchUp));
+        cluster.deliver_until_quiet();
+    }
+    assert!(
+        cluster.outcomes(add).is_empty(),
+        "still trying after 9 timeouts"
+    );
+    cluster.step(1, Event::Timeout(Timer::CatchUp));
+    let reason = refusal(&cluster.outcomes(add));
+    assert!(reason.contains("made no progress"), "{reason}");
+    assert!(reason.contains("stays a learner"), "{reason}");
+    assert!(cluster.membership(1).is_learner(ServerId(4)));
+    // The next change may go ahead.
+    let remove = cluster.change(1, remove_server(4));
+    assert!(changed(&cluster.outcomes(remove)));
+}
+
+/// Thesis §4.2.1: a round that runs past an election timeout is followed by another, to the
+/// leader's new last index; the server is promoted after a round that finishes in time.
+#[test]
+fn a_slow_round_is_followed_by_another() {
+    let mut cluster = Cluster::with_config(3, &Config::default());
+    cluster.elect(1);
+    cluster.add_joiner(4, &Config::default());
+    cluster.isolate(4);
+    let add = cluster.change(1, add_server(4));
+    cluster.step(1, Event::Timeout(Timer::CatchUp)); // round 1 is slow
+    cluster.propose(1, "put during 1");
+    cluster.heal();
+    cluster.catch_up(1); // round 1 ends late; round 2 starts and ends in time
+    assert!(
+        changed(&cluster.outcomes(add)),
+        "{:?}",
+        cluster.outcomes(add)
+    );
+    assert!(cluster.membership(2).is_voter(ServerId(4)));
+    assert_eq!(cluster.node(4).state_machine().get("during"), Some("1"));
+}
+
+/// Thesis §4.2.2: the leader may remove itself. It leads, not counting itself, until the change
+/// commits, answers the operator, then hands leadership to a caught-up voter at once and
+/// steps down; it never campaigns again.
+#[test]
+fn a_leader_that_removes_itself_hands_over_after_the_change_commits() {
+    let mut cluster = Cluster::with_config(3, &Config::default());
+    cluster.elect(1);
+    cluster.propose(1, "put a 1");
+    let remove = cluster.change(1, remove_server(1));
+    cluster.catch_up(1);
+    assert!(changed(&cluster.outcomes(remove)));
+    let leaders = cluster.leaders();
+    assert!(leaders == [2] || leaders == [3], "{leaders:?}");
+    let leader = leaders[0];
+    assert_eq!(cluster.node(leader).current_term(), Term(2), "one election");
+    assert_eq!(cluster.node(1).role(), Role::Learner);
+    cluster.propose(leader, "put b 2");
+    cluster.heartbeat(leader);
+    let term = cluster.node(1).current_term();
+    cluster.time_out(1);
+    cluster.deliver_until_quiet();
+    assert_eq!(
+        cluster.node(1).current_term(),
+        term,
+        "a removed server stays quiet"
+    );
+    for id in [2, 3] {
+        assert_eq!(cluster.membership(id).voters(), ids(&[2, 3]));
+        assert_eq!(cluster.node(id).state_machine().get("b"), Some("2"));
+    }
+}
+
+/// Thesis §4.1: a follower uses a configuration as soon as it is in its log, before it
+/// commits; when a new leader overwrites the entry, the previous configuration is back.
+#[test]
+fn a_configuration_takes_effect_when_appended_and_is_undone_by_truncation() {
+    let mut cluster = Cluster::with_config(5, &Config::default());
+    cluster.elect(1);
+    cluster.catch_up(1);
+    // Only 2 hears of the change; it cannot commit, but 2 uses it already.
+    for id in [3, 4, 5] {
+        cluster.isolate(id);
+    }
+    let remove = cluster.change(1, remove_server(5));
+    assert!(
+        cluster.outcomes(remove).is_empty(),
+        "{:?}",
+        cluster.outcomes(remove)
+    );
+    assert_eq!(
+        cluster.membership(2).voters(),
+        ids(&[1, 2, 3, 4]),
+        "in force when appended"
+    );
+    assert!(cluster.node(2).commit_index() < cluster.node(2).membership_index());
+
+    // A follower given such an entry, then a new leader's conflicting entry in its place.
+    let mut follower = node_with_log(2, 3, 1, &[1]);
+    let removal = Entry::configuration(Term(1), &Membership::from_voters(ids(&[1, 2])));
+    let _ = receive_and_sync(&mut follower, 1, append(1, 1, (1, 1), vec![removal], 1));
+    assert_eq!(follower.membership().voters(), ids(&[1, 2]));
+    assert_eq!(follower.membership_index(), LogIndex(2));
+    let replacement = Entry::command(Term(2), "put x y");
+    let _ = receive_and_sync(&mut follower, 3, append(2, 3, (1, 1), vec![replacement], 1));
+    assert_eq!(follower.membership().voters(), ids(&[1, 2, 3]), "undone");
+    assert_eq!(follower.membership_index(), LogIndex(0));
+}
+
+/// A configuration entry a leader sends must be well formed; a malformed one is refused before
+/// it enters the log, never a panic.
+#[test]
+fn a_malformed_configuration_entry_is_refused() {
+    let mut follower = node_with_log(2, 3, 1, &[1]);
+    let mut bad = Entry::configuration(Term(1), &Membership::from_voters(ids(&[1, 2])));
+    bad.data = bad.data.slice(..bad.data.len() - 1);
+    let actions = receive(&mut follower, 1, append(1, 1, (1, 1), vec![bad], 1));
+    assert!(append_responses(&actions).is_empty(), "ignored");
+    assert_eq!(follower.last_log_index(), LogIndex(1));
+}
+
+/// Thesis §4.2.3 with §9.6: a removed server that keeps running, and never heard it was
+/// removed, times out again and again; pre-vote and the leader lease keep it from raising
+/// anyone's term or deposing the leader.
+#[test]
+fn a_removed_server_cannot_disrupt_the_cluster() {
+    let mut cluster = Cluster::with_config(3, &Config::default());
+    cluster.elect(1);
+    cluster.catch_up(1);
+    cluster.isolate(3);
+    let remove = cluster.change(1, remove_server(3));
+    cluster.catch_up(1);
+    assert!(changed(&cluster.outcomes(remove)));
+    cluster.heal();
+    assert!(
+        cluster.node(3).membership().is_voter(ServerId(3)),
+        "it does not know"
+    );
+    for _ in 0..5 {
+        cluster.time_out(3);
+        cluster.deliver_until_quiet();
+        cluster.heartbeat(1);
+    }
+    assert_eq!(cluster.leaders(), [1]);
+    for id in [1, 2] {
+        assert_eq!(cluster.node(id).current_term(), Term(1), "server {id}");
+    }
+    // Without pre-vote, its higher-term vote requests are still ignored by leased servers.
+    let mut plain = Cluster::with_config(
+        3,
+        &Config {
+            pre_vote: false,
+            ..Config::default()
+        },
+    );
+    plain.elect(1);
+    plain.catch_up(1);
+    plain.isolate(3);
+    let remove = plain.change(1, remove_server(3));
+    plain.catch_up(1);
+    assert!(changed(&plain.outcomes(remove)));
+    plain.heal();
+    plain.time_out(3);
+    plain.deliver_until_quiet();
+    plain.heartbeat(1);
+    assert_eq!(plain.leaders(), [1]);
+    assert_eq!(plain.node(2).current_term(), Term(1));
+}
+
+/// §7 with thesis §4.1: a snapshot carries the whole configuration; a server that joins and
+/// catches up by snapshot learns it from there, learners and addresses included.
+#[test]
+fn a_snapshot_carries_the_configuration_to_a_new_server() {
+    let config = Config {
+        snapshot_entries: 5,
+        snapshot_keep_entries: 0,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::with_config(3, &config);
+    cluster.elect(1);
+    cluster.add_joiner(4, &config);
+    let learner = cluster.change(1, add_learner(4));
+    assert!(changed(&cluster.outcomes(learner)));
+    for n in 0..20 {
+        cluster.propose(1, &format!("put k{n} v{n}"));
+    }
+    cluster.catch_up(1);
+    cluster.add_joiner(5, &config);
+    let add = cluster.change(1, add_server(5));
+    cluster.catch_up(1);
+    assert!(
+        changed(&cluster.outcomes(add)),
+        "{:?}",
+        cluster.outcomes(add)
+    );
+    assert!(
+        !cluster.chunks_delivered(1, 5).is_empty(),
+        "caught up by snapshot"
+    );
+    let snapshot = cluster
+        .node(5)
+        .log()
+        .snapshot_meta()
+        .expect("installed")
+        .clone();
+    assert!(snapshot.membership.is_learner(ServerId(4)));
+    assert_eq!(
+        snapshot.membership.address(ServerId(4)),
+        Some("127.0.0.1:7004")
+    );
+    assert_eq!(cluster.membership(5), cluster.membership(1));
+    assert_eq!(cluster.node(5).state_machine().get("k19"), Some("v19"));
+}
+
+/// Thesis §4.1: after a restart a server uses the configuration in its log, not the member list
+/// it was started with.
+#[test]
+fn a_restarted_server_uses_the_configuration_in_its_log() {
+    let mut cluster = Cluster::with_config(3, &Config::default());
+    cluster.elect(1);
+    let remove = cluster.change(1, remove_server(3));
+    cluster.catch_up(1);
+    assert!(changed(&cluster.outcomes(remove)));
+    let node = cluster.nodes.remove(&ServerId(2)).expect("server 2");
+    let (log, _) = node.into_parts();
+    let restarted = Consensus::new(
+        ServerId(2),
+        voters(3),
+        log,
+        KvStateMachine::new(),
+        Config::default(),
+        2,
+    )
+    .expect("restart");
+    assert_eq!(restarted.voters(), ids(&[1, 2]));
+    assert_eq!(restarted.membership_index(), LogIndex(2));
 }

@@ -338,16 +338,16 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 ),
             });
         }
+        if self.commit_index < self.term_start {
+            return Some(
+                "this leader has not committed an entry of its term yet; retry shortly".to_string(),
+            );
+        }
         if self.membership_index() > self.commit_index {
             return Some(format!(
                 "the configuration at {} is not committed yet; retry when it is",
                 self.membership_index()
             ));
-        }
-        if self.commit_index < self.term_start {
-            return Some(
-                "this leader has not committed an entry of its term yet; retry shortly".to_string(),
-            );
         }
         None
     }
