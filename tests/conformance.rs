@@ -2968,3 +2968,40 @@ fn a_restarted_server_uses_the_configuration_in_its_log() {
     assert_eq!(restarted.voters(), ids(&[1, 2]));
     assert_eq!(restarted.membership_index(), LogIndex(2));
 }
+
+/// Thesis §4.2.2: proposals a leader appended after its own removal are committed and answered
+/// before it steps down; none is left waiting on a server that will hear no more.
+#[test]
+fn a_leaving_leader_answers_every_proposal_before_it_steps_down() {
+    let mut cluster = Cluster::with_config(3, &Config::default());
+    cluster.elect(1);
+    cluster.catch_up(1);
+    cluster.step(
+        1,
+        Event::ChangeMembership {
+            id: ProposalId(100),
+            change: remove_server(1),
+        },
+    );
+    let after = ProposalId(101);
+    cluster.step(
+        1,
+        Event::ClientProposal {
+            id: after,
+            command: b"put late 1".to_vec(),
+        },
+    );
+    cluster.catch_up(1);
+    assert!(changed(&cluster.outcomes(ProposalId(100))));
+    assert!(
+        matches!(
+            cluster.outcomes(after).as_slice(),
+            [ProposalOutcome::Applied { .. }]
+        ),
+        "{:?}",
+        cluster.outcomes(after)
+    );
+    assert_eq!(cluster.node(1).role(), Role::Learner);
+    let leader = cluster.leaders()[0];
+    assert_eq!(cluster.node(leader).state_machine().get("late"), Some("1"));
+}

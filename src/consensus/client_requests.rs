@@ -32,7 +32,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     ) -> Result<()> {
         // §3.10: a leader handing over leadership takes no new proposals; they go to the
         // server about to lead.
-        if self.role != Role::Leader || self.transfer.is_some() {
+        if !self.taking_proposals() {
             self.reply(id, self.not_leader());
             return Ok(());
         }
@@ -84,7 +84,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
 
     /// §6.3: a new session is a log entry; its id is the entry's index.
     pub(super) fn register_session(&mut self, id: ProposalId) -> Result<()> {
-        if self.role != Role::Leader || self.transfer.is_some() {
+        if !self.taking_proposals() {
             self.reply(id, self.not_leader());
             return Ok(());
         }
@@ -130,6 +130,12 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         self.advance_membership_change()?;
         // A snapshot the log was writing in the background may be ready (§7).
         self.finish_local_snapshot()
+    }
+
+    /// Whether new entries may be appended: we lead, and are neither handing leadership over
+    /// (thesis §3.10) nor leaving after our removal (§4.2.2).
+    pub(super) fn taking_proposals(&self) -> bool {
+        self.role == Role::Leader && self.transfer.is_none() && !self.leaving()
     }
 
     /// Whether this leader has applied its term's no-op: its state machine and session table

@@ -183,6 +183,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             .collect();
         log::debug!("{}: configuration now {membership}", self.who());
         if self.role != Role::Leader {
+            self.release_proposals_if_outside();
             return;
         }
         // The leader replicates to every member, learners included, and to no one else.
@@ -209,7 +210,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         id: ProposalId,
         change: MembershipChange,
     ) -> Result<()> {
-        if self.role != Role::Leader || self.transfer.is_some() {
+        if !self.taking_proposals() {
             let outcome = ProposalOutcome::NotLeader {
                 leader: self.leader_id.filter(|&leader| leader != self.id),
             };
@@ -477,13 +478,37 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 Stage::Committing(_) => {}
             }
         }
-        if self.role == Role::Leader
-            && !self.membership().is_voter(self.id)
-            && self.membership_index() <= self.commit_index
-        {
+        // §4.2.2: once its removal is committed, the leader takes nothing new and leaves as
+        // soon as everything it appended is committed, so no proposer is left waiting on a
+        // server that will never hear of the outcome.
+        if self.leaving() && self.commit_index == self.log.latest_log_index() {
             self.step_down_after_removal()?;
         }
         Ok(())
+    }
+
+    /// Whether this leader's removal from the configuration is committed (thesis §4.2.2).
+    pub(super) fn leaving(&self) -> bool {
+        self.role == Role::Leader
+            && !self.membership().is_voter(self.id)
+            && self.membership_index() <= self.commit_index
+    }
+
+    /// A server outside the configuration in force may never hear of another entry: its
+    /// proposals still waiting are answered "unknown" (a session request can be retried safely)
+    /// rather than left to their deadline.
+    pub(super) fn release_proposals_if_outside(&mut self) {
+        if self.role == Role::Leader || self.membership().contains(self.id) {
+            return;
+        }
+        for ((index, _), waiters) in std::mem::take(&mut self.pending_proposals) {
+            for waiter in waiters {
+                self.out.replies.push(ClientReply {
+                    id: waiter.id,
+                    outcome: ProposalOutcome::Unknown { index },
+                });
+            }
+        }
     }
 
     fn advance_catch_up(&mut self, waiter: ProposalId, catch_up: CatchUp) -> Result<()> {
@@ -588,7 +613,9 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             self.who()
         );
         let term = self.current_term();
-        self.become_follower(term, None)
+        self.become_follower(term, None)?;
+        self.release_proposals_if_outside();
+        Ok(())
     }
 
     /// On stepping down: the change's requester learns who leads now. The change itself may
