@@ -801,18 +801,69 @@ fn first_frame_that_is_not_a_valid_preamble_closes_the_connection() {
 }
 
 #[test]
-fn peer_preamble_with_an_unknown_id_is_refused() {
+fn peer_preamble_claiming_this_servers_id_is_refused() {
     let handle = single_server(|builder| builder);
     let address = handle.local_addr();
-    // Neither a stranger nor a server claiming to be this one is a configured peer.
-    for id in [7, 1] {
-        let mut stream = connect(address);
-        stream
-            .write_all(&wire::encode_preamble(&Preamble::Peer(ServerId(id))))
-            .expect("write");
-        assert_closed_by_server(stream, &format!("peer n{id}"));
-        assert_still_serving(address);
+    let mut stream = connect(address);
+    stream
+        .write_all(&wire::encode_preamble(&Preamble::Peer(ServerId(1))))
+        .expect("write");
+    assert_closed_by_server(stream, "a peer claiming to be n1");
+    assert_still_serving(address);
+    handle.shutdown().expect("clean shutdown");
+}
+
+/// Members change (thesis ch. 4), so a peer preamble from a server outside the configuration is
+/// accepted, and a server with no connection of its own to that peer answers it on the peer's
+/// connection: here a stale RequestVote from n7 gets the leader's term back.
+#[test]
+fn a_peer_outside_the_configuration_is_accepted_and_answered_on_its_connection() {
+    let handle = single_server(|builder| builder);
+    let address = handle.local_addr();
+    let term = wait_for("n1 to lead", || {
+        let metrics = handle.metrics();
+        if metrics.role == Role::Leader {
+            Ok(metrics.current_term)
+        } else {
+            Err(format!("{metrics:?}"))
+        }
+    });
+    let mut stream = connect(address);
+    stream
+        .set_read_timeout(Some(RESPONSE_TIMEOUT))
+        .expect("set timeout");
+    stream
+        .write_all(&wire::encode_preamble(&Preamble::Peer(ServerId(7))))
+        .expect("write");
+    let stale_vote = Message::RequestVote(RequestVote {
+        term: Term(0),
+        candidate_id: ServerId(7),
+        last_log_index: LogIndex(0),
+        last_log_term: Term(0),
+        pre_vote: false,
+        leadership_transfer: false,
+    });
+    stream
+        .write_all(&wire::encode_message(&stale_vote))
+        .expect("write");
+    let mut reader = FrameReader::new(mioraft::framing::MESSAGE_BYTES_MAX_DEFAULT);
+    let mut buffer = [0_u8; 4096];
+    let answer = loop {
+        if let Some(frame) = reader.next_frame().expect("framing") {
+            break wire::decode_message(&frame).expect("a Raft message");
+        }
+        let count = stream.read(&mut buffer).expect("an answer from n1");
+        assert_ne!(count, 0, "n1 closed the connection of n7");
+        reader.extend(&buffer[..count]);
+    };
+    match answer {
+        Message::RequestVoteResponse(response) => {
+            assert!(!response.vote_granted);
+            assert!(response.term >= term, "{response:?}");
+        }
+        other => panic!("expected a RequestVoteResponse, got {other:?}"),
     }
+    assert_eq!(handle.metrics().role, Role::Leader, "n7 changed nothing");
     handle.shutdown().expect("clean shutdown");
 }
 
