@@ -22,31 +22,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The longest any condition may take to come true.
-const WAIT: Duration = Duration::from_secs(20);
-/// How often a waiting test looks again.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
+mod support;
+
+use support::{init_logging, wait_for, WAIT};
+
 /// How long a test client waits for one response.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn init_logging() {
-    let _ = env_logger::builder().is_test(true).try_init();
-}
-
-/// Polls `probe` until it returns `Ok`, failing after [`WAIT`] with the last problem it reported.
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match probe() {
-            Ok(value) => return value,
-            Err(last_seen) if Instant::now() >= deadline => {
-                panic!("timed out after {WAIT:?} waiting for {what}; last seen: {last_seen}")
-            }
-            // Polling interval of a deadline-bounded wait, not a synchronization sleep.
-            Err(_) => std::thread::sleep(POLL_INTERVAL),
-        }
-    }
-}
 
 // ---- a tiny blocking client speaking the wire protocol ----
 

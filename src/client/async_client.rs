@@ -93,7 +93,8 @@ pub trait AsyncRuntime {
 ///
 /// It keeps one connection, to the server it believes leads, and moves on its own: to the leader
 /// a server names (only if that address is one of the cluster's), to the next server after a
-/// failure, and after a short pause (10 ms, doubling up to 50 ms) when no leader is known. Every
+/// failure, and to the next server after a short pause (10 ms, doubling up to 50 ms) when no
+/// leader is known. Every
 /// call has a deadline ([`AsyncClient::with_timeout`], default 5 s), kept with
 /// [`AsyncRuntime::sleep`].
 ///

@@ -34,7 +34,9 @@ pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 ///
 /// It keeps one connection, to the server it believes leads, and moves on its own: to the leader
 /// a server names (only if that address is one of the cluster's), to the next server after a
-/// failure, and after a short pause when no leader is known.
+/// failure, and to the next server after a short pause when no leader is known. Give it the
+/// address of every member the leader may be (members added later included): it follows no
+/// redirect to an address it was not given.
 ///
 /// Proposals are exactly-once within a call: the client retries a proposal under the same
 /// session sequence number until its deadline, and the cluster applies it at most once. A call

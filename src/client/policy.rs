@@ -192,7 +192,11 @@ impl Call {
                 self.retry_after_pause(remaining)
             }
             ResponseBody::UnknownLeader => {
+                // Usually an election under way, which any server will soon know the end of;
+                // but a server outside the configuration (removed, or not added yet) may never
+                // hear of a leader, so the next attempt goes to the next server.
                 self.last_problem = format!("{from} knows no leader (election under way)");
+                route.next_server();
                 self.retry_after_pause(remaining)
             }
             ResponseBody::Rejected { reason, message } => match reason {
@@ -584,6 +588,137 @@ mod tests {
         let error = call.check_deadline(Duration::ZERO).unwrap_err().to_string();
         assert!(
             error.contains("not one of the cluster's addresses"),
+            "{error}"
+        );
+    }
+
+    /// A server that knows no leader may never learn of one (removed from the configuration, or
+    /// not added yet): the next attempt, after a pause, goes to the next server.
+    #[test]
+    fn an_unknown_leader_moves_on_to_the_next_server_after_a_pause() {
+        let cluster = addresses(3);
+        let mut route = Route::new(cluster.clone());
+        let mut call = Call::start(&route, PLENTY).unwrap();
+        for expected in [1, 2, 0] {
+            let from = route.target();
+            let step = call.answered(&mut route, from, ResponseBody::UnknownLeader, PLENTY);
+            assert!(
+                matches!(
+                    step,
+                    Step::Retry {
+                        close: false,
+                        pause: Some(_)
+                    }
+                ),
+                "{step:?}"
+            );
+            assert_eq!(route.target(), cluster[expected]);
+        }
+    }
+
+    #[test]
+    fn membership_changes_answer_with_their_index_and_refusals_carry_the_reason() {
+        let mut route = Route::new(addresses(1));
+        let mut call = Call::start(&route, PLENTY).unwrap();
+        let from = route.target();
+        let refusal = ResponseBody::Rejected {
+            reason: RejectionReason::MembershipChangeFailed,
+            message: "a configuration change is in progress (adding n4)".to_owned(),
+        };
+        let Step::Fail(error) = call.answered(&mut route, from, refusal, PLENTY) else {
+            panic!("a refused change is final");
+        };
+        assert!(matches!(error, Error::Rejected { .. }), "{error:?}");
+        let text = error.to_string();
+        assert!(text.contains("membership change failed"), "{text}");
+        assert!(text.contains("in progress (adding n4)"), "{text}");
+        assert_eq!(
+            membership_changed(ResponseBody::MembershipChanged(LogIndex(9))).unwrap(),
+            LogIndex(9)
+        );
+        assert!(membership_changed(ResponseBody::Transferred(ServerId(2))).is_err());
+    }
+
+    /// Metrics of server `id` in `role` at `term`, with `membership` in force.
+    fn metrics(id: u64, role: crate::Role, term: u64, membership: &Membership) -> Metrics {
+        Metrics {
+            id: ServerId(id),
+            role,
+            current_term: crate::Term(term),
+            current_leader: None,
+            last_log_index: LogIndex(10 * id),
+            commit_index: LogIndex(0),
+            last_applied: LogIndex(id),
+            match_indexes: Default::default(),
+            snapshot_index: LogIndex(0),
+            first_log_index: LogIndex(1),
+            membership: membership.clone(),
+        }
+    }
+
+    fn unreachable(address: SocketAddr) -> Result<Metrics> {
+        Err(Error::Io {
+            address: address.to_string(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        })
+    }
+
+    /// `cluster_status` asks the members the client was not given at their configured
+    /// addresses (a member that did not answer at an address already asked is not asked
+    /// again), and lists every member, learners and down ones included, in id order, then the
+    /// servers outside the configuration, each with the leader's match index.
+    #[test]
+    fn the_status_survey_follows_the_leaders_configuration() {
+        use crate::Role::{Follower, Leader, Learner};
+        let [a1, a2, a3, a4, a5] = <[SocketAddr; 5]>::try_from(addresses(5)).unwrap();
+        let stale = Membership::default()
+            .with_voter(ServerId(1), a1.to_string())
+            .with_voter(ServerId(2), a2.to_string());
+        let current = stale
+            .clone()
+            .with_voter(ServerId(3), a3.to_string())
+            .with_learner(ServerId(4), a4.to_string())
+            .with_voter(ServerId(6), "not an address");
+        let mut leader = metrics(2, Leader, 5, &current);
+        leader.match_indexes = [(ServerId(1), LogIndex(7)), (ServerId(4), LogIndex(3))].into();
+        let mut survey = StatusSurvey::default();
+        // The client was given n1 (stale, older term), n2 (the leader), n3's address (down)
+        // and n5 (a removed server).
+        survey.record(a1, Ok(metrics(1, Follower, 4, &stale)));
+        survey.record(a2, Ok(leader));
+        survey.record(a3, unreachable(a3));
+        survey.record(a5, Ok(metrics(5, Learner, 3, &stale)));
+        assert_eq!(survey.members_to_ask(), vec![a4]);
+        survey.record(a4, Ok(metrics(4, Learner, 5, &current)));
+        assert!(survey.members_to_ask().is_empty());
+        let statuses = survey.finish();
+        let summary: Vec<_> = statuses
+            .iter()
+            .map(|status| {
+                (
+                    status.id.map(|id| id.0),
+                    status.address,
+                    status.voter,
+                    status.metrics.as_ref().ok().map(|m| m.role),
+                    status.match_index.map(|index| index.0),
+                )
+            })
+            .collect();
+        let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+        assert_eq!(
+            summary,
+            [
+                (Some(1), a1, Some(true), Some(Follower), Some(7)),
+                (Some(2), a2, Some(true), Some(Leader), Some(20)),
+                (Some(3), a3, Some(true), None, None),
+                (Some(4), a4, Some(false), Some(Learner), Some(3)),
+                (Some(6), nowhere, Some(true), None, None),
+                (Some(5), a5, None, Some(Learner), None),
+            ]
+        );
+        let error = statuses[4].metrics.as_ref().unwrap_err().to_string();
+        assert!(
+            error.contains("\"not an address\", is not ip:port"),
             "{error}"
         );
     }
