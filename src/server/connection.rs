@@ -157,7 +157,7 @@ pub(super) struct Received {
 #[derive(Debug)]
 pub(super) struct Connection {
     stream: TcpStream,
-    /// The remote address (for logs, and the configured address for outbound peers).
+    /// The remote address (for logs; for outbound peers, the address dialled).
     address: SocketAddr,
     /// Who is on the other end. Changes once, when the preamble arrives (or the connect ends).
     kind: Kind,
