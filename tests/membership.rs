@@ -9,15 +9,18 @@
 
 mod support;
 
+use mioraft::framing::FrameReader;
 use mioraft::log::{Entry, PersistentLog};
 use mioraft::server::LocalCluster;
 use mioraft::sim::linearizability::{self, Operation, RegisterInput, RegisterModel, Verdict};
+use mioraft::wire::{self, ClientRequest, Preamble, RequestBody, ResponseBody};
 use mioraft::{
     Client, Error, KvStateMachine, LogIndex, MemLog, Membership, Metrics, Role, Server,
     ServerBuilder, ServerId, Term,
 };
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -133,6 +136,33 @@ fn change(what: &str, mut attempt: impl FnMut() -> mioraft::Result<()>) {
     })
 }
 
+/// Sends one request to the server at `address` over a fresh connection and returns its answer,
+/// as it comes (no redirect followed).
+fn ask(address: SocketAddr, body: RequestBody) -> ResponseBody {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("set timeout");
+    stream
+        .write_all(&wire::encode_preamble(&Preamble::Client(7)))
+        .expect("write");
+    let request = ClientRequest {
+        request_id: 1,
+        body,
+    };
+    stream
+        .write_all(&wire::encode_request(&request))
+        .expect("write");
+    let mut frames = FrameReader::new(mioraft::framing::MESSAGE_BYTES_MAX_DEFAULT);
+    let mut buffer = [0_u8; 4096];
+    loop {
+        if let Some(frame) = frames.next_frame().expect("framing") {
+            return wire::decode_response(&frame).expect("a response").body;
+        }
+        let count = stream.read(&mut buffer).expect("an answer");
+        assert_ne!(count, 0, "{address} hung up");
+        frames.extend(&buffer[..count]);
+    }
+}
+
 /// An address nothing listens on: a port bound and released.
 fn unreachable_address() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -192,6 +222,17 @@ fn a_joining_server_stays_passive_until_added_then_votes_with_all_the_data() {
         admin.transfer_leadership(ServerId(4))
     });
     assert_eq!(wait_for_leader(&cluster), 4);
+    // n1 was configured with n2 and n3 only: it sends clients to n4 at n4's address in the
+    // configuration.
+    let first = cluster.addresses()[0];
+    let redirect = ask(first, RequestBody::Query(b"get k0".to_vec()));
+    assert_eq!(
+        redirect,
+        ResponseBody::NotLeader {
+            leader_id: ServerId(4),
+            leader_address: address.to_string(),
+        }
+    );
     let mut at_n4 = Client::new([address]).with_timeout(WAIT);
     for n in 0..20 {
         assert_eq!(
