@@ -7,13 +7,17 @@
 //! cargo run --release --example hashmap -- put greeting hello  127.0.0.1:9001 127.0.0.1:9002 127.0.0.1:9003
 //! cargo run --release --example hashmap -- get greeting  127.0.0.1:9001
 //! cargo run --release --example hashmap -- status  127.0.0.1:9001 127.0.0.1:9002 127.0.0.1:9003
+//! cargo run --release --example hashmap -- server 4 --join  4 127.0.0.1:9004
+//! cargo run --release --example hashmap -- add 4 127.0.0.1:9004  127.0.0.1:9001 127.0.0.1:9002 127.0.0.1:9003
+//! cargo run --release --example hashmap -- add-learner 5 127.0.0.1:9005  127.0.0.1:9001
+//! cargo run --release --example hashmap -- remove 1  127.0.0.1:9001 127.0.0.1:9002 127.0.0.1:9003 127.0.0.1:9004
 //! ```
 
 mod common;
 
 use clap::Parser;
 use mioraft::consensus::Config;
-use mioraft::{Client, StateMachine};
+use mioraft::{Client, ServerId, StateMachine};
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -194,11 +198,16 @@ fn take_text<'a>(bytes: &mut &'a [u8]) -> Result<&'a str, String> {
 #[derive(Parser)]
 #[command(name = "hashmap", about = "A replicated hash map on mioraft")]
 enum Cli {
-    /// Run server <id>; list every node of the cluster, this one included.
+    /// Run server <id>; list every node of the cluster, this one included (with --join, this
+    /// one is enough).
     Server {
         id: u64,
         /// <node-id> <node-address> pairs.
         nodes: Vec<String>,
+        /// Join a running cluster: wait, passive, until its leader adds this server (`add` or
+        /// `add-learner`). A server whose log already holds a configuration uses that one.
+        #[arg(long)]
+        join: bool,
         /// Where to keep the durable log (default: ./hashmap-data/n<id>).
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
@@ -237,13 +246,36 @@ enum Cli {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
-    /// Show each node's role, term, leader, commit and applied index.
+    /// Add server <id>, listening at <address>, as a voter: it is caught up as a learner, then
+    /// promoted (Raft thesis §4.2.1). Start it first with `server <id> --join`.
+    Add {
+        id: u64,
+        address: String,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Add server <id>, listening at <address>, as a learner: it receives the log but does not
+    /// vote.
+    AddLearner {
+        id: u64,
+        address: String,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove server <id>, voter or learner (the leader too: it hands over first).
+    Remove {
+        id: u64,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Show every member's place (voter or learner), role, term, leader, match, commit and
+    /// applied index.
     Status {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
     /// Start a local 3-node cluster, write, kill the leader, check that nothing acknowledged was
-    /// lost, and stop.
+    /// lost, add a fourth server and remove it again, and stop.
     Demo,
 }
 
@@ -262,6 +294,24 @@ fn client(nodes: &[String]) -> Result<Client, String> {
     Ok(Client::new(common::parse_addresses(nodes)?))
 }
 
+/// A client for configuration changes: adding a server waits while it catches up.
+fn admin(nodes: &[String]) -> Result<Client, String> {
+    Ok(client(nodes)?.with_timeout(Duration::from_secs(30)))
+}
+
+fn server_id(id: u64) -> Result<ServerId, String> {
+    match id {
+        0 => Err("server id 0 is reserved".to_owned()),
+        id => Ok(ServerId(id)),
+    }
+}
+
+fn server_address(address: &str) -> Result<std::net::SocketAddr, String> {
+    address
+        .parse()
+        .map_err(|_| format!("{address:?} is not host:port (e.g. 127.0.0.1:9004)"))
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli {
         Cli::Server {
@@ -270,6 +320,7 @@ fn run(cli: Cli) -> Result<(), String> {
             data_dir,
             memory,
             snapshot_entries,
+            join,
         } => common::run_server(
             id,
             &common::parse_nodes(&nodes)?,
@@ -278,6 +329,11 @@ fn run(cli: Cli) -> Result<(), String> {
             Config {
                 snapshot_entries: snapshot_entries.unwrap_or(Config::default().snapshot_entries),
                 ..Config::default()
+            },
+            if join {
+                common::Start::Join
+            } else {
+                common::Start::Member
             },
         ),
         Cli::Get { key, nodes } => {
@@ -311,6 +367,27 @@ fn run(cli: Cli) -> Result<(), String> {
                 .transfer_leadership(mioraft::ServerId(to))
                 .map_err(|e| e.to_string())?;
             println!("server {to} leads now");
+            Ok(())
+        }
+        Cli::Add { id, address, nodes } => {
+            admin(&nodes)?
+                .add_server(server_id(id)?, server_address(&address)?)
+                .map_err(|e| e.to_string())?;
+            println!("server {id} at {address} is a voter now");
+            Ok(())
+        }
+        Cli::AddLearner { id, address, nodes } => {
+            admin(&nodes)?
+                .add_learner(server_id(id)?, server_address(&address)?)
+                .map_err(|e| e.to_string())?;
+            println!("server {id} at {address} is a learner now");
+            Ok(())
+        }
+        Cli::Remove { id, nodes } => {
+            admin(&nodes)?
+                .remove_server(server_id(id)?)
+                .map_err(|e| e.to_string())?;
+            println!("server {id} is no longer a member; stop it");
             Ok(())
         }
         Cli::Status { nodes } => {
@@ -403,6 +480,33 @@ fn demo() -> Result<(), String> {
          applied index {applied}\n"
     );
     common::print_status(&cluster.addresses());
+
+    let original = cluster.addresses();
+    let joining = ServerId(4);
+    let address = cluster.launch_joining(joining)?;
+    println!("\nstarted server {joining} on {address} with --join: it waits to be added");
+    let mut admin = Client::new(original.clone()).with_timeout(Duration::from_secs(30));
+    admin
+        .add_server(joining, address)
+        .map_err(|e| format!("add {joining}: {e}"))?;
+    let joined = Client::new([address])
+        .with_timeout(Duration::from_secs(10))
+        .status(address)
+        .map_err(|e| format!("status of {joining}: {e}"))?;
+    println!(
+        "added {joining}: caught up as a learner, then promoted; it has applied up to index {} \
+         and its configuration is {}",
+        joined.last_applied, joined.membership
+    );
+    // Asked at the first three servers only, the status finds the fourth in the configuration.
+    println!();
+    common::print_status(&original);
+    admin
+        .remove_server(joining)
+        .map_err(|e| format!("remove {joining}: {e}"))?;
+    cluster.kill(joining)?;
+    println!("\nremoved {joining} again and stopped it\n");
+    common::print_status(&original);
     cluster.shutdown();
     println!("\nstopped the cluster; demo complete");
     Ok(())

@@ -160,6 +160,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Register::default(),
             common::Storage::from_flags("register", id, data_dir, memory),
             mioraft::consensus::Config::default(),
+            common::Start::Member,
         ),
         Cli::Get { nodes } => send(&nodes, b"G".to_vec(), true),
         Cli::Put { value, nodes } => send(&nodes, format!("P{value}").into_bytes(), false),

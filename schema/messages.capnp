@@ -15,7 +15,10 @@
 #   1. The side that opened the connection sends one ConnectionPreamble:
 #        - a server dialling a peer: `peer` with its own server id;
 #        - a client: `client` with a random 64-bit client id, unique per client process.
-#      A server accepts `peer` only from ids in its configured membership.
+#      A server accepts `peer` from any server id other than its own: the membership changes
+#      (Raft thesis ch. 4), a server waiting to join knows no peers yet, and a new leader may not
+#      be in the configuration this server knows. It answers a peer on the connection it dialled
+#      to it, or on the peer's connection when it has none (a joining server knows no addresses).
 #   2. Between peers: each side sends `Message`s; there are no per-message replies at this layer
 #      (a RequestVote is answered by a RequestVoteResponse Message some time later, which may
 #      arrive on either of the two connections between the peers).
@@ -201,7 +204,28 @@ struct ClientRequest {
     # Ask the leader to hand leadership to the server with this id (Raft thesis §3.10);
     # answered with `transferred` once it has, or `rejected` (transferFailed) if it could not.
     transferLeadership @6 :UInt64;
+    # Ask the leader to add a server as a voter (Raft thesis §4.1, §4.2.1): it joins as a
+    # learner, is caught up in rounds, then promoted. Answered with `membershipChanged` once the
+    # promotion is committed, or `rejected` (membershipChangeFailed). Asking for a change already
+    # made succeeds at once, so a retry is safe.
+    addServer @7 :NewMember;
+    # Ask the leader to add a server as a learner: it receives the log but does not vote or
+    # count toward commitment. Answered as `addServer` is.
+    addLearner @8 :NewMember;
+    # Ask the leader to remove the server with this id, voter or learner, possibly the leader
+    # itself (it hands over leadership once the change commits, thesis §4.2.2). Answered as
+    # `addServer` is.
+    removeServer @9 :UInt64;
   }
+}
+
+# A server to add to the configuration.
+struct NewMember {
+  # Its server id (never 0).
+  id @0 :UInt64;
+  # Where it listens for peers and clients, as "ip:port" (at most 255 bytes). Servers that were
+  # not configured with an address for it dial it there.
+  address @1 :Text;
 }
 
 # Exactly-once proposals (Raft thesis §6.3). A client opens a session, then numbers its requests
@@ -245,6 +269,9 @@ enum RejectionReason {
   outcomeUnknown @6;
   # A leadership transfer could not be done; the message says why.
   transferFailed @7;
+  # A configuration change could not be made (another change is in progress, the new server did
+  # not catch up, it would remove the only voter, ...); the message says why and what holds now.
+  membershipChangeFailed @8;
 }
 
 # A server's view of itself (the fields of mioraft's Metrics).
@@ -309,6 +336,9 @@ struct ClientResponse {
     sessionExpired @9 :UInt64;
     # Leadership went to the server with this id, as asked.
     transferred @10 :UInt64;
+    # The configuration change asked for is committed; its configuration entry is at this log
+    # index (for `addServer`: the server now votes).
+    membershipChanged @11 :UInt64;
   }
 }
 

@@ -49,6 +49,22 @@ pub enum RequestBody {
     SessionPropose(SessionProposal),
     /// Hand leadership to this server (thesis §3.10).
     TransferLeadership(ServerId),
+    /// Add a server as a voter: caught up as a learner first, then promoted (thesis §4.2.1).
+    AddServer {
+        /// The new server.
+        id: ServerId,
+        /// Where it listens ("ip:port").
+        address: String,
+    },
+    /// Add a server as a learner: it receives the log but does not vote.
+    AddLearner {
+        /// The new server.
+        id: ServerId,
+        /// Where it listens ("ip:port").
+        address: String,
+    },
+    /// Remove a server, voter or learner (the leader itself included, thesis §4.2.2).
+    RemoveServer(ServerId),
 }
 
 /// Request `sequence` of session `session` (see the schema's `SessionProposal`).
@@ -106,6 +122,8 @@ pub enum ResponseBody {
     SessionExpired(u64),
     /// Leadership went to this server, as asked.
     Transferred(ServerId),
+    /// The configuration change asked for is committed, its entry at this index.
+    MembershipChanged(LogIndex),
 }
 
 /// Why a request was refused (see the schema for each meaning).
@@ -128,6 +146,8 @@ pub enum RejectionReason {
     OutcomeUnknown,
     /// A leadership transfer could not be done.
     TransferFailed,
+    /// A configuration change could not be made; the message says why.
+    MembershipChangeFailed,
 }
 
 impl std::fmt::Display for RejectionReason {
@@ -141,6 +161,7 @@ impl std::fmt::Display for RejectionReason {
             RejectionReason::Superseded => "superseded",
             RejectionReason::OutcomeUnknown => "outcome unknown",
             RejectionReason::TransferFailed => "transfer failed",
+            RejectionReason::MembershipChangeFailed => "membership change failed",
         })
     }
 }
@@ -299,6 +320,17 @@ pub fn request_message(request: &ClientRequest) -> Builder<HeapAllocator> {
         RequestBody::Status => root.set_status(()),
         RequestBody::RegisterSession => root.set_register_session(()),
         RequestBody::TransferLeadership(to) => root.set_transfer_leadership(to.0),
+        RequestBody::AddServer { id, address } => {
+            let mut out = root.init_add_server();
+            out.set_id(id.0);
+            out.set_address(address.as_str());
+        }
+        RequestBody::AddLearner { id, address } => {
+            let mut out = root.init_add_learner();
+            out.set_id(id.0);
+            out.set_address(address.as_str());
+        }
+        RequestBody::RemoveServer(id) => root.set_remove_server(id.0),
         RequestBody::SessionPropose(proposal) => {
             let mut out = root.init_session_propose();
             out.set_session(proposal.session);
@@ -340,6 +372,9 @@ pub fn encode_response(response: &ClientResponse) -> Vec<u8> {
                 RejectionReason::Superseded => schema::RejectionReason::Superseded,
                 RejectionReason::OutcomeUnknown => schema::RejectionReason::OutcomeUnknown,
                 RejectionReason::TransferFailed => schema::RejectionReason::TransferFailed,
+                RejectionReason::MembershipChangeFailed => {
+                    schema::RejectionReason::MembershipChangeFailed
+                }
             });
             rejection.set_message(message.as_str());
         }
@@ -373,6 +408,7 @@ pub fn encode_response(response: &ClientResponse) -> Vec<u8> {
         ResponseBody::Refused(error) => root.set_refused(error),
         ResponseBody::SessionExpired(session) => root.set_session_expired(*session),
         ResponseBody::Transferred(to) => root.set_transferred(to.0),
+        ResponseBody::MembershipChanged(index) => root.set_membership_changed(index.0),
     }
     to_frame(&builder)
 }
@@ -651,6 +687,15 @@ pub fn decode_request(frame: &[u8]) -> Result<ClientRequest, WireError> {
         Which::TransferLeadership(to) => {
             RequestBody::TransferLeadership(server_id("transferLeadership", to)?)
         }
+        Which::AddServer(member) => {
+            let (id, address) = new_member(member?, "addServer.id", "addServer.address")?;
+            RequestBody::AddServer { id, address }
+        }
+        Which::AddLearner(member) => {
+            let (id, address) = new_member(member?, "addLearner.id", "addLearner.address")?;
+            RequestBody::AddLearner { id, address }
+        }
+        Which::RemoveServer(id) => RequestBody::RemoveServer(server_id("removeServer", id)?),
         Which::SessionPropose(proposal) => {
             let proposal = proposal?;
             let sequence = proposal.get_sequence();
@@ -732,6 +777,9 @@ fn decode_response_fields<S: ReaderSegments>(
                 schema::RejectionReason::Superseded => RejectionReason::Superseded,
                 schema::RejectionReason::OutcomeUnknown => RejectionReason::OutcomeUnknown,
                 schema::RejectionReason::TransferFailed => RejectionReason::TransferFailed,
+                schema::RejectionReason::MembershipChangeFailed => {
+                    RejectionReason::MembershipChangeFailed
+                }
             };
             ResponseBody::Rejected {
                 reason,
@@ -775,11 +823,43 @@ fn decode_response_fields<S: ReaderSegments>(
         Which::Refused(error) => ResponseBody::Refused(error?.to_vec()),
         Which::SessionExpired(session) => ResponseBody::SessionExpired(session),
         Which::Transferred(to) => ResponseBody::Transferred(server_id("transferred", to)?),
+        Which::MembershipChanged(index) => ResponseBody::MembershipChanged(LogIndex(index)),
     };
     Ok(ClientResponse {
         request_id: root.get_request_id(),
         body,
     })
+}
+
+/// A server to add: a real id and an address a configuration can hold (not empty, at most
+/// [`ADDRESS_BYTES_MAX`](crate::membership::ADDRESS_BYTES_MAX) bytes of UTF-8). Whether the
+/// address is one a server can dial is the server's to judge.
+fn new_member(
+    member: schema::new_member::Reader<'_>,
+    id_field: &'static str,
+    address_field: &'static str,
+) -> Result<(ServerId, String), WireError> {
+    let id = server_id(id_field, member.get_id())?;
+    let address = member.get_address()?;
+    // Checked before the text is copied, so an oversized address costs nothing.
+    let length = address.len();
+    if length > crate::membership::ADDRESS_BYTES_MAX {
+        return Err(WireError::Invalid {
+            field: address_field,
+            reason: format!(
+                "address of {length} bytes is longer than the limit of {} bytes",
+                crate::membership::ADDRESS_BYTES_MAX
+            ),
+        });
+    }
+    let address = text(address, address_field)?;
+    if address.is_empty() {
+        return Err(WireError::Invalid {
+            field: address_field,
+            reason: format!("{id} needs an address to be reached at"),
+        });
+    }
+    Ok((id, address))
 }
 
 fn text(reader: capnp::text::Reader<'_>, field: &'static str) -> Result<String, WireError> {
@@ -1179,6 +1259,15 @@ mod tests {
             RequestBody::Status,
             RequestBody::RegisterSession,
             RequestBody::TransferLeadership(ServerId(3)),
+            RequestBody::AddServer {
+                id: ServerId(4),
+                address: "127.0.0.1:9004".to_owned(),
+            },
+            RequestBody::AddLearner {
+                id: ServerId(5),
+                address: "[::1]:9005".to_owned(),
+            },
+            RequestBody::RemoveServer(ServerId(2)),
             RequestBody::SessionPropose(SessionProposal {
                 session: 12,
                 sequence: 3,
@@ -1231,6 +1320,11 @@ mod tests {
                 reason: RejectionReason::Superseded,
                 message: "old".to_owned(),
             },
+            ResponseBody::MembershipChanged(LogIndex(17)),
+            ResponseBody::Rejected {
+                reason: RejectionReason::MembershipChangeFailed,
+                message: "a configuration change is in progress (adding n4)".to_owned(),
+            },
         ] {
             let response = ClientResponse {
                 request_id: 5,
@@ -1272,6 +1366,74 @@ mod tests {
         let preamble = Preamble::Client(3);
         let frame = serialize::write_message_to_words(&preamble_message(&preamble));
         assert_eq!(decode_preamble(&frame).unwrap(), preamble);
+    }
+
+    /// Membership requests naming server 0, or an address that is empty, longer than a
+    /// configuration holds, or not UTF-8, are wire errors naming the field, never panics.
+    #[test]
+    fn membership_requests_with_bad_ids_or_addresses_are_refused() {
+        let add = |id: u64, address: &str| RequestBody::AddServer {
+            id: ServerId(id),
+            address: address.to_owned(),
+        };
+        let learner = |id: u64, address: &str| RequestBody::AddLearner {
+            id: ServerId(id),
+            address: address.to_owned(),
+        };
+        let too_long = "1".repeat(crate::membership::ADDRESS_BYTES_MAX + 1);
+        let longest = "1".repeat(crate::membership::ADDRESS_BYTES_MAX);
+        let cases = [
+            (
+                add(0, "127.0.0.1:9004"),
+                "invalid addServer.id: server id 0",
+            ),
+            (
+                learner(0, "127.0.0.1:9004"),
+                "invalid addLearner.id: server id 0",
+            ),
+            (
+                RequestBody::RemoveServer(ServerId(0)),
+                "invalid removeServer: server id 0",
+            ),
+            (add(4, ""), "invalid addServer.address: n4 needs an address"),
+            (
+                add(4, &too_long),
+                "invalid addServer.address: address of 256 bytes is longer than the limit of 255",
+            ),
+            (
+                learner(4, &too_long),
+                "invalid addLearner.address: address of 256 bytes",
+            ),
+        ];
+        for (body, expected) in cases {
+            let frame = encode_request(&ClientRequest {
+                request_id: 1,
+                body: body.clone(),
+            });
+            let error = decode_request(&frame).expect_err("refused");
+            assert!(error.to_string().contains(expected), "{body:?}: {error}");
+        }
+        // The longest address a configuration holds is fine.
+        let request = ClientRequest {
+            request_id: 1,
+            body: add(4, &longest),
+        };
+        assert_eq!(decode_request(&encode_request(&request)).unwrap(), request);
+        // An address that is not UTF-8.
+        let mut frame = encode_request(&ClientRequest {
+            request_id: 1,
+            body: add(4, "127.0.0.1:9004"),
+        });
+        let at = frame
+            .windows(9)
+            .position(|window| window == b"127.0.0.1")
+            .expect("the address is in the frame");
+        frame[at] = 0xff;
+        let error = decode_request(&frame).expect_err("refused");
+        assert!(
+            error.to_string().contains("addServer.address: not UTF-8"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -452,6 +452,10 @@ fn calls_are_send() {
     assert_send(&client.query(b"x"));
     let nowhere: SocketAddr = "127.0.0.1:1".parse().expect("address");
     assert_send(&client.status(nowhere));
+    assert_send(&client.add_server(ServerId(4), nowhere));
+    assert_send(&client.add_learner(ServerId(4), nowhere));
+    assert_send(&client.remove_server(ServerId(4)));
+    assert_send(&client.cluster_status());
     assert_send(&client);
 }
 
@@ -484,6 +488,67 @@ fn hands_leadership_to_a_chosen_server() {
             assert!(Instant::now() < deadline, "{target} never led: {status:?}");
             async_io::Timer::after(Duration::from_millis(5)).await;
         }
+        assert_eq!(client.query(b"get k").await.expect("read"), b"v");
+    });
+    cluster.shutdown().expect("clean shutdown");
+}
+
+/// Thesis ch. 4 through the async client: a joining server is added as a learner, promoted to
+/// voter, reported by `cluster_status` (found through the configuration, not the client's
+/// list), and removed again; a refused change carries the leader's reason.
+#[test]
+fn changes_the_membership_and_reports_every_member() {
+    let mut cluster = LocalCluster::spawn(2, |_| MemLog::new(), |_| KvStateMachine::new(), |b| b)
+        .expect("cluster starts");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .expect("a leader");
+    let voters = cluster.addresses();
+    let joiner = cluster
+        .spawn_joining(ServerId(3), MemLog::new(), KvStateMachine::new(), |b| b)
+        .expect("n3 starts");
+    async_io::block_on(async {
+        let mut client = client(voters.clone());
+        client.propose(b"put k v").await.expect("applied");
+        client
+            .add_learner(ServerId(3), joiner)
+            .await
+            .expect("n3 joins as a learner");
+        let reported = |statuses: &[mioraft::MemberStatus]| {
+            statuses
+                .iter()
+                .find(|status| status.id == Some(ServerId(3)))
+                .map(|status| (status.address, status.voter))
+        };
+        let statuses = client.cluster_status().await;
+        assert_eq!(
+            reported(&statuses),
+            Some((joiner, Some(false))),
+            "{statuses:?}"
+        );
+        client
+            .add_server(ServerId(3), joiner)
+            .await
+            .expect("n3 is promoted");
+        let statuses = client.cluster_status().await;
+        assert_eq!(
+            reported(&statuses),
+            Some((joiner, Some(true))),
+            "{statuses:?}"
+        );
+        assert_eq!(statuses.len(), 3, "{statuses:?}");
+        let error = client
+            .add_learner(ServerId(3), joiner)
+            .await
+            .expect_err("a voter is not made a learner");
+        assert!(matches!(error, Error::Rejected { .. }), "{error}");
+        assert!(error.to_string().contains("n3 is a voter"), "{error}");
+        client
+            .remove_server(ServerId(3))
+            .await
+            .expect("n3 is removed");
+        let statuses = client.cluster_status().await;
+        assert_eq!(reported(&statuses), None, "{statuses:?}");
         assert_eq!(client.query(b"get k").await.expect("read"), b"v");
     });
     cluster.shutdown().expect("clean shutdown");

@@ -22,31 +22,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The longest any condition may take to come true.
-const WAIT: Duration = Duration::from_secs(20);
-/// How often a waiting test looks again.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
+mod support;
+
+use support::{init_logging, wait_for, WAIT};
+
 /// How long a test client waits for one response.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn init_logging() {
-    let _ = env_logger::builder().is_test(true).try_init();
-}
-
-/// Polls `probe` until it returns `Ok`, failing after [`WAIT`] with the last problem it reported.
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match probe() {
-            Ok(value) => return value,
-            Err(last_seen) if Instant::now() >= deadline => {
-                panic!("timed out after {WAIT:?} waiting for {what}; last seen: {last_seen}")
-            }
-            // Polling interval of a deadline-bounded wait, not a synchronization sleep.
-            Err(_) => std::thread::sleep(POLL_INTERVAL),
-        }
-    }
-}
 
 // ---- a tiny blocking client speaking the wire protocol ----
 
@@ -801,18 +782,69 @@ fn first_frame_that_is_not_a_valid_preamble_closes_the_connection() {
 }
 
 #[test]
-fn peer_preamble_with_an_unknown_id_is_refused() {
+fn peer_preamble_claiming_this_servers_id_is_refused() {
     let handle = single_server(|builder| builder);
     let address = handle.local_addr();
-    // Neither a stranger nor a server claiming to be this one is a configured peer.
-    for id in [7, 1] {
-        let mut stream = connect(address);
-        stream
-            .write_all(&wire::encode_preamble(&Preamble::Peer(ServerId(id))))
-            .expect("write");
-        assert_closed_by_server(stream, &format!("peer n{id}"));
-        assert_still_serving(address);
+    let mut stream = connect(address);
+    stream
+        .write_all(&wire::encode_preamble(&Preamble::Peer(ServerId(1))))
+        .expect("write");
+    assert_closed_by_server(stream, "a peer claiming to be n1");
+    assert_still_serving(address);
+    handle.shutdown().expect("clean shutdown");
+}
+
+/// Members change (thesis ch. 4), so a peer preamble from a server outside the configuration is
+/// accepted, and a server with no connection of its own to that peer answers it on the peer's
+/// connection: here a stale RequestVote from n7 gets the leader's term back.
+#[test]
+fn a_peer_outside_the_configuration_is_accepted_and_answered_on_its_connection() {
+    let handle = single_server(|builder| builder);
+    let address = handle.local_addr();
+    let term = wait_for("n1 to lead", || {
+        let metrics = handle.metrics();
+        if metrics.role == Role::Leader {
+            Ok(metrics.current_term)
+        } else {
+            Err(format!("{metrics:?}"))
+        }
+    });
+    let mut stream = connect(address);
+    stream
+        .set_read_timeout(Some(RESPONSE_TIMEOUT))
+        .expect("set timeout");
+    stream
+        .write_all(&wire::encode_preamble(&Preamble::Peer(ServerId(7))))
+        .expect("write");
+    let stale_vote = Message::RequestVote(RequestVote {
+        term: Term(0),
+        candidate_id: ServerId(7),
+        last_log_index: LogIndex(0),
+        last_log_term: Term(0),
+        pre_vote: false,
+        leadership_transfer: false,
+    });
+    stream
+        .write_all(&wire::encode_message(&stale_vote))
+        .expect("write");
+    let mut reader = FrameReader::new(mioraft::framing::MESSAGE_BYTES_MAX_DEFAULT);
+    let mut buffer = [0_u8; 4096];
+    let answer = loop {
+        if let Some(frame) = reader.next_frame().expect("framing") {
+            break wire::decode_message(&frame).expect("a Raft message");
+        }
+        let count = stream.read(&mut buffer).expect("an answer from n1");
+        assert_ne!(count, 0, "n1 closed the connection of n7");
+        reader.extend(&buffer[..count]);
+    };
+    match answer {
+        Message::RequestVoteResponse(response) => {
+            assert!(!response.vote_granted);
+            assert!(response.term >= term, "{response:?}");
+        }
+        other => panic!("expected a RequestVoteResponse, got {other:?}"),
     }
+    assert_eq!(handle.metrics().role, Role::Leader, "n7 changed nothing");
     handle.shutdown().expect("clean shutdown");
 }
 

@@ -4,8 +4,8 @@
 #![allow(dead_code)] // each example uses a different part
 
 use mioraft::consensus::Config;
-use mioraft::log::FileLog;
-use mioraft::{Client, MemLog, Role, Server, ServerId, StateMachine};
+use mioraft::log::{FileLog, PersistentLog};
+use mioraft::{Client, MemLog, Role, Server, ServerBuilder, ServerId, StateMachine};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -75,6 +75,16 @@ impl Storage {
     }
 }
 
+/// How a server starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// As a member of the cluster `nodes` lists (or of the configuration its log holds).
+    Member,
+    /// To join a running cluster: passive until its leader adds it (`add`, `add-learner`).
+    /// `nodes` needs to list only this server.
+    Join,
+}
+
 /// Runs server `id` of `nodes` (which must include it) with `config` until it stops.
 pub fn run_server<M: StateMachine>(
     id: u64,
@@ -82,6 +92,7 @@ pub fn run_server<M: StateMachine>(
     state_machine: M,
     storage: Storage,
     config: Config,
+    start: Start,
 ) -> Result<(), String> {
     let id = ServerId(id);
     let Some(&(_, address)) = nodes.iter().find(|&&(node, _)| node == id) else {
@@ -95,41 +106,75 @@ pub fn run_server<M: StateMachine>(
         .copied()
         .filter(|&(node, _)| node != id)
         .collect();
+    let joining = if start == Start::Join {
+        ", waiting to be added to a cluster"
+    } else {
+        ""
+    };
     let result = match storage {
         Storage::Files(dir) => {
             let log = FileLog::open(&dir)
                 .map_err(|e| format!("cannot open the data directory {}: {e}", dir.display()))?;
-            eprintln!("{id}: serving on {address}, log in {}", dir.display());
-            Server::new(id, address, log, state_machine)
-                .with_peers(peers)
-                .with_config(config)
-                .run()
+            eprintln!(
+                "{id}: serving on {address}, log in {}{joining}",
+                dir.display()
+            );
+            serve(
+                Server::new(id, address, log, state_machine),
+                peers,
+                config,
+                start,
+            )
         }
         Storage::Memory => {
-            eprintln!("{id}: serving on {address}, log in memory");
-            Server::new(id, address, MemLog::new(), state_machine)
-                .with_peers(peers)
-                .with_config(config)
-                .run()
+            eprintln!("{id}: serving on {address}, log in memory{joining}");
+            serve(
+                Server::new(id, address, MemLog::new(), state_machine),
+                peers,
+                config,
+                start,
+            )
         }
     };
     result.map_err(|e| e.to_string())
 }
 
-/// Prints each node's role, term, leader, commit and applied index.
+fn serve<L: PersistentLog + Send + 'static, M: StateMachine>(
+    builder: ServerBuilder<L, M>,
+    peers: HashMap<ServerId, SocketAddr>,
+    config: Config,
+    start: Start,
+) -> mioraft::Result<()> {
+    let builder = builder.with_peers(peers).with_config(config);
+    match start {
+        Start::Member => builder.run(),
+        Start::Join => builder.join().run(),
+    }
+}
+
+/// Prints every member of the cluster's configuration (found through the leader, so members
+/// added since `addresses` was written down are included), then any other server that answered:
+/// its place in the configuration, role, term, leader, match, commit and applied index.
 pub fn print_status(addresses: &[SocketAddr]) {
     println!(
-        "{:<22} {:>4} {:<10} {:>6} {:>7} {:>8} {:>8} {:>8}",
-        "address", "id", "role", "term", "leader", "match", "commit", "applied"
+        "{:<22} {:>4} {:<8} {:<10} {:>6} {:>7} {:>8} {:>8} {:>8}",
+        "address", "id", "member", "role", "term", "leader", "match", "commit", "applied"
     );
     let mut client = Client::new(addresses.to_vec()).with_timeout(Duration::from_secs(1));
     for member in client.cluster_status() {
         let address = member.address;
+        let id = member.id.map_or("?".to_owned(), |id| id.0.to_string());
+        let place = match member.voter {
+            Some(true) => "voter",
+            Some(false) => "learner",
+            None => "-",
+        };
         match member.metrics {
             Ok(m) => println!(
-                "{:<22} {:>4} {:<10} {:>6} {:>7} {:>8} {:>8} {:>8}",
+                "{:<22} {:>4} {:<8} {:<10} {:>6} {:>7} {:>8} {:>8} {:>8}",
                 address,
-                m.id.0,
+                id,
+                place,
                 format!("{:?}", m.role).to_lowercase(),
                 m.current_term.0,
                 m.current_leader.map_or("-".to_owned(), |l| l.0.to_string()),
@@ -139,7 +184,7 @@ pub fn print_status(addresses: &[SocketAddr]) {
                 m.commit_index.0,
                 m.last_applied.0
             ),
-            Err(error) => println!("{address:<22} unreachable: {error}"),
+            Err(error) => println!("{address:<22} {id:>4} {place:<8} unreachable: {error}"),
         }
     }
 }
@@ -174,18 +219,38 @@ impl DemoCluster {
 
     /// Starts (or restarts, from its data directory) server `id`.
     pub fn launch(&mut self, id: ServerId) -> Result<(), String> {
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
         let node_words: Vec<String> = self
             .nodes
             .iter()
             .flat_map(|(id, address)| [id.0.to_string(), address.to_string()])
             .collect();
+        self.spawn_child(id, &node_words, &[])
+    }
+
+    /// Starts a new server `id` on a free port to join the cluster (`server <id> --join`); it
+    /// waits, passive, until the leader adds it. Returns its address.
+    pub fn launch_joining(&mut self, id: ServerId) -> Result<SocketAddr, String> {
+        let address = free_local_address()?;
+        self.nodes.push((id, address));
+        let node_words = [id.0.to_string(), address.to_string()];
+        self.spawn_child(id, &node_words, &["--join"])?;
+        Ok(address)
+    }
+
+    fn spawn_child(
+        &mut self,
+        id: ServerId,
+        node_words: &[String],
+        flags: &[&str],
+    ) -> Result<(), String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
         let child = Command::new(&exe)
             .arg("server")
             .arg(id.0.to_string())
             .arg("--data-dir")
             .arg(self.data_dir(id))
-            .args(&node_words)
+            .args(flags)
+            .args(node_words)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

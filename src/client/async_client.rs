@@ -2,7 +2,7 @@
 //! [`Client`](super::Client)'s protocol, sessions and retries, for applications on an async
 //! runtime. It depends on no runtime: the application lends it one through [`AsyncRuntime`].
 
-use super::policy::{self, Call, Route, Session, Step};
+use super::policy::{self, Call, MemberStatus, Route, Session, StatusSurvey, Step};
 use super::TIMEOUT_DEFAULT;
 use crate::consensus::ResponseMode;
 use crate::error::{Error, Result};
@@ -93,7 +93,8 @@ pub trait AsyncRuntime {
 ///
 /// It keeps one connection, to the server it believes leads, and moves on its own: to the leader
 /// a server names (only if that address is one of the cluster's), to the next server after a
-/// failure, and after a short pause (10 ms, doubling up to 50 ms) when no leader is known. Every
+/// failure, and to the next server after a short pause (10 ms, doubling up to 50 ms) when no
+/// leader is known. Every
 /// call has a deadline ([`AsyncClient::with_timeout`], default 5 s), kept with
 /// [`AsyncRuntime::sleep`].
 ///
@@ -270,6 +271,63 @@ impl<R: AsyncRuntime> AsyncClient<R> {
         .map(|_| ())
     }
 
+    /// Asks the leader to add server `id`, listening at `address`, as a voter (thesis
+    /// §4.2.1); see [`Client::add_server`](crate::Client::add_server).
+    ///
+    /// # Errors
+    /// As for [`Client::add_server`](crate::Client::add_server).
+    pub async fn add_server(&mut self, id: ServerId, address: SocketAddr) -> Result<()> {
+        let body = RequestBody::AddServer {
+            id,
+            address: address.to_string(),
+        };
+        self.change_membership(body).await
+    }
+
+    /// Asks the leader to add server `id`, listening at `address`, as a learner; see
+    /// [`Client::add_learner`](crate::Client::add_learner).
+    ///
+    /// # Errors
+    /// As for [`Client::add_learner`](crate::Client::add_learner).
+    pub async fn add_learner(&mut self, id: ServerId, address: SocketAddr) -> Result<()> {
+        let body = RequestBody::AddLearner {
+            id,
+            address: address.to_string(),
+        };
+        self.change_membership(body).await
+    }
+
+    /// Asks the leader to remove server `id` (thesis §4.2.2); see
+    /// [`Client::remove_server`](crate::Client::remove_server).
+    ///
+    /// # Errors
+    /// As for [`Client::remove_server`](crate::Client::remove_server).
+    pub async fn remove_server(&mut self, id: ServerId) -> Result<()> {
+        self.change_membership(RequestBody::RemoveServer(id)).await
+    }
+
+    /// Sends a configuration change until the leader answers it.
+    async fn change_membership(&mut self, body: RequestBody) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        policy::membership_changed(self.call(body, deadline).await?).map(|_| ())
+    }
+
+    /// Reports every member of the cluster's configuration with the leader's match index for
+    /// it; see [`Client::cluster_status`](crate::Client::cluster_status).
+    pub async fn cluster_status(&mut self) -> Vec<MemberStatus> {
+        let per_server = self.timeout.min(Duration::from_secs(1));
+        let mut survey = StatusSurvey::default();
+        for address in self.route.cluster().to_vec() {
+            let deadline = Instant::now() + per_server;
+            survey.record(address, self.status_until(address, deadline).await);
+        }
+        for address in survey.members_to_ask() {
+            let deadline = Instant::now() + per_server;
+            survey.record(address, self.status_until(address, deadline).await);
+        }
+        survey.finish()
+    }
+
     /// Asks one server, leader or not, for its [`Metrics`].
     ///
     /// # Errors
@@ -277,6 +335,10 @@ impl<R: AsyncRuntime> AsyncClient<R> {
     /// nonsense or does not answer in time.
     pub async fn status(&mut self, server: SocketAddr) -> Result<Metrics> {
         let deadline = Instant::now() + self.timeout;
+        self.status_until(server, deadline).await
+    }
+
+    async fn status_until(&mut self, server: SocketAddr, deadline: Instant) -> Result<Metrics> {
         policy::status(self.attempt(server, &RequestBody::Status, deadline).await?)
     }
 

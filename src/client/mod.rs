@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::types::{LogIndex, ServerId};
 use crate::wire::{self, ClientRequest, ClientResponse, Preamble, RequestBody, ResponseBody};
 pub use policy::MemberStatus;
-use policy::{Call, Route, Session, Step};
+use policy::{Call, Route, Session, StatusSurvey, Step};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -34,7 +34,9 @@ pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 ///
 /// It keeps one connection, to the server it believes leads, and moves on its own: to the leader
 /// a server names (only if that address is one of the cluster's), to the next server after a
-/// failure, and after a short pause when no leader is known.
+/// failure, and to the next server after a short pause when no leader is known. Give it the
+/// address of every member the leader may be (members added later included): it follows no
+/// redirect to an address it was not given.
 ///
 /// Proposals are exactly-once within a call: the client retries a proposal under the same
 /// session sequence number until its deadline, and the cluster applies it at most once. A call
@@ -168,24 +170,92 @@ impl Client {
         policy::transferred(self.call(RequestBody::TransferLeadership(to), deadline)?).map(|_| ())
     }
 
-    /// Asks every server of the cluster for its [`Metrics`] and puts beside each the leader's
-    /// match index for it: each member's role, term, match and applied index in one call. A
-    /// server that does not answer within a second (or the client's timeout, if shorter) is
-    /// reported with the error.
+    /// Asks the leader to add server `id`, listening at `address`, as a voter (thesis §4.1):
+    /// it joins as a learner, is caught up in rounds until one takes less than an election
+    /// timeout (thesis §4.2.1), then is promoted. Returns once the promotion is committed: `id`
+    /// votes and holds the log. Start the new server first, with
+    /// [`ServerBuilder::join`](crate::ServerBuilder::join).
+    ///
+    /// Adding a server that is already a voter succeeds at once, so a call that timed out can be
+    /// repeated. Catching up a server with a large log takes a while: give the client a timeout
+    /// to match ([`Client::with_timeout`]).
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] with the leader's reason if the change cannot be made: another
+    /// change is in progress (one at a time), `id` made no progress for about ten election
+    /// timeouts (down, unreachable, or at another address; it stays a learner), `id` is already
+    /// a member at another address; [`Error::Timeout`] if no leader answered in time.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use mioraft::{Client, ServerId};
+    ///
+    /// let mut client = Client::new(["127.0.0.1:9001".parse()?]);
+    /// client.add_server(ServerId(4), "127.0.0.1:9004".parse()?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn add_server(&mut self, id: ServerId, address: SocketAddr) -> Result<()> {
+        let body = RequestBody::AddServer {
+            id,
+            address: address.to_string(),
+        };
+        self.change_membership(body)
+    }
+
+    /// Asks the leader to add server `id`, listening at `address`, as a learner: it receives
+    /// the log but neither votes nor counts toward commitment. Returns once the change is
+    /// committed (the learner may still be catching up). A later
+    /// [`add_server`](Client::add_server) promotes it.
+    ///
+    /// # Errors
+    /// As for [`Client::add_server`]; also if `id` is a voter already.
+    pub fn add_learner(&mut self, id: ServerId, address: SocketAddr) -> Result<()> {
+        let body = RequestBody::AddLearner {
+            id,
+            address: address.to_string(),
+        };
+        self.change_membership(body)
+    }
+
+    /// Asks the leader to remove server `id`, voter or learner. Removing the leader itself is
+    /// allowed: it leads until the change commits, then hands leadership to an up-to-date voter
+    /// and steps down (thesis §4.2.2). Returns once the change is committed; removing a server
+    /// that is not a member succeeds at once. The removed server may go on running without
+    /// disturbing the cluster (pre-vote and the leader lease, thesis §4.2.3); stop it.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] with the leader's reason if the change cannot be made (another is in
+    /// progress, `id` is the only voter); [`Error::Timeout`] if no leader answered in time.
+    pub fn remove_server(&mut self, id: ServerId) -> Result<()> {
+        self.change_membership(RequestBody::RemoveServer(id))
+    }
+
+    /// Sends a configuration change until the leader answers it.
+    fn change_membership(&mut self, body: RequestBody) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        policy::membership_changed(self.call(body, deadline)?).map(|_| ())
+    }
+
+    /// Reports every member of the cluster's configuration: asks each server the client was
+    /// given for its [`Metrics`], learns the configuration from the leader's answer, asks every
+    /// member that did not answer yet at its address in the configuration (members added since
+    /// the client was made included), and puts beside each the leader's match index for it.
+    /// Each member's id, address, role (voter or learner), term, match and applied index in one
+    /// call; servers outside the configuration that answered (a server waiting to be added, a
+    /// removed one) come after the members. A server that does not answer within a second (or
+    /// the client's timeout, if shorter) is reported with the error.
     pub fn cluster_status(&mut self) -> Vec<MemberStatus> {
         let per_server = self.timeout.min(Duration::from_secs(1));
-        let addresses = self.route.cluster().to_vec();
-        let reports = addresses
-            .into_iter()
-            .map(|address| {
-                let deadline = Instant::now() + per_server;
-                let report = self
-                    .attempt(address, &RequestBody::Status, deadline)
-                    .and_then(policy::status);
-                (address, report)
-            })
-            .collect();
-        policy::cluster_status(reports)
+        let mut survey = StatusSurvey::default();
+        for address in self.route.cluster().to_vec() {
+            let deadline = Instant::now() + per_server;
+            survey.record(address, self.status_until(address, deadline));
+        }
+        for address in survey.members_to_ask() {
+            let deadline = Instant::now() + per_server;
+            survey.record(address, self.status_until(address, deadline));
+        }
+        survey.finish()
     }
 
     /// Asks one server, leader or not, for its [`Metrics`].
@@ -195,6 +265,10 @@ impl Client {
     /// nonsense; [`Error::Timeout`] if it does not answer in time.
     pub fn status(&mut self, server: SocketAddr) -> Result<Metrics> {
         let deadline = Instant::now() + self.timeout;
+        self.status_until(server, deadline)
+    }
+
+    fn status_until(&mut self, server: SocketAddr, deadline: Instant) -> Result<Metrics> {
         policy::status(self.attempt(server, &RequestBody::Status, deadline)?)
     }
 

@@ -8,6 +8,7 @@
 
 use crate::consensus::ResponseMode;
 use crate::error::{Error, Result};
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::types::{LogIndex, ServerId};
 use crate::wire::{RejectionReason, RequestBody, ResponseBody, SessionProposal};
@@ -191,7 +192,11 @@ impl Call {
                 self.retry_after_pause(remaining)
             }
             ResponseBody::UnknownLeader => {
+                // Usually an election under way, which any server will soon know the end of;
+                // but a server outside the configuration (removed, or not added yet) may never
+                // hear of a leader, so the next attempt goes to the next server.
                 self.last_problem = format!("{from} knows no leader (election under way)");
+                route.next_server();
                 self.retry_after_pause(remaining)
             }
             ResponseBody::Rejected { reason, message } => match reason {
@@ -214,7 +219,8 @@ impl Call {
                 RejectionReason::TooLarge
                 | RejectionReason::BadRequest
                 | RejectionReason::Superseded
-                | RejectionReason::TransferFailed => Step::Fail(Error::Rejected {
+                | RejectionReason::TransferFailed
+                | RejectionReason::MembershipChangeFailed => Step::Fail(Error::Rejected {
                     reason: reason.to_string(),
                     message,
                 }),
@@ -337,40 +343,161 @@ pub(super) fn transferred(answer: ResponseBody) -> Result<ServerId> {
     }
 }
 
-/// Each server's own report beside what the leader (the one of the highest term that answered)
-/// knows of it, for `cluster_status`.
-pub(super) fn cluster_status(reports: Vec<(SocketAddr, Result<Metrics>)>) -> Vec<MemberStatus> {
-    let leader = reports
-        .iter()
-        .filter_map(|(_, report)| report.as_ref().ok())
-        .filter(|metrics| metrics.role == crate::Role::Leader)
-        .max_by_key(|metrics| metrics.current_term)
-        .cloned();
-    reports
-        .into_iter()
-        .map(|(address, metrics)| {
-            let match_index = match (&leader, &metrics) {
-                (Some(leader), Ok(metrics)) if leader.id == metrics.id => {
-                    Some(leader.last_log_index)
-                }
-                (Some(leader), Ok(metrics)) => leader.match_indexes.get(&metrics.id).copied(),
-                _ => None,
-            };
-            MemberStatus {
-                address,
-                metrics,
-                match_index,
+/// The index of the configuration entry, in an answer to a membership change.
+pub(super) fn membership_changed(answer: ResponseBody) -> Result<LogIndex> {
+    match answer {
+        ResponseBody::MembershipChanged(index) => Ok(index),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// What [`Client::cluster_status`](super::Client::cluster_status) has heard so far: each
+/// server's own report by the address it was asked at. It asks every address the client was
+/// given, then every member of the configuration that did not answer there, at the address the
+/// configuration gives ([`StatusSurvey::members_to_ask`]), then puts each member's report beside
+/// what the leader knows of it ([`StatusSurvey::finish`]).
+#[derive(Debug, Default)]
+pub(super) struct StatusSurvey {
+    reports: Vec<(SocketAddr, Result<Metrics>)>,
+}
+
+impl StatusSurvey {
+    /// Records the answer (or failure) of the server at `address`.
+    pub(super) fn record(&mut self, address: SocketAddr, report: Result<Metrics>) {
+        self.reports.push((address, report));
+    }
+
+    /// The leader that answered, of the highest term if several think they lead.
+    fn leader(&self) -> Option<&Metrics> {
+        self.answers()
+            .filter(|metrics| metrics.role == crate::Role::Leader)
+            .max_by_key(|metrics| metrics.current_term)
+    }
+
+    fn answers(&self) -> impl Iterator<Item = &Metrics> {
+        self.reports
+            .iter()
+            .filter_map(|(_, report)| report.as_ref().ok())
+    }
+
+    /// The configuration to report: the leader's, or failing that the one of the server with
+    /// the newest log among those that answered.
+    fn membership(&self) -> Option<&Membership> {
+        let newest = || {
+            self.answers()
+                .max_by_key(|metrics| (metrics.current_term, metrics.last_log_index))
+        };
+        self.leader()
+            .or_else(newest)
+            .map(|metrics| &metrics.membership)
+    }
+
+    /// Members of the configuration no answer came from yet, at their address in the
+    /// configuration, leaving out addresses already asked (a member that is down is asked
+    /// once). Members whose address is not `ip:port` are left to [`StatusSurvey::finish`].
+    pub(super) fn members_to_ask(&self) -> Vec<SocketAddr> {
+        let Some(membership) = self.membership() else {
+            return Vec::new();
+        };
+        let mut addresses: Vec<SocketAddr> = Vec::new();
+        for (id, member) in membership.members() {
+            if self.answers().any(|metrics| metrics.id == id) {
+                continue;
             }
-        })
-        .collect()
+            let Ok(address) = member.address.parse::<SocketAddr>() else {
+                continue;
+            };
+            let asked = self.reports.iter().any(|&(asked, _)| asked == address);
+            if !asked && !addresses.contains(&address) {
+                addresses.push(address);
+            }
+        }
+        addresses
+    }
+
+    /// Every member of the configuration in ascending id order, then every other server that
+    /// was asked (not a member: waiting to be added, or removed; or an address that did not
+    /// answer and is no member's), each with the leader's match index for it.
+    pub(super) fn finish(self) -> Vec<MemberStatus> {
+        let membership = self.membership().cloned().unwrap_or_default();
+        let leader = self.leader().cloned();
+        let match_index = |id: ServerId| {
+            let leader = leader.as_ref()?;
+            if leader.id == id {
+                Some(leader.last_log_index)
+            } else {
+                leader.match_indexes.get(&id).copied()
+            }
+        };
+        let mut reports: Vec<Option<(SocketAddr, Result<Metrics>)>> =
+            self.reports.into_iter().map(Some).collect();
+        let mut statuses = Vec::new();
+        for (id, member) in membership.members() {
+            let answered = reports.iter().position(|report| {
+                report
+                    .as_ref()
+                    .is_some_and(|(_, report)| report.as_ref().is_ok_and(|m| m.id == id))
+            });
+            let configured = member.address.parse::<SocketAddr>();
+            let failed_there = || {
+                let address = configured.as_ref().ok()?;
+                reports.iter().position(|report| {
+                    report
+                        .as_ref()
+                        .is_some_and(|(asked, report)| asked == address && report.is_err())
+                })
+            };
+            let (address, metrics) = match answered.or_else(failed_there) {
+                Some(position) => reports[position].take().expect("found above"),
+                None => (
+                    SocketAddr::from(([0, 0, 0, 0], 0)),
+                    Err(Error::Io {
+                        address: member.address.clone(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!(
+                                "{id}'s address in the configuration, {:?}, is not ip:port",
+                                member.address
+                            ),
+                        ),
+                    }),
+                ),
+            };
+            statuses.push(MemberStatus {
+                id: Some(id),
+                address,
+                voter: Some(member.voter),
+                metrics,
+                match_index: match_index(id),
+            });
+        }
+        for (address, metrics) in reports.into_iter().flatten() {
+            let id = metrics.as_ref().ok().map(|metrics| metrics.id);
+            statuses.push(MemberStatus {
+                id,
+                address,
+                voter: None,
+                metrics,
+                match_index: id.and_then(match_index),
+            });
+        }
+        statuses
+    }
 }
 
 /// One server of the cluster as [`Client::cluster_status`](super::Client::cluster_status) sees
 /// it.
 #[derive(Debug)]
 pub struct MemberStatus {
-    /// Where it was asked.
+    /// Its id: from the configuration, or from its own answer; `None` for an address the client
+    /// was given that did not answer and that no member of the configuration has.
+    pub id: Option<ServerId>,
+    /// Where it was asked: the address the client was given for it, or its address in the
+    /// configuration (`0.0.0.0:0` if that is not `ip:port`; the error then says so).
     pub address: SocketAddr,
+    /// In the configuration reported (the leader's): `Some(true)` for a voter, `Some(false)` for
+    /// a learner; `None` for a server outside it (waiting to be added, or removed).
+    pub voter: Option<bool>,
     /// Its own report (role, term, leader, commit and applied index, ...), or why none came.
     pub metrics: Result<Metrics>,
     /// How far the leader knows its log matches the leader's (the leader's own last index for
@@ -461,6 +588,137 @@ mod tests {
         let error = call.check_deadline(Duration::ZERO).unwrap_err().to_string();
         assert!(
             error.contains("not one of the cluster's addresses"),
+            "{error}"
+        );
+    }
+
+    /// A server that knows no leader may never learn of one (removed from the configuration, or
+    /// not added yet): the next attempt, after a pause, goes to the next server.
+    #[test]
+    fn an_unknown_leader_moves_on_to_the_next_server_after_a_pause() {
+        let cluster = addresses(3);
+        let mut route = Route::new(cluster.clone());
+        let mut call = Call::start(&route, PLENTY).unwrap();
+        for expected in [1, 2, 0] {
+            let from = route.target();
+            let step = call.answered(&mut route, from, ResponseBody::UnknownLeader, PLENTY);
+            assert!(
+                matches!(
+                    step,
+                    Step::Retry {
+                        close: false,
+                        pause: Some(_)
+                    }
+                ),
+                "{step:?}"
+            );
+            assert_eq!(route.target(), cluster[expected]);
+        }
+    }
+
+    #[test]
+    fn membership_changes_answer_with_their_index_and_refusals_carry_the_reason() {
+        let mut route = Route::new(addresses(1));
+        let mut call = Call::start(&route, PLENTY).unwrap();
+        let from = route.target();
+        let refusal = ResponseBody::Rejected {
+            reason: RejectionReason::MembershipChangeFailed,
+            message: "a configuration change is in progress (adding n4)".to_owned(),
+        };
+        let Step::Fail(error) = call.answered(&mut route, from, refusal, PLENTY) else {
+            panic!("a refused change is final");
+        };
+        assert!(matches!(error, Error::Rejected { .. }), "{error:?}");
+        let text = error.to_string();
+        assert!(text.contains("membership change failed"), "{text}");
+        assert!(text.contains("in progress (adding n4)"), "{text}");
+        assert_eq!(
+            membership_changed(ResponseBody::MembershipChanged(LogIndex(9))).unwrap(),
+            LogIndex(9)
+        );
+        assert!(membership_changed(ResponseBody::Transferred(ServerId(2))).is_err());
+    }
+
+    /// Metrics of server `id` in `role` at `term`, with `membership` in force.
+    fn metrics(id: u64, role: crate::Role, term: u64, membership: &Membership) -> Metrics {
+        Metrics {
+            id: ServerId(id),
+            role,
+            current_term: crate::Term(term),
+            current_leader: None,
+            last_log_index: LogIndex(10 * id),
+            commit_index: LogIndex(0),
+            last_applied: LogIndex(id),
+            match_indexes: Default::default(),
+            snapshot_index: LogIndex(0),
+            first_log_index: LogIndex(1),
+            membership: membership.clone(),
+        }
+    }
+
+    fn unreachable(address: SocketAddr) -> Result<Metrics> {
+        Err(Error::Io {
+            address: address.to_string(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        })
+    }
+
+    /// `cluster_status` asks the members the client was not given at their configured
+    /// addresses (a member that did not answer at an address already asked is not asked
+    /// again), and lists every member, learners and down ones included, in id order, then the
+    /// servers outside the configuration, each with the leader's match index.
+    #[test]
+    fn the_status_survey_follows_the_leaders_configuration() {
+        use crate::Role::{Follower, Leader, Learner};
+        let [a1, a2, a3, a4, a5] = <[SocketAddr; 5]>::try_from(addresses(5)).unwrap();
+        let stale = Membership::default()
+            .with_voter(ServerId(1), a1.to_string())
+            .with_voter(ServerId(2), a2.to_string());
+        let current = stale
+            .clone()
+            .with_voter(ServerId(3), a3.to_string())
+            .with_learner(ServerId(4), a4.to_string())
+            .with_voter(ServerId(6), "not an address");
+        let mut leader = metrics(2, Leader, 5, &current);
+        leader.match_indexes = [(ServerId(1), LogIndex(7)), (ServerId(4), LogIndex(3))].into();
+        let mut survey = StatusSurvey::default();
+        // The client was given n1 (stale, older term), n2 (the leader), n3's address (down)
+        // and n5 (a removed server).
+        survey.record(a1, Ok(metrics(1, Follower, 4, &stale)));
+        survey.record(a2, Ok(leader));
+        survey.record(a3, unreachable(a3));
+        survey.record(a5, Ok(metrics(5, Learner, 3, &stale)));
+        assert_eq!(survey.members_to_ask(), vec![a4]);
+        survey.record(a4, Ok(metrics(4, Learner, 5, &current)));
+        assert!(survey.members_to_ask().is_empty());
+        let statuses = survey.finish();
+        let summary: Vec<_> = statuses
+            .iter()
+            .map(|status| {
+                (
+                    status.id.map(|id| id.0),
+                    status.address,
+                    status.voter,
+                    status.metrics.as_ref().ok().map(|m| m.role),
+                    status.match_index.map(|index| index.0),
+                )
+            })
+            .collect();
+        let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+        assert_eq!(
+            summary,
+            [
+                (Some(1), a1, Some(true), Some(Follower), Some(7)),
+                (Some(2), a2, Some(true), Some(Leader), Some(20)),
+                (Some(3), a3, Some(true), None, None),
+                (Some(4), a4, Some(false), Some(Learner), Some(3)),
+                (Some(6), nowhere, Some(true), None, None),
+                (Some(5), a5, None, Some(Learner), None),
+            ]
+        );
+        let error = statuses[4].metrics.as_ref().unwrap_err().to_string();
+        assert!(
+            error.contains("\"not an address\", is not ip:port"),
             "{error}"
         );
     }

@@ -38,11 +38,13 @@ pub(super) const READ_CHUNK_BYTES: usize = 64 << 10;
 pub(super) enum Kind {
     /// Accepted; no preamble yet.
     AwaitingPreamble,
-    /// Accepted from a configured peer, which sends us its Raft messages on it.
+    /// Accepted from a peer (any server but this one: members change), which sends us its Raft
+    /// messages on it; we answer on it while we have no connection of our own to that peer.
     InboundPeer(ServerId),
     /// Accepted from a client, which sends requests and reads responses.
     Client(u64),
-    /// Dialled by us to a peer's configured address; we send our Raft messages on it.
+    /// Dialled by us to a peer (at its configured address, or its address in the
+    /// configuration); we send our Raft messages on it.
     /// `established` turns true once the TCP handshake completes.
     OutboundPeer {
         /// The peer dialled.
@@ -63,8 +65,10 @@ pub(super) enum CloseReason {
     Framing(WireError),
     /// The first frame was not a valid preamble.
     BadPreamble(WireError),
-    /// The preamble named a server id that is not one of our configured peers.
-    UnknownPeer(ServerId),
+    /// The preamble claimed this server's own id.
+    OwnId(ServerId),
+    /// The peer left the configuration: we no longer dial it.
+    NoLongerMember,
     /// A peer connection sent a frame that is not a Raft `Message`.
     NotAPeerMessage(WireError),
     /// A client connection sent a frame that is not a `ClientRequest`.
@@ -85,7 +89,7 @@ pub(super) enum CloseReason {
 impl CloseReason {
     /// Whether this is an ordinary end of a conversation rather than a fault worth a warning.
     pub(super) fn is_orderly(&self) -> bool {
-        matches!(self, CloseReason::EndOfStream)
+        matches!(self, CloseReason::EndOfStream | CloseReason::NoLongerMember)
     }
 }
 
@@ -98,12 +102,10 @@ impl fmt::Display for CloseReason {
             CloseReason::BadPreamble(error) => {
                 write!(f, "first message is not a valid preamble: {error}")
             }
-            CloseReason::UnknownPeer(id) => {
-                write!(
-                    f,
-                    "preamble claims peer {id}, which is not a configured peer"
-                )
+            CloseReason::OwnId(id) => {
+                write!(f, "preamble claims to be peer {id}, which is this server")
             }
+            CloseReason::NoLongerMember => write!(f, "the peer left the configuration"),
             CloseReason::NotAPeerMessage(error) => {
                 write!(f, "peer sent something other than a Raft message: {error}")
             }
@@ -155,7 +157,7 @@ pub(super) struct Received {
 #[derive(Debug)]
 pub(super) struct Connection {
     stream: TcpStream,
-    /// The remote address (for logs, and the configured address for outbound peers).
+    /// The remote address (for logs; for outbound peers, the address dialled).
     address: SocketAddr,
     /// Who is on the other end. Changes once, when the preamble arrives (or the connect ends).
     kind: Kind,

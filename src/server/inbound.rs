@@ -10,13 +10,15 @@ use super::connection::{CloseReason, Connection, Kind, ReadEnd};
 use super::outbound::Proposer;
 use super::timers::Deadline;
 use super::{deadline_after, Reactor, CONNECTIONS_MAX};
-use crate::consensus::{Event, ProposalId, SessionRequest};
+use crate::consensus::{Event, MembershipChange, ProposalId, SessionRequest};
 use crate::error::Result;
 use crate::log::PersistentLog;
 use crate::state_machine::StateMachine;
+use crate::types::ServerId;
 use crate::wire::{self, ClientRequest, Preamble, RejectionReason, RequestBody, ResponseBody};
 use mio::Token;
 use std::io;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 impl<L, M> Reactor<L, M>
@@ -146,14 +148,17 @@ where
         self.message_bytes_max / 2
     }
 
-    /// The first frame says who is calling: a configured peer, or a client.
+    /// The first frame says who is calling: a peer, or a client. Any server id but ours is
+    /// accepted as a peer: members come and go (thesis ch. 4), a server waiting to be added
+    /// knows no peers, and a new leader may not be in the configuration we know yet. What a
+    /// non-member can do is bounded by the core's rules (terms, pre-vote, the leader lease).
     fn handle_preamble(&mut self, token: Token, frame: &[u8]) {
         let kind = match wire::decode_preamble(frame) {
-            Ok(Preamble::Peer(peer)) if self.peers.contains_key(&peer) => Kind::InboundPeer(peer),
-            Ok(Preamble::Peer(peer)) => {
-                self.close(token, CloseReason::UnknownPeer(peer));
+            Ok(Preamble::Peer(peer)) if peer == self.id => {
+                self.close(token, CloseReason::OwnId(peer));
                 return;
             }
+            Ok(Preamble::Peer(peer)) => Kind::InboundPeer(peer),
             Ok(Preamble::Client(client)) => Kind::Client(client),
             Err(error) => {
                 self.close(token, CloseReason::BadPreamble(error));
@@ -170,7 +175,7 @@ where
             log::debug!("{}: identified {connection}", self.id);
         }
         if let Some(peer) = calling_peer {
-            self.on_peer_dialled_us(peer);
+            self.on_peer_dialled_us(peer, token);
         }
     }
 
@@ -220,12 +225,63 @@ where
             RequestBody::TransferLeadership(to) => {
                 self.submit(token, request_id, |id| Event::TransferLeadership { id, to })
             }
+            RequestBody::AddServer { id, address } => {
+                self.change_membership(token, request_id, id, address, true)
+            }
+            RequestBody::AddLearner { id, address } => {
+                self.change_membership(token, request_id, id, address, false)
+            }
+            RequestBody::RemoveServer(server) => {
+                self.submit(token, request_id, |id| Event::ChangeMembership {
+                    id,
+                    change: MembershipChange::RemoveServer { id: server },
+                })
+            }
             RequestBody::Status => {
                 let body = ResponseBody::Status(self.consensus.metrics());
                 self.respond(token, request_id, body);
                 Ok(())
             }
         }
+    }
+
+    /// Adds `server` at `address` as a voter or a learner. The address must be an `ip:port`:
+    /// the only kind of address servers dial (see `peers.rs`), so a member added at another
+    /// could never be reached.
+    fn change_membership(
+        &mut self,
+        token: Token,
+        request_id: u64,
+        server: ServerId,
+        address: String,
+        voter: bool,
+    ) -> Result<()> {
+        if let Err(error) = address.parse::<SocketAddr>() {
+            let body = ResponseBody::Rejected {
+                reason: RejectionReason::BadRequest,
+                message: format!(
+                    "{server}'s address {address:?} is not ip:port ({error}), the only kind of \
+                     address servers dial"
+                ),
+            };
+            self.respond(token, request_id, body);
+            return Ok(());
+        }
+        let change = if voter {
+            MembershipChange::AddServer {
+                id: server,
+                address,
+            }
+        } else {
+            MembershipChange::AddLearner {
+                id: server,
+                address,
+            }
+        };
+        self.submit(token, request_id, |id| Event::ChangeMembership {
+            id,
+            change,
+        })
     }
 
     /// Hands a client's request to the core under a fresh id, remembering who to answer.

@@ -1,6 +1,7 @@
 //! [`LocalCluster`]: a whole cluster of in-process servers on 127.0.0.1, for tests, benchmarks
 //! and experiments. Every listener is bound (port 0) before any server starts, so each server
-//! knows every other's address without racing for ports.
+//! knows every other's address without racing for ports. Servers started later to join
+//! ([`LocalCluster::spawn_joining`]) learn the others from the configuration once added.
 
 use super::{Server, ServerBuilder, ServerHandle};
 use crate::consensus::Role;
@@ -30,7 +31,10 @@ use std::time::{Duration, Instant};
 /// ```
 #[derive(Debug)]
 pub struct LocalCluster {
+    /// The running servers, in the order they started.
     servers: Vec<ServerHandle>,
+    /// Each server's id, at the same position as its handle.
+    ids: Vec<ServerId>,
 }
 
 impl LocalCluster {
@@ -51,14 +55,7 @@ impl LocalCluster {
     {
         let mut listeners = Vec::new();
         for _ in 0..size {
-            let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
-                address: "127.0.0.1:0".to_owned(),
-                source,
-            })?;
-            let address = listener.local_addr().map_err(|source| Error::Io {
-                address: "127.0.0.1:0".to_owned(),
-                source,
-            })?;
+            let (address, listener) = bind_local()?;
             listeners.push((ServerId(listeners.len() as u64 + 1), address, listener));
         }
         let addresses: HashMap<ServerId, SocketAddr> = listeners
@@ -66,6 +63,7 @@ impl LocalCluster {
             .map(|&(id, address, _)| (id, address))
             .collect();
         let mut servers = Vec::new();
+        let mut ids = Vec::new();
         for (id, address, listener) in listeners {
             let peers = addresses
                 .iter()
@@ -76,21 +74,90 @@ impl LocalCluster {
                 .with_listener(listener)
                 .with_peers(peers);
             servers.push(configure(builder).spawn()?);
+            ids.push(id);
         }
-        Ok(LocalCluster { servers })
+        Ok(LocalCluster { servers, ids })
     }
 
-    /// Every server's client address, server 1 first.
+    /// Starts server `id` on a free port of 127.0.0.1 to join this cluster
+    /// ([`ServerBuilder::join`]): it stays passive until a leader adds it (with
+    /// [`Client::add_server`](crate::Client::add_server) at the address returned). The
+    /// builder goes through `configure` first.
+    ///
+    /// # Errors
+    /// A bind or configuration error, naming the address or setting.
+    ///
+    /// # Examples
+    /// ```
+    /// use mioraft::server::LocalCluster;
+    /// use mioraft::{Client, KvStateMachine, MemLog, Role, ServerId};
+    /// use std::time::Duration;
+    ///
+    /// let mut cluster = LocalCluster::spawn(1, |_| MemLog::new(), |_| KvStateMachine::new(), |b| b)?;
+    /// cluster.wait_for_leader(Duration::from_secs(10))?;
+    /// let address = cluster.spawn_joining(ServerId(2), MemLog::new(), KvStateMachine::new(), |b| b)?;
+    /// let mut client = Client::new(cluster.addresses()).with_timeout(Duration::from_secs(10));
+    /// client.add_server(ServerId(2), address)?;
+    /// assert_eq!(cluster.server(ServerId(2)).unwrap().metrics().membership.voters().len(), 2);
+    /// cluster.shutdown()?;
+    /// # Ok::<(), mioraft::Error>(())
+    /// ```
+    pub fn spawn_joining<L, M>(
+        &mut self,
+        id: ServerId,
+        log: L,
+        state_machine: M,
+        configure: impl FnOnce(ServerBuilder<L, M>) -> ServerBuilder<L, M>,
+    ) -> Result<SocketAddr>
+    where
+        L: PersistentLog + Send + 'static,
+        M: StateMachine,
+    {
+        let (address, listener) = bind_local()?;
+        let builder = Server::new(id, address, log, state_machine)
+            .with_listener(listener)
+            .join();
+        let handle = configure(builder).spawn()?;
+        self.servers.push(handle);
+        self.ids.push(id);
+        Ok(address)
+    }
+
+    /// The running server `id`, if there is one.
+    pub fn server(&self, id: ServerId) -> Option<&ServerHandle> {
+        let position = self.ids.iter().position(|&running| running == id)?;
+        self.servers.get(position)
+    }
+
+    /// The ids of the running servers, in the order they started.
+    pub fn ids(&self) -> &[ServerId] {
+        &self.ids
+    }
+
+    /// Stops server `id` and takes it out of the cluster's list (its address stays unused).
+    ///
+    /// # Errors
+    /// The error the server stopped with; [`Error::ServerStopped`] if no server `id` runs.
+    pub fn stop(&mut self, id: ServerId) -> Result<()> {
+        let Some(position) = self.ids.iter().position(|&running| running == id) else {
+            return Err(Error::ServerStopped(format!("{id} is not running")));
+        };
+        self.ids.remove(position);
+        self.servers.remove(position).shutdown()
+    }
+
+    /// Every running server's client address, in the order they started (server 1 first).
     pub fn addresses(&self) -> Vec<SocketAddr> {
         self.servers.iter().map(ServerHandle::local_addr).collect()
     }
 
-    /// The running servers, server 1 first.
+    /// The running servers, in the order they started (server 1 first).
     pub fn servers(&self) -> &[ServerHandle] {
         &self.servers
     }
 
-    /// The servers themselves, server 1 first, to stop or restart one at a time.
+    /// The servers themselves, in the order they started (server 1 first), to stop or restart
+    /// one at a time.
     pub fn into_servers(self) -> Vec<ServerHandle> {
         self.servers
     }
@@ -133,4 +200,15 @@ impl LocalCluster {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// A listener on a free port of 127.0.0.1, and its address.
+fn bind_local() -> Result<(SocketAddr, TcpListener)> {
+    let io = |source| Error::Io {
+        address: "127.0.0.1:0".to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    let address = listener.local_addr().map_err(io)?;
+    Ok((address, listener))
 }

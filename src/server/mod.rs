@@ -8,12 +8,14 @@
 //!
 //! The pieces: `connection.rs` (one connection's buffers and I/O), `inbound.rs` (accepting,
 //! reading, preambles, peer messages and client requests), `outbound.rs` (carrying out actions:
-//! dialling peers, sending messages, answering clients), `timers.rs` (deadlines and backoff).
+//! sending messages, answering clients), `peers.rs` (whom to dial and where, following the
+//! configuration in force), `timers.rs` (deadlines and backoff).
 
 mod connection;
 mod inbound;
 mod local_cluster;
 mod outbound;
+mod peers;
 mod timers;
 
 pub use local_cluster::LocalCluster;
@@ -22,6 +24,7 @@ use crate::consensus::{Config, Consensus, Event};
 use crate::error::{ConfigError, Error, Result};
 use crate::framing::MESSAGE_BYTES_MAX_DEFAULT;
 use crate::log::PersistentLog;
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::state_machine::StateMachine;
 use crate::types::ServerId;
@@ -29,7 +32,8 @@ use crate::wire::install_snapshot_overhead_bytes;
 use connection::{CloseReason, Connection, Kind};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use outbound::{Peer, Proposer};
+use outbound::Proposer;
+use peers::Peer;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use slab::Slab;
@@ -120,6 +124,7 @@ impl Server {
             preamble_timeout: PREAMBLE_TIMEOUT_DEFAULT,
             listener: None,
             rng_seed: None,
+            join: false,
         }
     }
 }
@@ -153,6 +158,8 @@ pub struct ServerBuilder<L, M> {
     preamble_timeout: Duration,
     listener: Option<std::net::TcpListener>,
     rng_seed: Option<u64>,
+    /// Start with an empty configuration and wait to be added (see [`ServerBuilder::join`]).
+    join: bool,
 }
 
 impl<L, M> ServerBuilder<L, M>
@@ -161,11 +168,45 @@ where
     M: StateMachine,
 {
     /// The other members of the cluster and the addresses this server dials them at (and tells
-    /// clients to go to). These addresses are the only ones ever dialled (DESIGN.md §4). An
-    /// entry for this server's own id is ignored.
+    /// clients to go to). An entry for this server's own id is ignored.
+    ///
+    /// A new cluster's first configuration (thesis §4.1) is these peers and this server, all
+    /// voters, with their addresses (this server's: the address its listener is bound to).
+    /// Once the log holds a configuration, that one is in force instead, and this server dials
+    /// every member of it. A peer listed here is always dialled at the address given here
+    /// (DESIGN.md §4), whatever the configuration says; a member not listed here (added
+    /// later) is dialled at its address in the configuration.
     #[must_use]
     pub fn with_peers(mut self, peers: HashMap<ServerId, SocketAddr>) -> Self {
         self.peers = peers;
+        self
+    }
+
+    /// Starts this server to join a running cluster: with an empty configuration, it stays
+    /// passive (it never campaigns and reports [`Role::Learner`](crate::Role::Learner)) until
+    /// the cluster's leader adds it ([`Client::add_server`](crate::Client::add_server) or
+    /// [`Client::add_learner`](crate::Client::add_learner)) and the configuration that does so
+    /// reaches it. Peers given with [`with_peers`](Self::with_peers) are not needed; if given,
+    /// they are the addresses those servers are dialled at once they are members.
+    ///
+    /// A server whose log already holds a configuration (restarted after it was added) uses
+    /// that one, as any server does.
+    ///
+    /// # Examples
+    /// ```
+    /// use mioraft::{KvStateMachine, MemLog, Role, Server, ServerId};
+    ///
+    /// let joining = Server::new(ServerId(4), "127.0.0.1:0".parse()?, MemLog::new(), KvStateMachine::new())
+    ///     .join()
+    ///     .spawn()?;
+    /// assert_eq!(joining.metrics().role, Role::Learner);
+    /// assert!(joining.metrics().membership.is_empty());
+    /// joining.shutdown()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn join(mut self) -> Self {
+        self.join = true;
         self
     }
 
@@ -337,21 +378,11 @@ where
             .into());
         }
         let id = self.id;
-        let peers: BTreeMap<ServerId, SocketAddr> = self
+        let configured_peers: BTreeMap<ServerId, SocketAddr> = self
             .peers
             .into_iter()
             .filter(|&(peer, _)| peer != id)
             .collect();
-        let voters = peers.keys().copied().chain([id]).collect();
-        let rng_seed = self.rng_seed.unwrap_or_else(|| default_seed(id));
-        let consensus = Consensus::new(
-            id,
-            voters,
-            self.log,
-            self.state_machine,
-            self.config,
-            rng_seed,
-        )?;
         let io_error = |address: SocketAddr| {
             move |source| Error::Io {
                 address: address.to_string(),
@@ -372,6 +403,25 @@ where
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(io_error(local_addr))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_error(local_addr))?);
+        // Thesis §4.1: a new cluster starts from the configuration its servers are given; a
+        // joining server from none at all.
+        let membership = if self.join {
+            Membership::default()
+        } else {
+            configured_peers.iter().fold(
+                Membership::default().with_voter(id, local_addr.to_string()),
+                |membership, (&peer, address)| membership.with_voter(peer, address.to_string()),
+            )
+        };
+        let rng_seed = self.rng_seed.unwrap_or_else(|| default_seed(id));
+        let consensus = Consensus::with_membership(
+            id,
+            membership,
+            self.log,
+            self.state_machine,
+            self.config,
+            rng_seed,
+        )?;
         let metrics = Arc::new(Mutex::new(consensus.metrics()));
         let reactor = Reactor {
             id,
@@ -382,10 +432,10 @@ where
             serials_issued: 0,
             consensus,
             timers: Timers::default(),
-            peers: peers
-                .into_iter()
-                .map(|(peer, address)| (peer, Peer::new(address)))
-                .collect(),
+            configured_peers,
+            peers: BTreeMap::new(),
+            inbound_peers: BTreeMap::new(),
+            membership_seen: None,
             proposals: BTreeMap::new(),
             proposals_issued: 0,
             message_bytes_max: self.message_bytes_max,
@@ -496,8 +546,19 @@ struct Reactor<L: PersistentLog, M: StateMachine> {
     consensus: Consensus<L, M>,
     /// Consensus timers, reconnections and preamble deadlines.
     timers: Timers,
-    /// The configured peers: address, outbound connection, backoff.
+    /// The peers given at start (with_peers) and their addresses: always dialled there
+    /// (DESIGN.md §4). Constant.
+    configured_peers: BTreeMap<ServerId, SocketAddr>,
+    /// The servers dialled: every member of the configuration in force but this server (whose
+    /// address can be told): address, outbound connection, backoff. Kept in line with the
+    /// configuration by `peers.rs`.
     peers: BTreeMap<ServerId, Peer>,
+    /// Each peer's latest connection to us, answered on while we have none to it.
+    /// Invariant: each token is an open `Kind::InboundPeer` connection of that peer.
+    inbound_peers: BTreeMap<ServerId, Token>,
+    /// The configuration the peer table was last brought in line with; `None` before the
+    /// first time.
+    membership_seen: Option<Membership>,
     /// Proposals handed to the core and not answered yet, by the tag we gave them.
     /// Bounded by the core: a leader refuses past `uncommitted_entries_max`, others answer now.
     proposals: BTreeMap<crate::consensus::ProposalId, Proposer>,
@@ -529,22 +590,25 @@ where
     /// Serves until stopped or until the log fails.
     fn run(mut self) -> Result<()> {
         let peers: Vec<String> = self
-            .peers
+            .configured_peers
             .iter()
-            .map(|(peer, state)| format!("{peer} at {}", state.address()))
+            .map(|(peer, address)| format!("{peer} at {address}"))
             .collect();
         log::info!(
-            "{}: serving on {}; peers: [{}]",
+            "{}: serving on {}; configured peers: [{}]",
             self.id,
             self.local_addr,
             peers.join(", ")
         );
+        if self.consensus.membership().is_empty() {
+            log::info!(
+                "{}: waiting to be added to a cluster (no configuration yet)",
+                self.id
+            );
+        }
+        // Carrying out the first actions dials every member of the configuration in force.
         let actions = self.consensus.start();
         self.carry_out(actions);
-        let peers: Vec<ServerId> = self.peers.keys().copied().collect();
-        for peer in peers {
-            self.dial(peer);
-        }
         let mut events = Events::with_capacity(EVENTS_PER_POLL_MAX);
         let mut outcome = Ok(());
         while !self.stop.load(Ordering::Acquire) {
@@ -633,13 +697,16 @@ where
     }
 
     /// Closes the connection at `token` (if still open) and logs why; a lost outbound peer
-    /// connection is dialled again after a backoff.
+    /// connection is dialled again after a backoff (if the peer is still a member).
     fn close(&mut self, token: Token, reason: CloseReason) {
         let Some(mut connection) = self.connections.try_remove(token.0) else {
             return;
         };
         connection.deregister(self.poll.registry());
         self.timers.cancel(Deadline::Preamble(token.0));
+        if let Kind::InboundPeer(peer) = connection.kind() {
+            self.on_inbound_closed(peer, token);
+        }
         match connection.kind() {
             Kind::OutboundPeer { peer, established } => {
                 if established {

@@ -1,73 +1,33 @@
 //! Owns what leaves: carrying out the core's [`Actions`] (timers, messages to peers, replies to
-//! proposers), the group-commit sync, the connections this server dials to its peers (only at
-//! their configured addresses, DESIGN.md §4, reconnecting with backoff), and writing queued
-//! output.
+//! proposers), the group-commit sync, and writing queued output. Which peers are dialled, where
+//! and on which connection their messages go is `peers.rs`'s.
 //!
 //! A message for a peer whose outbound connection is down is dropped: Raft retries on its own
-//! (heartbeats, probes, new elections), and [`Event::PeerConnected`] tells the core to resend
+//! (heartbeats, probes, new elections), and [`Event::PeerConnected`](crate::consensus::Event::PeerConnected) tells the core to resend
 //! once the connection is back.
 //!
-//! Messages for one peer all go, in the order the core produced them, on our one connection to
-//! it, so they arrive in that order or not at all; nothing here reorders or coalesces them.
-//! Only a reconnection can mix old and new: frames the old connection delivered may still be
+//! Messages for one peer all go, in the order the core produced them, on one connection to it
+//! (ours, or while we have none, its own to us), so they arrive in that order or not at all;
+//! nothing here reorders or coalesces them. Only a change of connection can mix old and new: frames the old connection delivered may still be
 //! unread at the peer when the new connection's first frames arrive, and the peer may read
 //! either first. Each connection's unsent output is bounded (`OUTPUT_BYTES_MAX`, 64 MiB); a
 //! message that would pass it closes the connection instead (logged with both sizes), losing
 //! everything queued on it, and the peer is dialled again after a backoff, where
-//! [`Event::PeerConnected`] tells the core to resend from what the peer acknowledged. The core's
+//! [`Event::PeerConnected`](crate::consensus::Event::PeerConnected) tells the core to resend from what the peer acknowledged. The core's
 //! flow control (`in_flight_appends_max`, `snapshot_chunks_in_flight`) keeps a follower's queue
 //! far below that limit: the server refuses at start a snapshot window larger than half of it.
 
-use super::connection::{Connection, Kind};
-use super::timers::{Backoff, Deadline};
+use super::connection::Kind;
+use super::timers::Deadline;
 use super::{deadline_after, Reactor};
-use crate::consensus::{
-    Actions, ClientReply, Envelope, Event, Message, ProposalOutcome, TimerAction,
-};
+use crate::consensus::{Actions, ClientReply, Envelope, Message, ProposalOutcome, TimerAction};
 use crate::error::Result;
 use crate::log::PersistentLog;
 use crate::state_machine::StateMachine;
 use crate::types::ServerId;
-use crate::wire::{self, ClientResponse, Preamble, RejectionReason, ResponseBody};
-use mio::net::TcpStream;
+use crate::wire::{self, ClientResponse, RejectionReason, ResponseBody};
 use mio::Token;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
-
-/// How long an outbound connection must have been up for its loss to reset the backoff. A peer
-/// that accepts and then drops us at once (it does not know our id, say) keeps backing off
-/// instead of being dialled every 20 ms.
-const CONNECTION_STABLE_AFTER: Duration = Duration::from_secs(1);
-
-/// One configured peer, as the reactor sees it.
-#[derive(Debug)]
-pub(super) struct Peer {
-    /// The configured address: the only one ever dialled.
-    address: SocketAddr,
-    /// Our connection to it, while one is open or being opened.
-    outbound: Option<Token>,
-    /// When the current outbound connection was established, if it was.
-    established_at: Option<Instant>,
-    /// Delays between attempts to reach it.
-    backoff: Backoff,
-}
-
-impl Peer {
-    /// A peer at `address`, not dialled yet.
-    pub(super) fn new(address: SocketAddr) -> Self {
-        Peer {
-            address,
-            outbound: None,
-            established_at: None,
-            backoff: Backoff::new(),
-        }
-    }
-
-    /// The configured address.
-    pub(super) fn address(&self) -> SocketAddr {
-        self.address
-    }
-}
+use std::time::Instant;
 
 /// Who is waiting for a proposal's outcome.
 #[derive(Clone, Copy, Debug)]
@@ -106,6 +66,7 @@ where
             self.reply_to_proposer(reply);
         }
         self.sync_required |= actions.sync_required;
+        self.follow_membership();
     }
 
     /// Group commit: one sync covers every write of the turn. Its actions (released messages,
@@ -122,25 +83,12 @@ where
         Ok(())
     }
 
-    /// Queues a Raft message on our connection to its destination, or drops it if that
-    /// connection is not up.
+    /// Queues a Raft message on a connection to its destination, or drops it if there is none.
     fn send_to_peer(&mut self, envelope: Envelope) {
         let Envelope { to, message } = envelope;
-        let token = self.peers.get(&to).and_then(|peer| peer.outbound);
-        let established = token
-            .and_then(|token| self.connections.get(token.0))
-            .is_some_and(|c| {
-                matches!(
-                    c.kind(),
-                    Kind::OutboundPeer {
-                        established: true,
-                        ..
-                    }
-                )
-            });
-        match token {
-            Some(token) if established => self.queue_frame(token, &wire::encode_message(&message)),
-            _ => {
+        match self.connection_to(to) {
+            Some(token) => self.queue_frame(token, &wire::encode_message(&message)),
+            None => {
                 // Snapshot chunks are few and large, and their loss stalls a transfer until the
                 // core resends: worth a line at a level operators keep.
                 let level = if matches!(message, Message::InstallSnapshot(_)) {
@@ -210,10 +158,9 @@ where
                 reason: RejectionReason::TransferFailed,
                 message: reason,
             },
-            // TEMP(membership wire): replaced by proper responses.
-            ProposalOutcome::MembershipChanged { index } => ResponseBody::Committed(index),
+            ProposalOutcome::MembershipChanged { index } => ResponseBody::MembershipChanged(index),
             ProposalOutcome::MembershipChangeFailed { reason } => ResponseBody::Rejected {
-                reason: RejectionReason::TransferFailed,
+                reason: RejectionReason::MembershipChangeFailed,
                 message: reason,
             },
             ProposalOutcome::Unknown { index } => ResponseBody::Rejected {
@@ -228,15 +175,23 @@ where
         self.respond(proposer.token, proposer.request_id, body);
     }
 
-    /// Where to send a client that asked the wrong server: the leader's configured address if
-    /// this server knows it, "unknown leader" otherwise.
+    /// Where to send a client that asked the wrong server: the leader's configured address
+    /// (with_peers) if it has one, else its address in the configuration in force; "unknown
+    /// leader" if this server knows no leader or no address for it.
     pub(super) fn not_leader_response(&self, leader: Option<ServerId>) -> ResponseBody {
-        match leader.and_then(|leader| Some((leader, self.peers.get(&leader)?))) {
-            Some((leader_id, peer)) => ResponseBody::NotLeader {
-                leader_id,
-                leader_address: peer.address.to_string(),
+        let Some(leader_id) = leader else {
+            return ResponseBody::UnknownLeader;
+        };
+        let leader_address = match self.configured_peers.get(&leader_id) {
+            Some(address) => address.to_string(),
+            None => match self.consensus.membership().address(leader_id) {
+                Some(address) => address.to_owned(),
+                None => return ResponseBody::UnknownLeader,
             },
-            None => ResponseBody::UnknownLeader,
+        };
+        ResponseBody::NotLeader {
+            leader_id,
+            leader_address,
         }
     }
 
@@ -248,7 +203,7 @@ where
 
     /// Queues `frame` on a connection for the end-of-turn flush; a connection whose output
     /// buffer is full is closed.
-    fn queue_frame(&mut self, token: Token, frame: &[u8]) {
+    pub(super) fn queue_frame(&mut self, token: Token, frame: &[u8]) {
         let Some(connection) = self.connections.get_mut(token.0) else {
             return;
         };
@@ -290,13 +245,10 @@ where
                         established: true,
                     });
                     log::info!("{}: connected: {connection}", self.id);
-                    if let Some(state) = self.peers.get_mut(&peer) {
-                        state.established_at = Some(Instant::now());
-                    }
                     // The preamble waiting in the buffer goes first, then whatever the core
                     // resends now that the link is back.
                     self.to_flush.push(token);
-                    return self.step(Event::PeerConnected(peer));
+                    return self.on_outbound_established(peer);
                 }
                 Err(reason) => {
                     self.close(token, reason);
@@ -308,95 +260,6 @@ where
             self.close(token, reason);
         }
         Ok(())
-    }
-
-    /// Opens a connection to `peer` at its configured address, with our preamble queued first.
-    /// On failure, tries again after a backoff.
-    pub(super) fn dial(&mut self, peer: ServerId) {
-        let Some(state) = self.peers.get(&peer) else {
-            return;
-        };
-        if state.outbound.is_some() {
-            return;
-        }
-        let address = state.address;
-        let stream = match TcpStream::connect(address) {
-            Ok(stream) => stream,
-            Err(error) => {
-                log::debug!("{}: dialling peer {peer} at {address}: {error}", self.id);
-                self.schedule_reconnect(peer);
-                return;
-            }
-        };
-        let serial = self.next_serial();
-        let mut connection = Connection::new(
-            stream,
-            address,
-            Kind::OutboundPeer {
-                peer,
-                established: false,
-            },
-            serial,
-            self.message_bytes_max,
-        );
-        let entry = self.connections.vacant_entry();
-        let token = Token(entry.key());
-        if let Err(error) = connection.register(self.poll.registry(), token) {
-            log::warn!("{}: cannot poll {connection}: {error}", self.id);
-            self.schedule_reconnect(peer);
-            return;
-        }
-        entry.insert(connection);
-        if let Some(state) = self.peers.get_mut(&peer) {
-            state.outbound = Some(token);
-            state.established_at = None;
-        }
-        self.queue_frame(token, &wire::encode_preamble(&Preamble::Peer(self.id)));
-    }
-
-    /// `peer` dialled us, so it is up (it may just have restarted): if we have no connection to
-    /// it, dial it back now instead of when our backoff says, so messages flow both ways at once.
-    pub(super) fn on_peer_dialled_us(&mut self, peer: ServerId) {
-        let Some(state) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        if state.outbound.is_some() {
-            return;
-        }
-        state.backoff.reset();
-        log::debug!("{}: {peer} called us; dialling it back now", self.id);
-        self.dial(peer);
-    }
-
-    /// Our connection to `peer` closed: forget it and dial again after a backoff, which starts
-    /// over only if the connection had been healthy for a while.
-    pub(super) fn on_outbound_closed(&mut self, peer: ServerId, token: Token) {
-        let Some(state) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        if state.outbound != Some(token) {
-            return;
-        }
-        state.outbound = None;
-        if state
-            .established_at
-            .take()
-            .is_some_and(|at| at.elapsed() >= CONNECTION_STABLE_AFTER)
-        {
-            state.backoff.reset();
-        }
-        self.schedule_reconnect(peer);
-    }
-
-    fn schedule_reconnect(&mut self, peer: ServerId) {
-        let Some(state) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        let delay = state.backoff.next_delay(&mut self.rng);
-        log::trace!("{}: dialling {peer} again in {delay:?}", self.id);
-        if let Some(at) = deadline_after(Instant::now(), delay) {
-            self.timers.set(Deadline::Reconnect(peer), at);
-        }
     }
 
     /// On the way out: tell clients still waiting for a proposal that the server is stopping
