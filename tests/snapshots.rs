@@ -290,11 +290,11 @@ fn a_follower_down_while_the_cluster_compacted_catches_up_by_snapshot() {
         caught_up.snapshot_index > LogIndex(20),
         "caught up by snapshot: {caught_up:?}"
     );
-    // It stopped before the first snapshot (every 50 entries), so the one it restored came
-    // from the leader.
-    assert_eq!(
-        cluster.seen(follower).restores,
-        1,
+    // It stopped before the first snapshot (every 50 entries), so what it restored came from
+    // the leader. (On a loaded machine the leader may compact past it once more before it has
+    // caught up by appends, and send a newer snapshot: more than one restore is fine.)
+    assert!(
+        cluster.seen(follower).restores >= 1,
         "restored the leader's snapshot"
     );
 }

@@ -196,8 +196,11 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
 
     /// "Not leader", naming the leader we know of, or the one we are handing over to.
     fn not_leader(&self) -> ProposalOutcome {
+        // A leader that is leaving (§4.2.2) does not name itself: the client tries elsewhere.
         ProposalOutcome::NotLeader {
-            leader: self.transferring_to().or(self.leader_id),
+            leader: self
+                .transferring_to()
+                .or(self.leader_id.filter(|&leader| leader != self.id)),
         }
     }
 
