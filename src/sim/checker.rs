@@ -142,9 +142,11 @@ impl Checker {
     /// term, so they refuse, on the log comparison alone, any candidate that lacks it; a server
     /// without it must therefore never find a majority whose logs are no more up-to-date than its
     /// own among the voters it would count. Thesis §4.1: a server counts votes by the
-    /// configuration in force in its own log, and one outside that configuration's voters never
-    /// campaigns. `logs` holds each server's log and the configuration in force there (a crashed
-    /// server's as its restart will find them).
+    /// configuration in force in its own log, its own vote only if that makes it a voter. A
+    /// server outside its voters is checked too: it may still have to campaign while the entry
+    /// that removed it is uncommitted (thesis §4.2.2, Figure 4.6). Only a server with an empty
+    /// configuration, which waits to be added, never campaigns. `logs` holds each server's log
+    /// and the configuration in force there (a crashed server's as its restart will find them).
     ///
     /// # Errors
     /// The server that could be elected without a committed entry.
@@ -157,7 +159,7 @@ impl Checker {
         };
         let position = |log: &SimLog| (log.latest_log_term(), log.latest_log_index());
         for (id, log, membership) in logs.clone() {
-            if !membership.is_voter(id) {
+            if membership.voter_count() == 0 {
                 continue;
             }
             if log.term(index).ok().flatten() == Some(term) {
@@ -554,9 +556,8 @@ mod tests {
         );
     }
 
-    /// Thesis §4.1: a server counts votes by its own configuration, and one outside its voters
-    /// never campaigns: spares with empty logs do not make up a majority for a voter that lacks a
-    /// committed entry.
+    /// Thesis §4.1: a server counts votes by its own configuration: spares with empty logs and
+    /// configurations do not make up a majority for a voter that lacks a committed entry.
     #[test]
     fn committed_entry_safety_counts_only_the_candidates_voters() {
         let configuration = voters(&[1, 2, 3]);
