@@ -73,7 +73,8 @@ impl SimConfig {
     }
 
     /// Every fault kind at strengths drawn from `rng`, with batching and pipelining limits drawn
-    /// too, and a few clients with a workload drawn too.
+    /// too, a few clients with a workload drawn too, and one or two spares for configuration
+    /// changes (themselves a fault action in most runs).
     pub fn random(node_count: usize, rng: &mut impl Rng) -> Self {
         let core = Config {
             // One-entry appends in a third of the runs, so a follower can hold an earlier term's

@@ -74,8 +74,8 @@ impl FaultConfig {
             fault_interval_mean_us: rng.gen_range(100_000..1_000_000),
             crash_weight: rng.gen_range(1..4),
             partition_weight: rng.gen_range(1..4),
-            // Drawn by `SimConfig::random` after everything else, so older seeds keep their
-            // other knobs.
+            // These two are drawn by `SimConfig::random` after everything else, so older seeds
+            // keep their other knobs.
             transfer_weight: 0,
             membership_weight: 0,
             isolate_new_leader_probability: rng.gen_range(0.1..0.9),
