@@ -386,7 +386,7 @@ impl Simulation {
         }
         state.outstanding = None;
         state.stats.timeouts += 1;
-        state.leader_guess = *self.voters.choose(&mut self.rng).expect("servers");
+        state.leader_guess = *self.servers.choose(&mut self.rng).expect("servers");
         self.client_retry(client, 0);
     }
 
@@ -460,7 +460,7 @@ impl Simulation {
                     // spin without the clock moving.
                     Some(leader) => (leader, 100),
                     None => (
-                        *self.voters.choose(&mut self.rng).expect("servers"),
+                        *self.servers.choose(&mut self.rng).expect("servers"),
                         self.rng.gen_range(1_000..20_000),
                     ),
                 };

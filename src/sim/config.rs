@@ -9,8 +9,12 @@ use std::time::Duration;
 /// How a simulated cluster is built and how unreliable it is.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
-    /// Number of servers, ids 1..=node_count.
+    /// Number of servers in the initial configuration, all voters: ids 1..=node_count.
     pub node_count: usize,
+    /// Number of spare servers, ids after the voters', started with an empty configuration to
+    /// join (thesis §4.2.1): passive until a leader adds one. Restarts keep that start-up
+    /// configuration; what the log holds decides.
+    pub spare_count: usize,
     /// The core configuration every server uses.
     pub core: Config,
     /// Network, disk and crash faults.
@@ -49,10 +53,11 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// `node_count` servers on a reliable network with small delays, no clients.
+    /// `node_count` servers on a reliable network with small delays, no spares, no clients.
     pub fn quiet(node_count: usize) -> Self {
         SimConfig {
             node_count,
+            spare_count: 0,
             core: Config::default(),
             faults: FaultConfig::reliable(),
             client_count: 0,
@@ -68,7 +73,8 @@ impl SimConfig {
     }
 
     /// Every fault kind at strengths drawn from `rng`, with batching and pipelining limits drawn
-    /// too, and a few clients with a workload drawn too.
+    /// too, a few clients with a workload drawn too, and one or two spares for configuration
+    /// changes (themselves a fault action in most runs).
     pub fn random(node_count: usize, rng: &mut impl Rng) -> Self {
         let core = Config {
             // One-entry appends in a third of the runs, so a follower can hold an earlier term's
@@ -88,6 +94,7 @@ impl SimConfig {
         // Drawn after the knobs above, so those stay what they were for every seed.
         let mut config = SimConfig {
             node_count,
+            spare_count: 0,
             core,
             faults,
             client_count,
@@ -114,6 +121,9 @@ impl SimConfig {
         config.core.pre_vote = rng.gen_bool(0.75);
         config.core.check_quorum = rng.gen_bool(0.75);
         config.faults.transfer_weight = rng.gen_range(0..3);
+        // Thesis §4.1: spares to add, and configuration changes among the faults in most runs.
+        config.spare_count = rng.gen_range(1..=2);
+        config.faults.membership_weight = rng.gen_range(0..=3);
         config
     }
 }
@@ -122,11 +132,12 @@ impl fmt::Display for SimConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} servers, {} clients (timeout {:?}, give up after {:?}; {} keys, {}% reads, {}% cas, \
+            "{} servers + {} spares, {} clients (timeout {:?}, give up after {:?}; {} keys, {}% reads, {}% cas, \
              {}% answered at commit), append {} entries/{} bytes max, {} in flight; snapshot every \
              {} entries keeping {}, chunks of {} bytes, {} in flight; pre-vote {}, check-quorum {}; \
              {}",
             self.node_count,
+            self.spare_count,
             self.client_count,
             self.client_timeout,
             self.client_give_up_after,

@@ -25,6 +25,10 @@ pub struct FaultConfig {
     pub partition_weight: u32,
     /// Relative weight of asking the leader to hand leadership to another server (§3.10).
     pub transfer_weight: u32,
+    /// Relative weight of asking the leader to change the configuration (thesis §4.1): add a
+    /// server that is not a member (as voter or learner), promote a learner, or remove a member,
+    /// the leader itself included.
+    pub membership_weight: u32,
     /// Chance that a newly elected leader is cut off from everyone shortly after its election
     /// (leader churn: the setting of Figure 8).
     pub isolate_new_leader_probability: f64,
@@ -43,6 +47,7 @@ impl FaultConfig {
             crash_weight: 0,
             partition_weight: 0,
             transfer_weight: 0,
+            membership_weight: 0,
             isolate_new_leader_probability: 0.0,
         }
     }
@@ -69,9 +74,10 @@ impl FaultConfig {
             fault_interval_mean_us: rng.gen_range(100_000..1_000_000),
             crash_weight: rng.gen_range(1..4),
             partition_weight: rng.gen_range(1..4),
-            // Drawn by `SimConfig::random` after everything else, so older seeds keep their
-            // other knobs.
+            // These two are drawn by `SimConfig::random` after everything else, so older seeds
+            // keep their other knobs.
             transfer_weight: 0,
+            membership_weight: 0,
             isolate_new_leader_probability: rng.gen_range(0.1..0.9),
         }
     }
@@ -89,7 +95,8 @@ impl fmt::Display for FaultConfig {
         write!(
             f,
             "drop {:.3}, duplicate {:.3}, delay {}..{} us, sync delay <= {} us, fault every ~{} us \
-             (crash weight {}, partition weight {}, transfer weight {}), isolate new leader {:.2}",
+             (crash weight {}, partition weight {}, transfer weight {}, membership weight {}), \
+             isolate new leader {:.2}",
             self.drop_probability,
             self.duplicate_probability,
             self.delay_min_us,
@@ -99,6 +106,7 @@ impl fmt::Display for FaultConfig {
             self.crash_weight,
             self.partition_weight,
             self.transfer_weight,
+            self.membership_weight,
             self.isolate_new_leader_probability
         )
     }
@@ -141,6 +149,24 @@ pub struct FaultCounts {
     pub transfers_asked: u64,
     /// Leadership transfers a leader reported done.
     pub transfers_done: u64,
+    /// Configuration changes asked of a leader (thesis §4.1).
+    pub membership_changes_asked: u64,
+    /// Configuration changes a leader answered as committed.
+    pub membership_changes_committed: u64,
+    /// Configuration changes a leader refused or gave up (another pending, the only voter, a
+    /// new server that did not catch up, ...).
+    pub membership_changes_failed: u64,
+    /// Configuration changes whose leader stepped down before finishing them.
+    pub membership_changes_abandoned: u64,
+    /// Committed configurations that made a learner a voter.
+    pub servers_promoted: u64,
+    /// Committed configurations that removed a member.
+    pub servers_removed: u64,
+    /// Committed configurations that added back a server removed earlier (its log is stale).
+    pub servers_readded: u64,
+    /// Leaders that stepped down because a committed configuration removed them (thesis
+    /// §4.2.2).
+    pub leaders_removed: u64,
 }
 
 impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
@@ -164,6 +190,14 @@ impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
             crashes_mid_install,
             transfers_asked,
             transfers_done,
+            membership_changes_asked,
+            membership_changes_committed,
+            membership_changes_failed,
+            membership_changes_abandoned,
+            servers_promoted,
+            servers_removed,
+            servers_readded,
+            leaders_removed,
         } = other;
         self.messages_sent += messages_sent;
         self.messages_dropped += messages_dropped;
@@ -182,6 +216,14 @@ impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
         self.crashes_mid_install += crashes_mid_install;
         self.transfers_asked += transfers_asked;
         self.transfers_done += transfers_done;
+        self.membership_changes_asked += membership_changes_asked;
+        self.membership_changes_committed += membership_changes_committed;
+        self.membership_changes_failed += membership_changes_failed;
+        self.membership_changes_abandoned += membership_changes_abandoned;
+        self.servers_promoted += servers_promoted;
+        self.servers_removed += servers_removed;
+        self.servers_readded += servers_readded;
+        self.leaders_removed += leaders_removed;
     }
 }
 
@@ -192,7 +234,8 @@ impl fmt::Display for FaultCounts {
             "sent {}, dropped {}, duplicated {}, reordered {}, partitioned {}, to crashed {}, \
              crashes {}, restarts {}, unsynced writes lost {}, partitions {}, leaders isolated {}, \
              heals {}, snapshot chunks {}, snapshots installed {}, crashes mid-install {}, \
-             transfers {} asked / {} done",
+             transfers {} asked / {} done, configuration changes {} asked / {} committed / {} \
+             failed / {} abandoned (promoted {}, removed {}, re-added {}, leaders removed {})",
             self.messages_sent,
             self.messages_dropped,
             self.messages_duplicated,
@@ -209,7 +252,15 @@ impl fmt::Display for FaultCounts {
             self.snapshots_installed,
             self.crashes_mid_install,
             self.transfers_asked,
-            self.transfers_done
+            self.transfers_done,
+            self.membership_changes_asked,
+            self.membership_changes_committed,
+            self.membership_changes_failed,
+            self.membership_changes_abandoned,
+            self.servers_promoted,
+            self.servers_removed,
+            self.servers_readded,
+            self.leaders_removed
         )
     }
 }

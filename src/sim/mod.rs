@@ -1,9 +1,12 @@
 //! The deterministic cluster simulator (DESIGN.md §6.1): many [`Consensus`] servers in one
 //! thread, a virtual clock, a network that drops, duplicates, delays, reorders and partitions,
 //! disks whose unsynced writes a crash may lose, and simulated clients of the session protocol
-//! (`clients.rs`). After every event the [`Checker`] verifies the Raft invariants; at the end of
-//! a run the clients' histories are checked for linearizability and exactly-once application
-//! (`history.rs`). Everything random comes from one seed, so a seed replays a run exactly.
+//! (`clients.rs`). Besides the initial voters, spare servers start empty and wait to be added;
+//! an operator may change the configuration at the leader (thesis §4.1, `membership.rs`). After
+//! every event the [`Checker`] verifies the Raft invariants; at the end of a run the clients'
+//! histories are checked for linearizability and exactly-once application (`history.rs`), and
+//! the operator's answers against the committed configurations. Everything random comes from one
+//! seed, so a seed replays a run exactly.
 //!
 //! # Examples
 //! ```
@@ -23,30 +26,33 @@ mod config;
 mod faults;
 mod history;
 pub mod linearizability;
+mod membership;
 mod network;
 mod random_run;
 pub mod sim_log;
 
-pub use checker::{entry_digest, Checker};
+pub use checker::{entry_digest, Checker, ConfigurationCounts};
 pub use clients::{ClientOp, ClientStats, LostReply};
 pub use clock::{micros, Clock, Micros};
 pub use config::SimConfig;
 pub use faults::{FaultConfig, FaultCounts};
 pub use history::HistoryReport;
+pub use membership::{address_of, ConfigurationAnswer};
 pub use network::{Fate, Network};
 pub use random_run::{run_random, run_random_with, SimFailure, SimReport, FAULT_PHASE};
 pub use sim_log::SimLog;
 
 use crate::consensus::{
-    Actions, Consensus, Event, Message, ProposalId, ProposalOutcome, ResponseMode, Role,
-    SessionRequest, Timer, TimerAction,
+    Actions, Consensus, Event, MembershipChange, Message, ProposalId, ProposalOutcome,
+    ResponseMode, Role, SessionRequest, Timer, TimerAction,
 };
+use crate::membership::Membership;
 use crate::state_machine::KvStateMachine;
 use crate::types::{LogIndex, ServerId};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// A simulated server: the core with its crash-aware log and the KV test state machine.
@@ -101,6 +107,9 @@ enum SimEvent {
 struct Slot {
     node: Option<SimNode>,
     crashed_log: Option<SimLog>,
+    /// While crashed: the configuration a restart will find in force (thesis §4.1), for the
+    /// checks that look at every server's log.
+    crashed_membership: Membership,
     incarnation: u64,
     timer_generations: [u64; 4],
     sync_scheduled: bool,
@@ -123,7 +132,10 @@ pub struct Simulation {
     rng: ChaCha8Rng,
     clock: Clock<SimEvent>,
     slots: Vec<Slot>,
-    voters: Vec<ServerId>,
+    /// Every server, initial voters then spares: ids `1..=node_count + spare_count`.
+    servers: Vec<ServerId>,
+    /// The configuration the initial voters start with; spares start with an empty one.
+    initial_membership: Membership,
     network: Network,
     checker: Checker,
     counts: FaultCounts,
@@ -139,23 +151,38 @@ pub struct Simulation {
     failure: Option<String>,
     /// Events processed so far, bounded by [`EVENTS_MAX`] so a livelock fails instead of hanging.
     events_processed: u64,
+    /// Configuration changes asked for and not answered yet, by request.
+    membership_requests: BTreeMap<ProposalId, MembershipChange>,
+    /// Every answer to a configuration change, in order, for the end-of-run check.
+    membership_answers: Vec<ConfigurationAnswer>,
+    /// The last configuration change asked for, which the operator sometimes asks again (as
+    /// after a lost answer: changes are idempotent).
+    last_membership_change: Option<MembershipChange>,
 }
 
 impl Simulation {
-    /// Builds and starts a cluster of `config.node_count` servers; `seed` drives everything random.
+    /// Builds and starts a cluster of `config.node_count` voters and `config.spare_count` spares
+    /// waiting to be added; `seed` drives everything random.
     ///
     /// # Panics
     /// If `config.core` is invalid.
     pub fn new(config: SimConfig, seed: u64) -> Self {
-        let voters: Vec<ServerId> = (1..=config.node_count as u64).map(ServerId).collect();
+        let server_count = (config.node_count + config.spare_count) as u64;
+        let servers: Vec<ServerId> = (1..=server_count).map(ServerId).collect();
+        let initial_membership = servers[..config.node_count]
+            .iter()
+            .fold(Membership::default(), |membership, &id| {
+                membership.with_voter(id, address_of(id))
+            });
         let mut simulation = Simulation {
             seed,
             rng: ChaCha8Rng::seed_from_u64(seed),
             clock: Clock::default(),
             slots: Vec::new(),
-            voters: voters.clone(),
+            servers: servers.clone(),
             network: Network::default(),
-            checker: Checker::new(),
+            checker: Checker::with_initial_membership(initial_membership.clone()),
+            initial_membership,
             counts: FaultCounts::default(),
             clients: Vec::new(),
             clients_stopped: false,
@@ -166,13 +193,17 @@ impl Simulation {
             faults_active: false,
             failure: None,
             events_processed: 0,
+            membership_requests: BTreeMap::new(),
+            membership_answers: Vec::new(),
+            last_membership_change: None,
             description: config.to_string(),
             config,
         };
-        for &id in &voters {
+        for &id in &servers {
             simulation.slots.push(Slot {
                 node: None,
                 crashed_log: Some(SimLog::new()),
+                crashed_membership: Membership::default(),
                 incarnation: 0,
                 timer_generations: [0; 4],
                 sync_scheduled: false,
@@ -231,9 +262,37 @@ impl Simulation {
         self.clients.len()
     }
 
-    /// Every server id.
+    /// Every server id: the initial voters, then the spares.
     pub fn ids(&self) -> &[ServerId] {
-        &self.voters
+        &self.servers
+    }
+
+    /// The spare servers' ids: started with an empty configuration, waiting to be added.
+    pub fn spares(&self) -> &[ServerId] {
+        &self.servers[self.config.node_count..]
+    }
+
+    /// The configuration the initial voters start with.
+    pub fn initial_membership(&self) -> &Membership {
+        &self.initial_membership
+    }
+
+    /// The cluster's configuration as far as the simulation can tell: the one in force at the
+    /// leader (committed or not, thesis §4.1), or without a leader the newest committed one.
+    pub fn members(&self) -> Membership {
+        match self.leader().and_then(|leader| self.node(leader)) {
+            Some(node) => node.membership().clone(),
+            None => self
+                .checker
+                .committed_membership()
+                .cloned()
+                .unwrap_or_else(|| self.initial_membership.clone()),
+        }
+    }
+
+    /// The cluster-wide record of committed entries and configurations.
+    pub fn checker(&self) -> &Checker {
+        &self.checker
     }
 
     /// A running server, or `None` if it is crashed.
@@ -256,7 +315,7 @@ impl Simulation {
     /// another (see `clients.rs`).
     pub fn start_clients(&mut self) {
         for client in 0..self.config.client_count {
-            let leader_guess = *self.voters.choose(&mut self.rng).expect("servers");
+            let leader_guess = *self.servers.choose(&mut self.rng).expect("servers");
             self.clients.push(clients::SimClient::new(leader_guess));
             let after = self.rng.gen_range(0..1_000);
             self.clock.schedule(after, SimEvent::ClientSend { client });
@@ -314,7 +373,7 @@ impl Simulation {
             self.network.heal();
             self.counts.heals += 1;
         }
-        for id in self.voters.clone() {
+        for id in self.servers.clone() {
             if self.node(id).is_none() {
                 self.restart(id);
             }
@@ -349,8 +408,11 @@ impl Simulation {
         let keep = self.rng.gen_range(0..=pending);
         self.counts.crashes += 1;
         self.counts.unsynced_writes_lost += (pending - keep) as u64;
+        let log = log.crash(keep);
+        let membership = membership::in_force(&log, &self.start_up_membership(id));
         let slot = &mut self.slots[index];
-        slot.crashed_log = Some(log.crash(keep));
+        slot.crashed_log = Some(log);
+        slot.crashed_membership = membership;
         slot.incarnation += 1;
         slot.timer_generations = slot.timer_generations.map(|generation| generation + 1);
         slot.sync_scheduled = false;
@@ -497,7 +559,10 @@ impl Simulation {
         let deadline = self.clock.now().saturating_add(micros(budget));
         while !condition(self) {
             if self.clock.now() > deadline || !self.step()? {
-                return Err(self.failure(format!("no progress: {what} within {budget:?}")));
+                return Err(self.failure(format!(
+                    "no progress: {what} within {budget:?}; servers: {}",
+                    self.describe_servers()
+                )));
             }
         }
         Ok(())
@@ -560,21 +625,47 @@ impl Simulation {
         )))
     }
 
-    /// Runs until every running server has applied `index`.
+    /// Runs until every running member of the configuration ([`Simulation::members`]) has
+    /// applied `index`. A server outside it (a spare never added, a removed server) legitimately
+    /// stops receiving entries.
     ///
     /// # Errors
     /// An invariant violation, or not applied everywhere within a minute of virtual time.
     pub fn run_until_applied_everywhere(&mut self, index: LogIndex) -> Result<(), SimFailure> {
         self.run_until(
-            &format!("every running server applies index {index}"),
+            &format!("every running member applies index {index}"),
             WAIT_BUDGET,
             |sim| {
+                let members = sim.members();
                 sim.slots
                     .iter()
                     .filter_map(|slot| slot.node.as_ref())
+                    .filter(|node| members.contains(node.id()))
                     .all(|node| node.last_applied() >= index)
             },
         )
+    }
+
+    /// Each server's role, term, configuration and indexes, for failure reports.
+    pub fn describe_servers(&self) -> String {
+        let servers: Vec<String> = self
+            .servers
+            .iter()
+            .map(|&id| match self.node(id) {
+                Some(node) => format!(
+                    "{id} {:?} t{} [{}]@{} last {} commit {} applied {}",
+                    node.role(),
+                    node.current_term(),
+                    node.membership(),
+                    node.membership_index(),
+                    node.last_log_index(),
+                    node.commit_index(),
+                    node.last_applied()
+                ),
+                None => format!("{id} crashed"),
+            })
+            .collect();
+        servers.join("; ")
     }
 
     // ---- event handling ----
@@ -694,30 +785,42 @@ impl Simulation {
             let logs = self
                 .slots
                 .iter()
-                .zip(&self.voters)
-                .filter_map(|(slot, &id)| {
-                    let log = match &slot.node {
-                        Some(node) => Some(node.log()),
-                        None => slot.crashed_log.as_ref(),
-                    };
-                    log.map(|log| (id, log))
+                .zip(&self.servers)
+                .filter_map(|(slot, &id)| match &slot.node {
+                    Some(node) => Some((id, node.log(), node.membership())),
+                    None => slot
+                        .crashed_log
+                        .as_ref()
+                        .map(|log| (id, log, &slot.crashed_membership)),
                 });
             if let Err(reason) = self.checker.check_committed_entry_is_safe(logs) {
                 self.failure.get_or_insert(reason);
             }
+            let committed = self.checker.configuration_counts();
+            self.counts.servers_promoted = committed.promoted;
+            self.counts.servers_removed = committed.removed;
+            self.counts.servers_readded = committed.readded;
         }
         self.notice_new_leader(id);
         self.carry_out(id, actions);
     }
 
     /// Leader churn: with the configured chance, cut a new leader off shortly after it won, often
-    /// before its first entries reach anyone.
+    /// before its first entries reach anyone. Also counts leaders that step down because a
+    /// committed configuration removed them (thesis §4.2.2).
     fn notice_new_leader(&mut self, id: ServerId) {
         let index = self.slot_index(id).expect("known server");
         let Some(node) = self.slots[index].node.as_ref() else {
             return;
         };
         let leading = (node.role() == Role::Leader).then(|| node.current_term());
+        let stepped_down = leading.is_none() && self.slots[index].led_term.is_some();
+        if stepped_down
+            && !node.membership().is_voter(id)
+            && node.membership_index() <= node.commit_index()
+        {
+            self.counts.leaders_removed += 1;
+        }
         let is_new = leading.is_some() && leading != self.slots[index].led_term;
         self.slots[index].led_term = leading;
         let probability = self.config.faults.isolate_new_leader_probability;
@@ -809,6 +912,9 @@ impl Simulation {
     }
 
     fn route_reply(&mut self, from: ServerId, proposal: ProposalId, outcome: ProposalOutcome) {
+        if let Some(change) = self.membership_requests.remove(&proposal) {
+            self.record_membership_answer(from, change, &outcome);
+        }
         match clients::client_of(proposal) {
             Some(client) => self.route_client_reply(client, from, proposal, outcome),
             None => {
@@ -827,14 +933,19 @@ impl Simulation {
         } else {
             0
         };
-        let total =
-            faults.crash_weight + faults.partition_weight + heal_weight + faults.transfer_weight;
+        let total = faults.crash_weight
+            + faults.partition_weight
+            + heal_weight
+            + faults.transfer_weight
+            + faults.membership_weight;
         if total > 0 {
             let mut pick = self.rng.gen_range(0..total);
-            if pick < faults.crash_weight {
+            if pick < faults.membership_weight {
+                self.ask_for_membership_change();
+            } else if pick - faults.membership_weight < faults.crash_weight {
                 // Half the crashes hit the leader: leader churn is where the subtle rules
                 // (§5.4.1, §5.4.2, Figure 8) matter.
-                let random = *self.voters.choose(&mut self.rng).expect("servers");
+                let random = *self.servers.choose(&mut self.rng).expect("servers");
                 let id = match self.leader() {
                     Some(leader) if self.rng.gen_bool(0.5) => leader,
                     _ => random,
@@ -844,9 +955,9 @@ impl Simulation {
                 self.clock
                     .schedule(down_for, SimEvent::Restart { node: id });
             } else {
-                pick -= faults.crash_weight;
+                pick -= faults.membership_weight + faults.crash_weight;
                 if pick < faults.partition_weight {
-                    let mut shuffled = self.voters.clone();
+                    let mut shuffled = self.servers.clone();
                     shuffled.shuffle(&mut self.rng);
                     let cut = self.rng.gen_range(1..shuffled.len().max(2));
                     self.partition(&shuffled[..cut.min(shuffled.len())]);
@@ -861,14 +972,16 @@ impl Simulation {
         self.clock.schedule(after, SimEvent::Fault);
     }
 
-    /// An operator asks the leader, if there is one, to hand leadership to another server
-    /// (§3.10), which may be down or cut off.
+    /// An operator asks the leader, if there is one, to hand leadership to another voter of its
+    /// configuration (§3.10), which may be down or cut off.
     fn ask_for_transfer(&mut self) {
         let Some(leader) = self.leader() else {
             return;
         };
         let others: Vec<ServerId> = self
-            .voters
+            .node(leader)
+            .expect("the leader runs")
+            .voters()
             .iter()
             .copied()
             .filter(|&voter| voter != leader)
@@ -893,9 +1006,9 @@ impl Simulation {
             .take()
             .expect("a crashed server keeps its log");
         let rng_seed = self.rng.gen();
-        let mut node = Consensus::new(
+        let mut node = Consensus::with_membership(
             id,
-            self.voters.clone(),
+            self.start_up_membership(id),
             log,
             KvStateMachine::new(),
             self.config.core.clone(),
@@ -907,17 +1020,29 @@ impl Simulation {
         self.after_node_event(id, Ok(actions));
     }
 
+    /// The configuration `id` is started (and restarted) with: the initial one for the initial
+    /// voters, an empty one for spares, which join (thesis §4.2.1). The log's, if any, wins.
+    fn start_up_membership(&self, id: ServerId) -> Membership {
+        if self.initial_membership.contains(id) {
+            self.initial_membership.clone()
+        } else {
+            Membership::default()
+        }
+    }
+
     fn slot_index(&self, id: ServerId) -> Option<usize> {
         let index = usize::try_from(id.0).ok()?.checked_sub(1)?;
         (index < self.slots.len()).then_some(index)
     }
 
+    /// A failure report for `reason` at the current time.
     fn failure(&self, reason: String) -> SimFailure {
         SimFailure {
             seed: self.seed,
             time_us: self.clock.now(),
             reason,
             config: self.description.clone(),
+            node_count: self.config.node_count,
             counts: Box::new(self.counts.clone()),
         }
     }

@@ -19,6 +19,8 @@ pub struct SimFailure {
     pub reason: String,
     /// The knobs the seed chose.
     pub config: String,
+    /// Voters in the initial configuration (`MIORAFT_SIM_SERVERS` for the replay).
+    pub node_count: usize,
     /// The faults that fired before the failure.
     pub counts: Box<FaultCounts>,
 }
@@ -28,8 +30,15 @@ impl fmt::Display for SimFailure {
         write!(
             f,
             "simulation seed {} failed at {} us: {}\n  config: {}\n  faults: {}\n  replay: \
-             MIORAFT_SEED={} cargo test --release --test simulation replay_seed -- --nocapture",
-            self.seed, self.time_us, self.reason, self.config, self.counts, self.seed
+             MIORAFT_SEED={} MIORAFT_SIM_SERVERS={} cargo test --release --test simulation \
+             replay_seed -- --nocapture",
+            self.seed,
+            self.time_us,
+            self.reason,
+            self.config,
+            self.counts,
+            self.seed,
+            self.node_count
         )
     }
 }
@@ -58,14 +67,16 @@ pub struct SimReport {
 /// How long the faulty phase of [`run_random`] lasts (virtual).
 pub const FAULT_PHASE: Duration = Duration::from_secs(10);
 
-/// One randomized run: a cluster of `node_count` with every fault kind at strengths chosen by
-/// `seed` and session clients reading and writing throughout; then every fault heals, the clients
-/// finish the operations under way (answered or given up), and the cluster must elect a leader,
-/// commit a new entry and apply it on every server. Invariants are checked after every event; at
-/// the end the clients' histories must be linearizable per key and every request applied at most
-/// once, with each answer naming where and how it was applied (see
-/// [`Simulation::check_client_histories`]). A panic inside the core is reported as a failure of
-/// the seed.
+/// One randomized run: a cluster of `node_count` voters and a spare or two, with every fault kind
+/// and configuration changes at strengths chosen by `seed` and session clients reading and
+/// writing throughout; then every fault heals, the clients finish the operations under way
+/// (answered or given up), and the cluster must elect a leader, commit a new entry and apply it on
+/// every member of its configuration. Invariants are checked after every event, on every server;
+/// at the end the clients' histories must be linearizable per key and every request applied at
+/// most once, with each answer naming where and how it was applied (see
+/// [`Simulation::check_client_histories`]), and every configuration change answered as committed
+/// must be in the committed log ([`Simulation::check_configuration_answers`]). A panic inside the
+/// core is reported as a failure of the seed.
 ///
 /// # Errors
 /// The seed, its knobs and what broke.
@@ -97,6 +108,7 @@ pub fn run_random_with(
         let index = simulation.propose_and_wait(leader, b"put healed yes")?;
         simulation.run_until_applied_everywhere(index)?;
         let history = simulation.check_client_histories()?;
+        simulation.check_configuration_answers()?;
         Ok(SimReport {
             seed,
             counts: simulation.counts().clone(),
@@ -120,6 +132,7 @@ pub fn run_random_with(
                 time_us: 0,
                 reason: format!("panic: {message}"),
                 config: description,
+                node_count,
                 counts: Box::default(),
             })
         }
