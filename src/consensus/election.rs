@@ -19,7 +19,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         if self.role == Role::Leader {
             return Ok(());
         }
-        if !self.membership().is_voter(self.id) {
+        if !self.may_campaign() {
             // Learners, servers waiting to be added and removed servers never campaign (thesis
             // §4.2.1, §4.2.3); the timer keeps running in case a configuration makes us a voter.
             self.reset_election_timer();
@@ -34,7 +34,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     /// Becomes a candidate of the next term and asks every peer for its vote; `for_transfer`
     /// when the leader handed over leadership (thesis §3.10), so voters set aside their lease.
     pub(super) fn campaign(&mut self, for_transfer: bool) -> Result<()> {
-        if !self.membership().is_voter(self.id) {
+        if !self.may_campaign() {
             log::warn!("{}: not a voter; not campaigning", self.who());
             return Ok(());
         }
@@ -47,6 +47,25 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             self.send_to_other_voters(&request);
         }
         Ok(())
+    }
+
+    /// Whether this server may stand for election: it votes in the configuration in force, or
+    /// that configuration removed it but is not known committed (thesis §4.2.2). In the latter
+    /// case the server may be the only one holding its removal (a leader that lost leadership
+    /// right after appending it), and the remaining voters may need it to lead long enough to
+    /// commit that configuration; its own vote does not count toward winning.
+    fn may_campaign(&self) -> bool {
+        let membership = self.membership();
+        if membership.is_voter(self.id) {
+            return true;
+        }
+        self.membership_index() > self.commit_index
+            && !membership.contains(self.id)
+            && self
+                .configurations
+                .values()
+                .nth_back(1)
+                .is_some_and(|previous| previous.is_voter(self.id))
     }
 
     /// Sends `message` to every voter but us (§5.2: only voters are asked for votes).

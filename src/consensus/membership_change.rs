@@ -271,6 +271,23 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             }
         }
         let wants_voter = matches!(change, MembershipChange::AddServer { .. });
+        let already_made = match &change {
+            MembershipChange::AddServer { .. } => current.is_voter(target),
+            MembershipChange::AddLearner { .. } => current.is_learner(target),
+            MembershipChange::RemoveServer { .. } => !current.contains(target),
+        };
+        if already_made && current_index > self.commit_index {
+            // The change is in the log but not committed: it may yet be undone (a new leader
+            // may overwrite it), so "made" is said only once it commits.
+            if let Some(reason) = self.change_blocked_by_pending() {
+                return Ok(Err(reason));
+            }
+            self.membership_change = Some(PendingChange {
+                waiter,
+                stage: Stage::Committing(current_index),
+            });
+            return Ok(Ok(None));
+        }
         match &change {
             MembershipChange::AddServer { .. } if current.is_voter(target) => {
                 return Ok(done);
@@ -327,17 +344,8 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     /// Why no change can start now, if one cannot (thesis §4.1: one at a time, and only once
     /// this leader has committed an entry of its term).
     fn change_blocked(&self) -> Option<String> {
-        if let Some(pending) = &self.membership_change {
-            return Some(match &pending.stage {
-                Stage::CatchingUp(catch_up) => format!(
-                    "a configuration change is in progress (adding {}); retry when it completes",
-                    catch_up.learner
-                ),
-                Stage::Committing(index) => format!(
-                    "a configuration change is in progress (the entry at {index} is not \
-                     committed yet); retry when it completes"
-                ),
-            });
+        if let Some(reason) = self.change_blocked_by_pending() {
+            return Some(reason);
         }
         if self.commit_index < self.term_start {
             return Some(
@@ -349,6 +357,23 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 "the configuration at {} is not committed yet; retry when it is",
                 self.membership_index()
             ));
+        }
+        None
+    }
+
+    /// Why no change can start now because this leader is making one, if it is.
+    fn change_blocked_by_pending(&self) -> Option<String> {
+        if let Some(pending) = &self.membership_change {
+            return Some(match &pending.stage {
+                Stage::CatchingUp(catch_up) => format!(
+                    "a configuration change is in progress (adding {}); retry when it completes",
+                    catch_up.learner
+                ),
+                Stage::Committing(index) => format!(
+                    "a configuration change is in progress (the entry at {index} is not \
+                     committed yet); retry when it completes"
+                ),
+            });
         }
         None
     }
