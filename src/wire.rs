@@ -3,8 +3,8 @@
 //! off the wire is checked here (ids, enums, sizes) before the core sees it.
 
 use crate::consensus::{
-    AppendEntries, AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse, Message,
-    RequestVote, RequestVoteResponse, ResponseMode, Role, TimeoutNow,
+    AppendEntries, AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse,
+    MembershipChange, Message, RequestVote, RequestVoteResponse, ResponseMode, Role, TimeoutNow,
 };
 use crate::error::WireError;
 use crate::log::{Entry, EntryKind, SnapshotMeta};
@@ -49,22 +49,9 @@ pub enum RequestBody {
     SessionPropose(SessionProposal),
     /// Hand leadership to this server (thesis §3.10).
     TransferLeadership(ServerId),
-    /// Add a server as a voter: caught up as a learner first, then promoted (thesis §4.2.1).
-    AddServer {
-        /// The new server.
-        id: ServerId,
-        /// Where it listens ("ip:port").
-        address: String,
-    },
-    /// Add a server as a learner: it receives the log but does not vote.
-    AddLearner {
-        /// The new server.
-        id: ServerId,
-        /// Where it listens ("ip:port").
-        address: String,
-    },
-    /// Remove a server, voter or learner (the leader itself included, thesis §4.2.2).
-    RemoveServer(ServerId),
+    /// Add a server (as a voter or a learner) or remove one (thesis §4.1); addresses are
+    /// "ip:port".
+    ChangeMembership(MembershipChange),
 }
 
 /// Request `sequence` of session `session` (see the schema's `SessionProposal`).
@@ -320,17 +307,19 @@ pub fn request_message(request: &ClientRequest) -> Builder<HeapAllocator> {
         RequestBody::Status => root.set_status(()),
         RequestBody::RegisterSession => root.set_register_session(()),
         RequestBody::TransferLeadership(to) => root.set_transfer_leadership(to.0),
-        RequestBody::AddServer { id, address } => {
+        RequestBody::ChangeMembership(MembershipChange::AddServer { id, address }) => {
             let mut out = root.init_add_server();
             out.set_id(id.0);
             out.set_address(address.as_str());
         }
-        RequestBody::AddLearner { id, address } => {
+        RequestBody::ChangeMembership(MembershipChange::AddLearner { id, address }) => {
             let mut out = root.init_add_learner();
             out.set_id(id.0);
             out.set_address(address.as_str());
         }
-        RequestBody::RemoveServer(id) => root.set_remove_server(id.0),
+        RequestBody::ChangeMembership(MembershipChange::RemoveServer { id }) => {
+            root.set_remove_server(id.0);
+        }
         RequestBody::SessionPropose(proposal) => {
             let mut out = root.init_session_propose();
             out.set_session(proposal.session);
@@ -689,13 +678,15 @@ pub fn decode_request(frame: &[u8]) -> Result<ClientRequest, WireError> {
         }
         Which::AddServer(member) => {
             let (id, address) = new_member(member?, "addServer.id", "addServer.address")?;
-            RequestBody::AddServer { id, address }
+            RequestBody::ChangeMembership(MembershipChange::AddServer { id, address })
         }
         Which::AddLearner(member) => {
             let (id, address) = new_member(member?, "addLearner.id", "addLearner.address")?;
-            RequestBody::AddLearner { id, address }
+            RequestBody::ChangeMembership(MembershipChange::AddLearner { id, address })
         }
-        Which::RemoveServer(id) => RequestBody::RemoveServer(server_id("removeServer", id)?),
+        Which::RemoveServer(id) => RequestBody::ChangeMembership(MembershipChange::RemoveServer {
+            id: server_id("removeServer", id)?,
+        }),
         Which::SessionPropose(proposal) => {
             let proposal = proposal?;
             let sequence = proposal.get_sequence();
@@ -1259,15 +1250,15 @@ mod tests {
             RequestBody::Status,
             RequestBody::RegisterSession,
             RequestBody::TransferLeadership(ServerId(3)),
-            RequestBody::AddServer {
+            RequestBody::ChangeMembership(MembershipChange::AddServer {
                 id: ServerId(4),
                 address: "127.0.0.1:9004".to_owned(),
-            },
-            RequestBody::AddLearner {
+            }),
+            RequestBody::ChangeMembership(MembershipChange::AddLearner {
                 id: ServerId(5),
                 address: "[::1]:9005".to_owned(),
-            },
-            RequestBody::RemoveServer(ServerId(2)),
+            }),
+            RequestBody::ChangeMembership(MembershipChange::RemoveServer { id: ServerId(2) }),
             RequestBody::SessionPropose(SessionProposal {
                 session: 12,
                 sequence: 3,
@@ -1372,13 +1363,17 @@ mod tests {
     /// configuration holds, or not UTF-8, are wire errors naming the field, never panics.
     #[test]
     fn membership_requests_with_bad_ids_or_addresses_are_refused() {
-        let add = |id: u64, address: &str| RequestBody::AddServer {
-            id: ServerId(id),
-            address: address.to_owned(),
+        let add = |id: u64, address: &str| {
+            RequestBody::ChangeMembership(MembershipChange::AddServer {
+                id: ServerId(id),
+                address: address.to_owned(),
+            })
         };
-        let learner = |id: u64, address: &str| RequestBody::AddLearner {
-            id: ServerId(id),
-            address: address.to_owned(),
+        let learner = |id: u64, address: &str| {
+            RequestBody::ChangeMembership(MembershipChange::AddLearner {
+                id: ServerId(id),
+                address: address.to_owned(),
+            })
         };
         let too_long = "1".repeat(crate::membership::ADDRESS_BYTES_MAX + 1);
         let longest = "1".repeat(crate::membership::ADDRESS_BYTES_MAX);
@@ -1392,7 +1387,7 @@ mod tests {
                 "invalid addLearner.id: server id 0",
             ),
             (
-                RequestBody::RemoveServer(ServerId(0)),
+                RequestBody::ChangeMembership(MembershipChange::RemoveServer { id: ServerId(0) }),
                 "invalid removeServer: server id 0",
             ),
             (add(4, ""), "invalid addServer.address: n4 needs an address"),

@@ -4,7 +4,7 @@
 
 use super::policy::{self, Call, MemberStatus, Route, Session, StatusSurvey, Step};
 use super::TIMEOUT_DEFAULT;
-use crate::consensus::ResponseMode;
+use crate::consensus::{MembershipChange, ResponseMode};
 use crate::error::{Error, Result};
 use crate::framing::MESSAGE_BYTES_MAX_DEFAULT;
 use crate::metrics::Metrics;
@@ -277,11 +277,9 @@ impl<R: AsyncRuntime> AsyncClient<R> {
     /// # Errors
     /// As for [`Client::add_server`](crate::Client::add_server).
     pub async fn add_server(&mut self, id: ServerId, address: SocketAddr) -> Result<()> {
-        let body = RequestBody::AddServer {
-            id,
-            address: address.to_string(),
-        };
-        self.change_membership(body).await
+        let address = address.to_string();
+        self.change_membership(MembershipChange::AddServer { id, address })
+            .await
     }
 
     /// Asks the leader to add server `id`, listening at `address`, as a learner; see
@@ -290,11 +288,9 @@ impl<R: AsyncRuntime> AsyncClient<R> {
     /// # Errors
     /// As for [`Client::add_learner`](crate::Client::add_learner).
     pub async fn add_learner(&mut self, id: ServerId, address: SocketAddr) -> Result<()> {
-        let body = RequestBody::AddLearner {
-            id,
-            address: address.to_string(),
-        };
-        self.change_membership(body).await
+        let address = address.to_string();
+        self.change_membership(MembershipChange::AddLearner { id, address })
+            .await
     }
 
     /// Asks the leader to remove server `id` (thesis §4.2.2); see
@@ -303,12 +299,14 @@ impl<R: AsyncRuntime> AsyncClient<R> {
     /// # Errors
     /// As for [`Client::remove_server`](crate::Client::remove_server).
     pub async fn remove_server(&mut self, id: ServerId) -> Result<()> {
-        self.change_membership(RequestBody::RemoveServer(id)).await
+        self.change_membership(MembershipChange::RemoveServer { id })
+            .await
     }
 
     /// Sends a configuration change until the leader answers it.
-    async fn change_membership(&mut self, body: RequestBody) -> Result<()> {
+    async fn change_membership(&mut self, change: MembershipChange) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
+        let body = RequestBody::ChangeMembership(change);
         policy::membership_changed(self.call(body, deadline).await?).map(|_| ())
     }
 

@@ -15,7 +15,7 @@ mod policy;
 #[cfg(feature = "async-client")]
 pub use async_client::{AsyncClient, AsyncRuntime};
 
-use crate::consensus::ResponseMode;
+use crate::consensus::{MembershipChange, ResponseMode};
 use crate::error::{Error, Result};
 use crate::framing::{FrameReader, MESSAGE_BYTES_MAX_DEFAULT};
 use crate::metrics::Metrics;
@@ -195,11 +195,8 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn add_server(&mut self, id: ServerId, address: SocketAddr) -> Result<()> {
-        let body = RequestBody::AddServer {
-            id,
-            address: address.to_string(),
-        };
-        self.change_membership(body)
+        let address = address.to_string();
+        self.change_membership(MembershipChange::AddServer { id, address })
     }
 
     /// Asks the leader to add server `id`, listening at `address`, as a learner: it receives
@@ -210,11 +207,8 @@ impl Client {
     /// # Errors
     /// As for [`Client::add_server`]; also if `id` is a voter already.
     pub fn add_learner(&mut self, id: ServerId, address: SocketAddr) -> Result<()> {
-        let body = RequestBody::AddLearner {
-            id,
-            address: address.to_string(),
-        };
-        self.change_membership(body)
+        let address = address.to_string();
+        self.change_membership(MembershipChange::AddLearner { id, address })
     }
 
     /// Asks the leader to remove server `id`, voter or learner. Removing the leader itself is
@@ -227,12 +221,13 @@ impl Client {
     /// [`Error::Rejected`] with the leader's reason if the change cannot be made (another is in
     /// progress, `id` is the only voter); [`Error::Timeout`] if no leader answered in time.
     pub fn remove_server(&mut self, id: ServerId) -> Result<()> {
-        self.change_membership(RequestBody::RemoveServer(id))
+        self.change_membership(MembershipChange::RemoveServer { id })
     }
 
     /// Sends a configuration change until the leader answers it.
-    fn change_membership(&mut self, body: RequestBody) -> Result<()> {
+    fn change_membership(&mut self, change: MembershipChange) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
+        let body = RequestBody::ChangeMembership(change);
         policy::membership_changed(self.call(body, deadline)?).map(|_| ())
     }
 

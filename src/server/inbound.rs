@@ -14,7 +14,6 @@ use crate::consensus::{Event, MembershipChange, ProposalId, SessionRequest};
 use crate::error::Result;
 use crate::log::PersistentLog;
 use crate::state_machine::StateMachine;
-use crate::types::ServerId;
 use crate::wire::{self, ClientRequest, Preamble, RejectionReason, RequestBody, ResponseBody};
 use mio::Token;
 use std::io;
@@ -225,17 +224,8 @@ where
             RequestBody::TransferLeadership(to) => {
                 self.submit(token, request_id, |id| Event::TransferLeadership { id, to })
             }
-            RequestBody::AddServer { id, address } => {
-                self.change_membership(token, request_id, id, address, true)
-            }
-            RequestBody::AddLearner { id, address } => {
-                self.change_membership(token, request_id, id, address, false)
-            }
-            RequestBody::RemoveServer(server) => {
-                self.submit(token, request_id, |id| Event::ChangeMembership {
-                    id,
-                    change: MembershipChange::RemoveServer { id: server },
-                })
+            RequestBody::ChangeMembership(change) => {
+                self.change_membership(token, request_id, change)
             }
             RequestBody::Status => {
                 let body = ResponseBody::Status(self.consensus.metrics());
@@ -252,32 +242,29 @@ where
         &mut self,
         token: Token,
         request_id: u64,
-        server: ServerId,
-        address: String,
-        voter: bool,
+        change: MembershipChange,
     ) -> Result<()> {
-        if let Err(error) = address.parse::<SocketAddr>() {
-            let body = ResponseBody::Rejected {
-                reason: RejectionReason::BadRequest,
-                message: format!(
-                    "{server}'s address {address:?} is not ip:port ({error}), the only kind of \
-                     address servers dial"
-                ),
-            };
-            self.respond(token, request_id, body);
-            return Ok(());
+        if let MembershipChange::AddServer {
+            id: server,
+            address,
         }
-        let change = if voter {
-            MembershipChange::AddServer {
-                id: server,
-                address,
+        | MembershipChange::AddLearner {
+            id: server,
+            address,
+        } = &change
+        {
+            if let Err(error) = address.parse::<SocketAddr>() {
+                let body = ResponseBody::Rejected {
+                    reason: RejectionReason::BadRequest,
+                    message: format!(
+                        "{server}'s address {address:?} is not ip:port ({error}), the only kind \
+                         of address servers dial"
+                    ),
+                };
+                self.respond(token, request_id, body);
+                return Ok(());
             }
-        } else {
-            MembershipChange::AddLearner {
-                id: server,
-                address,
-            }
-        };
+        }
         self.submit(token, request_id, |id| Event::ChangeMembership {
             id,
             change,
