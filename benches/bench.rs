@@ -1,0 +1,484 @@
+//! mioraft's benchmark: proposals per second, latency percentiles and the leader's CPU time per
+//! committed entry, as a table (or JSON), for clusters on 127.0.0.1 over real sockets, or for the
+//! consensus core alone in one thread (no network, no serialization).
+//!
+//! ```text
+//! cargo bench --bench bench -- [--servers 3,5] [--logs mem,file] [--clients 1,16,64,256]
+//!                              [--seconds 3] [--payload 100] [--reads] [--in-process] [--json]
+//! ```
+//!
+//! Each cell of the table starts a fresh cluster, warms it up, then lets `clients` client threads
+//! (each a blocking `Client` with one request outstanding) propose `put` commands of `payload`
+//! bytes for `seconds`. `file` keeps each server's log in a `FileLog` (fsync on every sync) in a
+//! temporary directory. `--reads` measures linearizable reads instead. `--in-process` drives
+//! `Consensus` instances directly: proposals per second of CPU time, with `clients` proposals
+//! outstanding. A progress line goes to stderr; `--json` prints the rows as a JSON array.
+
+use hdrhistogram::Histogram;
+use mioraft::consensus::{Actions, Config, Consensus, Envelope, Event, ProposalId, Timer};
+use mioraft::log::FileLog;
+use mioraft::server::LocalCluster;
+use mioraft::{Client, KvStateMachine, MemLog, PersistentLog, Role, ServerId};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Options {
+    servers: Vec<u64>,
+    logs: Vec<String>,
+    clients: Vec<u64>,
+    seconds: f64,
+    payload: usize,
+    reads: bool,
+    in_process: bool,
+    json: bool,
+}
+
+fn usage(problem: &str) -> ! {
+    eprintln!(
+        "{problem}\nusage: cargo bench --bench bench -- [--servers 3,5] [--logs mem,file] \
+         [--clients 1,16,64,256] [--seconds 3] [--payload 100] [--reads] [--in-process] [--json]"
+    );
+    std::process::exit(2);
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        servers: vec![3],
+        logs: vec!["mem".into(), "file".into()],
+        clients: vec![1, 16, 64, 256],
+        seconds: 3.0,
+        payload: 100,
+        reads: false,
+        in_process: false,
+        json: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{name} needs a value")))
+        };
+        let list = |name: &str, text: String| -> Vec<u64> {
+            text.split(',')
+                .map(|item| match item.trim().parse() {
+                    Ok(number) if number > 0 => number,
+                    _ => usage(&format!("{name}: {item:?} is not a positive number")),
+                })
+                .collect()
+        };
+        match arg.as_str() {
+            "--servers" => options.servers = list("--servers", value("--servers")),
+            "--clients" => options.clients = list("--clients", value("--clients")),
+            "--logs" => {
+                options.logs = value("--logs").split(',').map(str::to_owned).collect();
+                if let Some(bad) = options.logs.iter().find(|l| *l != "mem" && *l != "file") {
+                    usage(&format!("--logs: {bad:?} is neither mem nor file"));
+                }
+            }
+            "--seconds" => {
+                options.seconds = value("--seconds")
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| *s > 0.0)
+                    .unwrap_or_else(|| usage("--seconds needs a positive number"));
+            }
+            "--payload" => {
+                options.payload = value("--payload")
+                    .parse()
+                    .unwrap_or_else(|_| usage("--payload needs a number of bytes"));
+            }
+            "--reads" => options.reads = true,
+            "--in-process" => options.in_process = true,
+            "--json" => options.json = true,
+            "--bench" => {} // cargo bench passes it
+            other => usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    options
+}
+
+/// One cell of the table.
+struct Row {
+    mode: &'static str,
+    servers: u64,
+    log: String,
+    clients: u64,
+    operations: u64,
+    per_second: f64,
+    /// Latency percentiles in microseconds (p50, p99, p99.9); none in process.
+    latency: Option<(u64, u64, u64)>,
+    /// The leader's CPU time per committed operation, in microseconds.
+    leader_cpu_us: f64,
+}
+
+fn main() {
+    let options = options();
+    let mut rows = Vec::new();
+    let logs = if options.in_process {
+        vec!["mem".to_owned()]
+    } else {
+        options.logs.clone()
+    };
+    let mut cells: Vec<(u64, String, u64)> = Vec::new();
+    for &servers in &options.servers {
+        for log in &logs {
+            for &clients in &options.clients {
+                cells.push((servers, log.clone(), clients));
+            }
+        }
+    }
+    if !options.json {
+        println!("{}", header());
+    }
+    for (number, (servers, log, clients)) in cells.iter().enumerate() {
+        eprint!(
+            "\r[{}/{}] {servers} servers, {log} log, {clients} clients ...   ",
+            number + 1,
+            cells.len()
+        );
+        let _ = std::io::stderr().flush();
+        let row = if options.in_process {
+            in_process(*servers, *clients, &options)
+        } else if log == "file" {
+            let root = std::env::temp_dir().join(format!("mioraft-bench-{}", std::process::id()));
+            let row = over_sockets(&options, *servers, *clients, "file", |id| {
+                FileLog::open(root.join(format!("n{}", id.0))).expect("open a data directory")
+            });
+            let _ = std::fs::remove_dir_all(&root);
+            row
+        } else {
+            over_sockets(&options, *servers, *clients, "mem", |_| MemLog::new())
+        };
+        // Clear the progress line before the row, for a terminal showing both streams.
+        eprint!("\r{}\r", " ".repeat(PROGRESS_WIDTH));
+        if !options.json {
+            println!("{}", format_row(&row));
+        }
+        rows.push(row);
+    }
+
+    if options.json {
+        println!("{}", json(&rows, &options));
+    }
+}
+
+/// Characters the progress line may take on stderr.
+const PROGRESS_WIDTH: usize = 72;
+
+fn header() -> String {
+    format!(
+        "{:<10} {:>7} {:>4} {:>7} {:>12} {:>9} {:>9} {:>9} {:>12}",
+        "mode",
+        "servers",
+        "log",
+        "clients",
+        "ops/s",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "leader us/op"
+    )
+}
+
+fn format_row(row: &Row) -> String {
+    let (p50, p99, p999) = match row.latency {
+        Some((a, b, c)) => (a.to_string(), b.to_string(), c.to_string()),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    format!(
+        "{:<10} {:>7} {:>4} {:>7} {:>12.0} {:>9} {:>9} {:>9} {:>12.2}",
+        row.mode,
+        row.servers,
+        row.log,
+        row.clients,
+        row.per_second,
+        p50,
+        p99,
+        p999,
+        row.leader_cpu_us
+    )
+}
+
+fn json(rows: &[Row], options: &Options) -> String {
+    let items: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let latency = match row.latency {
+                Some((p50, p99, p999)) => {
+                    format!("\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999}")
+                }
+                None => "\"p50_us\":null,\"p99_us\":null,\"p999_us\":null".to_owned(),
+            };
+            format!(
+                "{{\"mode\":\"{}\",\"servers\":{},\"log\":\"{}\",\"clients\":{},\
+                 \"payload_bytes\":{},\"operations\":{},\"ops_per_second\":{:.1},{latency},\
+                 \"leader_cpu_us_per_op\":{:.3}}}",
+                row.mode,
+                row.servers,
+                row.log,
+                row.clients,
+                options.payload,
+                row.operations,
+                row.per_second,
+                row.leader_cpu_us
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(",\n "))
+}
+
+// ---- real sockets ----
+
+fn over_sockets<L: PersistentLog + Send + 'static>(
+    options: &Options,
+    servers: u64,
+    clients: u64,
+    log: &str,
+    make_log: impl Fn(ServerId) -> L,
+) -> Row {
+    let cluster = LocalCluster::spawn(servers, make_log, |_| KvStateMachine::new(), |b| b)
+        .expect("servers start");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .expect("a leader is elected");
+    let addresses = cluster.addresses();
+    let value = "v".repeat(options.payload);
+    let mut warm = Client::new(addresses.clone());
+    for n in 0..200 {
+        warm.propose(format!("put warm{} {value}", n % 16).as_bytes())
+            .expect("warm-up proposal");
+    }
+    let leader_cpu_before = thread_cpu(&format!("mioraft-{leader}"));
+    let (operations, elapsed, latencies) = drive(&addresses, clients, options, &value);
+    let leader_cpu = thread_cpu(&format!("mioraft-{leader}")) - leader_cpu_before;
+    cluster.shutdown().expect("clean shutdown");
+    Row {
+        mode: if options.reads { "reads" } else { "proposals" },
+        servers,
+        log: log.to_owned(),
+        clients,
+        operations,
+        per_second: operations as f64 / elapsed.as_secs_f64(),
+        latency: Some((
+            latencies.value_at_quantile(0.50),
+            latencies.value_at_quantile(0.99),
+            latencies.value_at_quantile(0.999),
+        )),
+        leader_cpu_us: leader_cpu.as_secs_f64() * 1e6 / operations.max(1) as f64,
+    }
+}
+
+/// Runs `clients` client threads for the configured time; returns (operations, elapsed,
+/// latencies in microseconds).
+fn drive(
+    addresses: &[SocketAddr],
+    clients: u64,
+    options: &Options,
+    value: &str,
+) -> (u64, Duration, Histogram<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|client_number| {
+            let (addresses, stop, value) =
+                (addresses.to_vec(), Arc::clone(&stop), value.to_owned());
+            let reads = options.reads;
+            std::thread::spawn(move || {
+                let mut client = Client::new(addresses).with_timeout(Duration::from_secs(30));
+                let mut latencies = Histogram::<u64>::new(3).expect("histogram");
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    if reads {
+                        client
+                            .query(format!("get warm{}", n % 16).as_bytes())
+                            .expect("read answered");
+                    } else {
+                        let command = format!("put c{client_number}k{} {value}", n % 64);
+                        client
+                            .propose(command.as_bytes())
+                            .expect("proposal applied");
+                    }
+                    latencies
+                        .record(sent.elapsed().as_micros() as u64)
+                        .expect("latency fits");
+                    n += 1;
+                }
+                latencies
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(options.seconds));
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Histogram::<u64>::new(3).expect("histogram");
+    for thread in threads {
+        all.add(thread.join().expect("client thread"))
+            .expect("merge");
+    }
+    (all.len(), started.elapsed(), all)
+}
+
+/// CPU time used so far by this process's thread named `name` (from /proc; zero if not found).
+fn thread_cpu(name: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            // schedstat: time on CPU in nanoseconds, then wait time, then timeslices.
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            let nanos = stat
+                .split_whitespace()
+                .next()
+                .and_then(|field| field.parse().ok())
+                .unwrap_or(0);
+            return Duration::from_nanos(nanos);
+        }
+    }
+    Duration::ZERO
+}
+
+// ---- the consensus core alone ----
+
+/// `servers` `Consensus` instances in one thread: messages delivered in order; each server
+/// syncs once whenever the queue drains (group commit, as the reactor does once per turn).
+struct CoreCluster {
+    nodes: Vec<Consensus<MemLog, KvStateMachine>>,
+    queue: VecDeque<(ServerId, Envelope)>,
+    needs_sync: Vec<bool>,
+    applied: u64,
+}
+
+impl CoreCluster {
+    fn new(size: u64) -> Self {
+        let voters: Vec<ServerId> = (1..=size).map(ServerId).collect();
+        let nodes = voters
+            .iter()
+            .map(|&id| {
+                let config = Config::default();
+                Consensus::new(
+                    id,
+                    voters.clone(),
+                    MemLog::new(),
+                    KvStateMachine::new(),
+                    config,
+                    id.0,
+                )
+                .expect("valid configuration")
+            })
+            .collect();
+        CoreCluster {
+            nodes,
+            queue: VecDeque::new(),
+            needs_sync: vec![false; size as usize],
+            applied: 0,
+        }
+    }
+
+    fn absorb(&mut self, from: usize, actions: Actions) {
+        let sender = self.nodes[from].id();
+        self.queue.extend(
+            actions
+                .messages
+                .into_iter()
+                .map(|envelope| (sender, envelope)),
+        );
+        self.applied += actions.replies.len() as u64;
+        self.needs_sync[from] |= actions.sync_required;
+    }
+
+    fn step(&mut self, index: usize, event: Event) {
+        let actions = self.nodes[index].step(event).expect("MemLog never fails");
+        self.absorb(index, actions);
+    }
+
+    fn run_until_quiet(&mut self) {
+        loop {
+            while let Some((from, envelope)) = self.queue.pop_front() {
+                let to = (envelope.to.0 - 1) as usize;
+                let message = envelope.message;
+                self.step(to, Event::Message { from, message });
+            }
+            let mut synced = false;
+            for index in 0..self.nodes.len() {
+                if std::mem::take(&mut self.needs_sync[index]) {
+                    let actions = self.nodes[index].sync().expect("MemLog never fails");
+                    self.absorb(index, actions);
+                    synced = true;
+                }
+            }
+            if !synced && self.queue.is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+fn process_cpu() -> Duration {
+    let mut spec = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut spec) };
+    assert_eq!(result, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID) failed");
+    Duration::new(spec.tv_sec as u64, spec.tv_nsec as u32)
+}
+
+/// Keeps `clients` proposals outstanding at server 1 for the configured CPU time.
+fn in_process(servers: u64, clients: u64, options: &Options) -> Row {
+    let mut cluster = CoreCluster::new(servers);
+    for index in 0..cluster.nodes.len() {
+        let actions = cluster.nodes[index].start();
+        cluster.absorb(index, actions);
+    }
+    cluster.step(0, Event::Timeout(Timer::Election));
+    cluster.run_until_quiet();
+    assert_eq!(cluster.nodes[0].role(), Role::Leader, "server 1 leads");
+    let value = "v".repeat(options.payload);
+    let mut next = 0u64;
+    let mut propose = |cluster: &mut CoreCluster| {
+        next += 1;
+        let command = format!("put key{} {value}", next % 1024).into_bytes();
+        cluster.step(
+            0,
+            Event::ClientProposal {
+                id: ProposalId(next),
+                command,
+            },
+        );
+    };
+    cluster.applied = 0;
+    let budget = Duration::from_secs_f64(options.seconds);
+    let started = process_cpu();
+    for _ in 0..clients {
+        propose(&mut cluster);
+    }
+    let mut answered = 0;
+    while process_cpu() - started < budget {
+        cluster.run_until_quiet();
+        assert!(cluster.applied > answered, "the cluster stalled");
+        for _ in answered..cluster.applied {
+            propose(&mut cluster);
+        }
+        answered = cluster.applied;
+    }
+    let elapsed = process_cpu() - started;
+    let per_second = answered as f64 / elapsed.as_secs_f64();
+    Row {
+        mode: "in-process",
+        servers,
+        log: "mem".to_owned(),
+        clients,
+        operations: answered,
+        per_second,
+        latency: None,
+        // Every server runs on this one thread: the leader's share is not separated.
+        leader_cpu_us: elapsed.as_secs_f64() * 1e6 / answered.max(1) as f64,
+    }
+}
