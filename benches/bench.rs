@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench bench -- [--servers 3,5] [--logs mem,file] [--clients 1,16,64,256]
 //!                              [--seconds 3] [--payload 100] [--reads] [--in-process] [--json]
+//! cargo bench --bench bench -- --memory 1000000 [--payload 100]
 //! ```
 //!
 //! Each cell of the table starts a fresh cluster, warms it up, then lets `clients` client threads
@@ -13,6 +14,11 @@
 //! temporary directory. `--reads` measures linearizable reads instead. `--in-process` drives
 //! `Consensus` instances directly: proposals per second of CPU time, with `clients` proposals
 //! outstanding. A progress line goes to stderr; `--json` prints the rows as a JSON array.
+//!
+//! `--memory N` measures a server's resident memory instead: a one-server cluster with a
+//! `FileLog` (snapshots off, so the log keeps every entry) in this process, idle, then after
+//! `N` proposals of `payload` bytes to 1,000 keys (64 client threads), and the data directory's
+//! size.
 
 use hdrhistogram::Histogram;
 use mioraft::consensus::{Actions, Config, Consensus, Envelope, Event, ProposalId, Timer};
@@ -35,6 +41,8 @@ struct Options {
     reads: bool,
     in_process: bool,
     json: bool,
+    /// Entries to write for the memory measurement, if that is what was asked.
+    memory: Option<u64>,
 }
 
 fn usage(problem: &str) -> ! {
@@ -55,6 +63,7 @@ fn options() -> Options {
         reads: false,
         in_process: false,
         json: false,
+        memory: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -94,6 +103,12 @@ fn options() -> Options {
             "--reads" => options.reads = true,
             "--in-process" => options.in_process = true,
             "--json" => options.json = true,
+            "--memory" => {
+                let entries = value("--memory")
+                    .parse()
+                    .unwrap_or_else(|_| usage("--memory needs a number of entries"));
+                options.memory = Some(entries);
+            }
             "--bench" => {} // cargo bench passes it
             other => usage(&format!("unknown argument {other:?}")),
         }
@@ -117,6 +132,10 @@ struct Row {
 
 fn main() {
     let options = options();
+    if let Some(entries) = options.memory {
+        memory(entries, &options);
+        return;
+    }
     let mut rows = Vec::new();
     let logs = if options.in_process {
         vec!["mem".to_owned()]
@@ -481,4 +500,100 @@ fn in_process(servers: u64, clients: u64, options: &Options) -> Row {
         // Every server runs on this one thread: the leader's share is not separated.
         leader_cpu_us: elapsed.as_secs_f64() * 1e6 / answered.max(1) as f64,
     }
+}
+
+// ---- memory ----
+
+/// This process's resident memory, from /proc/self/status.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn directory_bytes(directory: &std::path::Path) -> u64 {
+    std::fs::read_dir(directory)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.metadata().ok())
+                .filter(|metadata| metadata.is_file())
+                .map(|metadata| metadata.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A one-server FileLog cluster's resident memory idle and holding `entries` entries.
+fn memory(entries: u64, options: &Options) {
+    let root = std::env::temp_dir().join(format!("mioraft-memory-{}", std::process::id()));
+    let data = root.join("n1");
+    let cluster = LocalCluster::spawn(
+        1,
+        |_| FileLog::open(&data).expect("open a data directory"),
+        |_| KvStateMachine::new(),
+        |builder| builder.with_snapshot_policy(u64::MAX, u64::MAX),
+    )
+    .expect("a server starts");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .expect("it leads");
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = resident_bytes();
+    let addresses = cluster.addresses();
+    let value = "v".repeat(options.payload);
+    let clients = 64;
+    let threads: Vec<_> = (0..clients)
+        .map(|client_number| {
+            let (addresses, value) = (addresses.clone(), value.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::new(addresses).with_timeout(Duration::from_secs(30));
+                let mut n = client_number;
+                while n < entries {
+                    let command = format!("put k{} {value}", n % 1000);
+                    client
+                        .propose(command.as_bytes())
+                        .expect("proposal applied");
+                    n += clients;
+                    if client_number == 0 && n % 10_000 < clients {
+                        eprint!("\r{n} of {entries} entries written   ");
+                        let _ = std::io::stderr().flush();
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("client thread");
+    }
+    eprint!("\r{}\r", " ".repeat(PROGRESS_WIDTH));
+    std::thread::sleep(Duration::from_secs(1));
+    let loaded = resident_bytes();
+    let metrics = cluster.servers()[0].metrics();
+    let on_disk = directory_bytes(&data);
+    cluster.shutdown().expect("clean shutdown");
+    let _ = std::fs::remove_dir_all(&root);
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    println!(
+        "one server, FileLog, snapshots off: idle {:.1} MiB resident; with {} log entries of {} \
+         byte commands (first {}, last {}) {:.1} MiB resident ({:.0} bytes per entry more); \
+         data directory {:.1} MiB",
+        mib(idle),
+        entries,
+        options.payload,
+        metrics.first_log_index.0,
+        metrics.last_log_index.0,
+        mib(loaded),
+        loaded.saturating_sub(idle) as f64 / entries.max(1) as f64,
+        mib(on_disk)
+    );
 }
