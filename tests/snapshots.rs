@@ -9,6 +9,8 @@
 //!
 //! Every wait polls a condition against a deadline.
 
+mod support;
+
 use mioraft::consensus::{Config, Consensus, Event, ProposalId, Timer};
 use mioraft::log::{FileLog, FileLogOptions};
 use mioraft::{
@@ -19,30 +21,15 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::init_logging;
 
 /// The longest any condition may take to come true.
 const WAIT: Duration = Duration::from_secs(30);
-/// How often a waiting test looks again.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
-
-fn init_logging() {
-    let _ = env_logger::builder().is_test(true).try_init();
-}
-
-/// Polls `probe` until it returns `Ok`, failing after [`WAIT`] with the last problem it reported.
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match probe() {
-            Ok(value) => return value,
-            Err(last_seen) if Instant::now() >= deadline => {
-                panic!("timed out after {WAIT:?} waiting for {what}; last seen: {last_seen}")
-            }
-            // Polling interval of a deadline-bounded wait, not a synchronization sleep.
-            Err(_) => std::thread::sleep(POLL_INTERVAL),
-        }
-    }
+/// Polls `probe` until it returns `Ok`, failing after [`WAIT`] (snapshots of a busy cluster take
+/// longer than the shared default).
+fn wait_for<T>(what: &str, probe: impl FnMut() -> Result<T, String>) -> T {
+    support::wait_for_within(WAIT, what, probe)
 }
 
 /// What a server's state machine looks like from outside: its digest of every command applied

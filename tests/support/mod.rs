@@ -1,5 +1,6 @@
-//! Helpers shared by the real-socket test binaries (`tests/server.rs`, `tests/membership.rs`):
-//! logging, and waiting for a condition against a deadline instead of sleeping.
+//! Helpers shared by the real-socket test binaries (`tests/server.rs`, `tests/membership.rs`,
+//! `tests/snapshots.rs`): logging, and waiting for a condition against a deadline instead of
+//! sleeping.
 
 // Each test binary uses a different part.
 #![allow(dead_code)]
