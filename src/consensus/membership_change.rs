@@ -14,8 +14,7 @@
 
 use super::progress::{Progress, ReplicationState};
 use super::{
-    ClientReply, Consensus, MembershipChange, Message, ProposalId, ProposalOutcome, Role,
-    TimeoutNow, Timer, TimerAction,
+    ClientReply, Consensus, MembershipChange, ProposalId, ProposalOutcome, Role, Timer, TimerAction,
 };
 use crate::error::{LogError, Result};
 use crate::log::{Entry, PersistentLog};
@@ -149,18 +148,29 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         }
     }
 
-    /// After a snapshot through `snapshot_index` is in force: older configurations than the
-    /// one at its index are no longer needed.
+    /// After our own snapshot through `snapshot_index` is in force: configurations older than
+    /// the one in force at its index are no longer needed.
     pub(super) fn prune_configurations(&mut self, snapshot_index: LogIndex) {
-        while self.configurations.len() > 1 {
-            let mut keys = self.configurations.keys();
-            let first = *keys.next().expect("two keys");
-            let second = *keys.next().expect("two keys");
-            if second > snapshot_index {
-                break;
-            }
-            self.configurations.remove(&first);
+        if let Some((&base, _)) = self.configurations.range(..=snapshot_index).next_back() {
+            self.configurations = self.configurations.split_off(&base);
         }
+    }
+
+    /// After installing a leader's snapshot (§7): its configuration is in force at its last
+    /// index; the configuration entries of a log suffix the install kept stay (they are the
+    /// same entries), and every other one is gone with the entries it came from.
+    pub(super) fn adopt_snapshot_configuration(&mut self) {
+        let meta = self
+            .log
+            .snapshot_meta()
+            .expect("a snapshot was just installed");
+        let (last_index, membership) = (meta.last_index, meta.membership.clone());
+        let latest = self.log.latest_log_index();
+        let mut kept = self.configurations.split_off(&last_index.next());
+        kept.retain(|&index, _| index <= latest);
+        kept.insert(last_index, membership);
+        self.configurations = kept;
+        self.on_membership_changed();
     }
 
     /// The configuration in force at `index` (for a snapshot through it).
@@ -239,9 +249,6 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     ) -> Result<std::result::Result<Option<ProposalOutcome>, String>> {
         let current = self.membership().clone();
         let current_index = self.membership_index();
-        let done = Ok(Some(ProposalOutcome::MembershipChanged {
-            index: current_index,
-        }));
         // Idempotent requests are answered first, so a retry after a lost answer succeeds even
         // while the cluster is busy.
         let (target, address) = match &change {
@@ -276,7 +283,11 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             MembershipChange::AddLearner { .. } => current.is_learner(target),
             MembershipChange::RemoveServer { .. } => !current.contains(target),
         };
-        if already_made && current_index > self.commit_index {
+        if already_made {
+            if current_index <= self.commit_index {
+                let index = current_index;
+                return Ok(Ok(Some(ProposalOutcome::MembershipChanged { index })));
+            }
             // The change is in the log but not committed: it may yet be undone (a new leader
             // may overwrite it), so "made" is said only once it commits.
             if let Some(reason) = self.change_blocked_by_pending() {
@@ -288,22 +299,10 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             });
             return Ok(Ok(None));
         }
-        match &change {
-            MembershipChange::AddServer { .. } if current.is_voter(target) => {
-                return Ok(done);
-            }
-            MembershipChange::AddLearner { .. } if current.is_learner(target) => {
-                return Ok(done);
-            }
-            MembershipChange::AddLearner { .. } if current.is_voter(target) => {
-                return Ok(Err(format!(
-                    "{target} is a voter; remove it first to make it a learner"
-                )));
-            }
-            MembershipChange::RemoveServer { .. } if !current.contains(target) => {
-                return Ok(done);
-            }
-            _ => {}
+        if matches!(change, MembershipChange::AddLearner { .. }) && current.is_voter(target) {
+            return Ok(Err(format!(
+                "{target} is a voter; remove it first to make it a learner"
+            )));
         }
         if let Some(reason) = self.change_blocked() {
             return Ok(Err(reason));
@@ -437,22 +436,18 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         if self.role != Role::Leader {
             return Ok(());
         }
-        let Some(PendingChange {
-            stage: Stage::CatchingUp(catch_up),
-            ..
-        }) = &self.membership_change
-        else {
-            return Ok(());
+        let (waiter, mut catch_up) = match self.membership_change.take() {
+            Some(PendingChange {
+                waiter,
+                stage: Stage::CatchingUp(catch_up),
+            }) => (waiter, catch_up),
+            other => {
+                self.membership_change = other;
+                return Ok(());
+            }
         };
         let learner = catch_up.learner;
         let position = self.catch_up_position(learner);
-        let Some(PendingChange {
-            stage: Stage::CatchingUp(catch_up),
-            waiter,
-        }) = self.membership_change.as_mut()
-        else {
-            unreachable!("checked above");
-        };
         catch_up.slow = true;
         if position == catch_up.last_position {
             catch_up.idle_timeouts += 1;
@@ -461,7 +456,6 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             catch_up.last_position = position;
         }
         if catch_up.idle_timeouts >= CATCH_UP_IDLE_TIMEOUTS_MAX {
-            let waiter = *waiter;
             let reason = format!(
                 "{learner} made no progress for {} election timeouts ({:?} each); is it running \
                  and reachable? It stays a learner: add it again to retry, or remove it",
@@ -470,6 +464,10 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             self.fail_change(waiter, reason);
             return Ok(());
         }
+        self.membership_change = Some(PendingChange {
+            waiter,
+            stage: Stage::CatchingUp(catch_up),
+        });
         self.arm_catch_up_timer();
         Ok(())
     }
@@ -538,13 +536,12 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
 
     fn advance_catch_up(&mut self, waiter: ProposalId, catch_up: CatchUp) -> Result<()> {
         let learner = catch_up.learner;
-        if !self.membership().is_learner(learner) {
-            // Only this leader changes the configuration while the change is pending.
-            unreachable!(
-                "{}: {learner} stopped being a learner mid-change",
-                self.who()
-            );
-        }
+        // Only this leader changes the configuration while the change is pending.
+        assert!(
+            self.membership().is_learner(learner),
+            "{}: {learner} stopped being a learner mid-change",
+            self.who()
+        );
         let (match_index, _) = self.catch_up_position(learner);
         if match_index < catch_up.target {
             return Ok(());
@@ -626,11 +623,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                     "{}: removed from the configuration; handing leadership to {successor}",
                     self.who()
                 );
-                let message = Message::TimeoutNow(TimeoutNow {
-                    term: self.current_term(),
-                    leader_id: self.id,
-                });
-                self.send(successor, message);
+                self.send_timeout_now(successor);
             }
         }
         log::info!(

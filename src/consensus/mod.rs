@@ -823,6 +823,20 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
 
     /// A snapshot of this server's state for operators and tests.
     pub fn metrics(&self) -> crate::metrics::Metrics {
+        self.metrics_with(self.membership().clone())
+    }
+
+    /// Brings `metrics` up to date, as [`Consensus::metrics`] would make them, copying the
+    /// configuration only if it changed: for a caller that publishes metrics every turn.
+    pub fn refresh_metrics(&self, metrics: &mut crate::metrics::Metrics) {
+        let mut membership = std::mem::take(&mut metrics.membership);
+        if membership != *self.membership() {
+            membership = self.membership().clone();
+        }
+        *metrics = self.metrics_with(membership);
+    }
+
+    fn metrics_with(&self, membership: Membership) -> crate::metrics::Metrics {
         crate::metrics::Metrics {
             id: self.id,
             role: self.role(),
@@ -841,7 +855,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
                 .snapshot_meta()
                 .map_or(LogIndex(0), |meta| meta.last_index),
             first_log_index: self.log.first_log_index(),
-            membership: self.membership().clone(),
+            membership,
         }
     }
 

@@ -503,8 +503,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         self.log.finish_snapshot()?;
         self.durable_index = self.log.latest_log_index();
         self.restore_from_snapshot()?;
-        // The snapshot's configuration, and any in the log suffix kept after it, are in force.
-        self.load_configurations()?;
+        self.adopt_snapshot_configuration();
         self.compact_log()?;
         log::info!(
             "{}: installed snapshot through {}@t{}; log now {}..={}",

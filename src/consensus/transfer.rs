@@ -93,6 +93,11 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             "{}: {peer} holds our log through {last_log_index}; telling it to campaign",
             self.who()
         );
+        self.send_timeout_now(peer);
+    }
+
+    /// §3.10: tells `peer`, which holds our whole log, to campaign at once.
+    pub(super) fn send_timeout_now(&mut self, peer: ServerId) {
         let message = Message::TimeoutNow(TimeoutNow {
             term: self.current_term(),
             leader_id: self.id,

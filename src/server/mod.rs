@@ -735,8 +735,8 @@ where
     }
 
     fn publish_metrics(&self) {
-        let metrics = self.consensus.metrics();
-        *self.metrics.lock().unwrap_or_else(PoisonError::into_inner) = metrics;
+        let mut published = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        self.consensus.refresh_metrics(&mut published);
     }
 }
 
