@@ -13,7 +13,10 @@
 //! bytes for `seconds`. `file` keeps each server's log in a `FileLog` (fsync on every sync) in a
 //! temporary directory. `--reads` measures linearizable reads instead. `--in-process` drives
 //! `Consensus` instances directly: proposals per second of CPU time, with `clients` proposals
-//! outstanding. A progress line goes to stderr; `--json` prints the rows as a JSON array.
+//! outstanding, those answered proposed again as one batch (`step_batch`, as the reactor does per
+//! turn), for each state machine of `--machines null,kv` (`null` keeps nothing, as the in-process
+//! benchmarks of other Raft libraries do; `kv` is the key-value map). A progress line goes to
+//! stderr; `--json` prints the rows as a JSON array.
 //!
 //! `--memory N` measures a server's resident memory instead: a one-server cluster with a
 //! `FileLog` (snapshots off, so the log keeps every entry) in this process, idle, then after
@@ -24,7 +27,9 @@ use hdrhistogram::Histogram;
 use mioraft::consensus::{Actions, Config, Consensus, Envelope, Event, ProposalId, Timer};
 use mioraft::log::FileLog;
 use mioraft::server::LocalCluster;
-use mioraft::{Client, KvStateMachine, MemLog, PersistentLog, Role, ServerId};
+use mioraft::{
+    Client, KvStateMachine, MemLog, NullStateMachine, PersistentLog, Role, ServerId, StateMachine,
+};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -40,6 +45,8 @@ struct Options {
     payload: usize,
     reads: bool,
     in_process: bool,
+    /// In process: the state machines to run (`null` keeps nothing; `kv` is the key-value map).
+    machines: Vec<String>,
     json: bool,
     /// Entries to write for the memory measurement, if that is what was asked.
     memory: Option<u64>,
@@ -62,6 +69,7 @@ fn options() -> Options {
         payload: 100,
         reads: false,
         in_process: false,
+        machines: vec!["null".into(), "kv".into()],
         json: false,
         memory: None,
     };
@@ -102,6 +110,12 @@ fn options() -> Options {
             }
             "--reads" => options.reads = true,
             "--in-process" => options.in_process = true,
+            "--machines" => {
+                options.machines = value("--machines").split(',').map(str::to_owned).collect();
+                if let Some(bad) = options.machines.iter().find(|m| *m != "null" && *m != "kv") {
+                    usage(&format!("--machines: {bad:?} is neither null nor kv"));
+                }
+            }
             "--json" => options.json = true,
             "--memory" => {
                 let entries = value("--memory")
@@ -137,8 +151,13 @@ fn main() {
         return;
     }
     let mut rows = Vec::new();
+    // In process, the log is always a MemLog; the cells differ by state machine instead.
     let logs = if options.in_process {
-        vec!["mem".to_owned()]
+        options
+            .machines
+            .iter()
+            .map(|m| format!("mem/{m}"))
+            .collect()
     } else {
         options.logs.clone()
     };
@@ -161,7 +180,10 @@ fn main() {
         );
         let _ = std::io::stderr().flush();
         let row = if options.in_process {
-            in_process(*servers, *clients, &options)
+            match log.as_str() {
+                "mem/kv" => in_process(*servers, *clients, log, &options, KvStateMachine::new),
+                _ => in_process(*servers, *clients, log, &options, || NullStateMachine),
+            }
         } else if log == "file" {
             let root = std::env::temp_dir().join(format!("mioraft-bench-{}", std::process::id()));
             let row = over_sockets(&options, *servers, *clients, "file", |id| {
@@ -366,29 +388,22 @@ fn thread_cpu(name: &str) -> Duration {
 
 /// `servers` `Consensus` instances in one thread: messages delivered in order; each server
 /// syncs once whenever the queue drains (group commit, as the reactor does once per turn).
-struct CoreCluster {
-    nodes: Vec<Consensus<MemLog, KvStateMachine>>,
+struct CoreCluster<M: StateMachine> {
+    nodes: Vec<Consensus<MemLog, M>>,
     queue: VecDeque<(ServerId, Envelope)>,
     needs_sync: Vec<bool>,
     applied: u64,
 }
 
-impl CoreCluster {
-    fn new(size: u64) -> Self {
+impl<M: StateMachine> CoreCluster<M> {
+    fn new(size: u64, machine: impl Fn() -> M) -> Self {
         let voters: Vec<ServerId> = (1..=size).map(ServerId).collect();
         let nodes = voters
             .iter()
             .map(|&id| {
                 let config = Config::default();
-                Consensus::new(
-                    id,
-                    voters.clone(),
-                    MemLog::new(),
-                    KvStateMachine::new(),
-                    config,
-                    id.0,
-                )
-                .expect("valid configuration")
+                Consensus::new(id, voters.clone(), MemLog::new(), machine(), config, id.0)
+                    .expect("valid configuration")
             })
             .collect();
         CoreCluster {
@@ -449,9 +464,16 @@ fn process_cpu() -> Duration {
     Duration::new(spec.tv_sec as u64, spec.tv_nsec as u32)
 }
 
-/// Keeps `clients` proposals outstanding at server 1 for the configured CPU time.
-fn in_process(servers: u64, clients: u64, options: &Options) -> Row {
-    let mut cluster = CoreCluster::new(servers);
+/// Keeps `clients` proposals outstanding at server 1 for the configured CPU time; `log` names
+/// the cell ("mem/null" or "mem/kv").
+fn in_process<M: StateMachine>(
+    servers: u64,
+    clients: u64,
+    log: &str,
+    options: &Options,
+    machine: impl Fn() -> M,
+) -> Row {
+    let mut cluster = CoreCluster::new(servers, machine);
     for index in 0..cluster.nodes.len() {
         let actions = cluster.nodes[index].start();
         cluster.absorb(index, actions);
@@ -461,30 +483,33 @@ fn in_process(servers: u64, clients: u64, options: &Options) -> Row {
     assert_eq!(cluster.nodes[0].role(), Role::Leader, "server 1 leads");
     let value = "v".repeat(options.payload);
     let mut next = 0u64;
-    let mut propose = |cluster: &mut CoreCluster| {
-        next += 1;
-        let command = format!("put key{} {value}", next % 1024).into_bytes();
-        cluster.step(
-            0,
-            Event::ClientProposal {
-                id: ProposalId(next),
-                command,
-            },
-        );
+    // The proposals answered since the last round are made again, all at once, as one batch:
+    // what the reactor does with the requests of one turn.
+    let mut propose = |cluster: &mut CoreCluster<M>, count: u64| {
+        let batch: Vec<Event> = (0..count)
+            .map(|_| {
+                next += 1;
+                Event::ClientProposal {
+                    id: ProposalId(next),
+                    command: format!("put key{} {value}", next % 1024).into_bytes(),
+                }
+            })
+            .collect();
+        let actions = cluster.nodes[0]
+            .step_batch(batch)
+            .expect("MemLog never fails");
+        cluster.absorb(0, actions);
     };
     cluster.applied = 0;
     let budget = Duration::from_secs_f64(options.seconds);
     let started = process_cpu();
-    for _ in 0..clients {
-        propose(&mut cluster);
-    }
+    propose(&mut cluster, clients);
     let mut answered = 0;
     while process_cpu() - started < budget {
         cluster.run_until_quiet();
         assert!(cluster.applied > answered, "the cluster stalled");
-        for _ in answered..cluster.applied {
-            propose(&mut cluster);
-        }
+        let newly_answered = cluster.applied - answered;
+        propose(&mut cluster, newly_answered);
         answered = cluster.applied;
     }
     let elapsed = process_cpu() - started;
@@ -492,7 +517,7 @@ fn in_process(servers: u64, clients: u64, options: &Options) -> Row {
     Row {
         mode: "in-process",
         servers,
-        log: "mem".to_owned(),
+        log: log.to_owned(),
         clients,
         operations: answered,
         per_second,

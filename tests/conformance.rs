@@ -1738,6 +1738,139 @@ fn reads_and_session_requests_wait_for_the_term_noop() {
     );
 }
 
+// ---- Batches: every client request of one event-loop turn at once (§5.3, thesis §6.4) ----
+
+fn proposals(ids: std::ops::RangeInclusive<u64>) -> Vec<Event> {
+    ids.map(|id| Event::ClientProposal {
+        id: ProposalId(id),
+        command: format!("put k{id} v{id}").into_bytes(),
+    })
+    .collect()
+}
+
+fn step_batch(node: &mut Node, events: Vec<Event>) -> Actions {
+    node.step_batch(events).expect("step_batch")
+}
+
+/// §5.3: a batch of proposals appends one entry each, in order, and sends each follower one
+/// AppendEntries carrying all of them, where stepping them one by one sends one per proposal.
+#[test]
+fn a_batch_of_proposals_reaches_each_follower_in_one_append() {
+    let mut one_by_one = leader(3);
+    let mut leader = leader(3);
+    let actions = step_batch(&mut leader, proposals(1..=10));
+    assert!(actions.replies.is_empty());
+    assert!(actions.sync_required);
+    let sent = appends(&actions);
+    assert_eq!(
+        sent.iter().map(|(to, _)| *to).collect::<Vec<_>>(),
+        [2, 3],
+        "one append per follower"
+    );
+    let expected: Vec<Entry> = (1..=10)
+        .map(|id| Entry::command(Term(1), format!("put k{id} v{id}")))
+        .collect();
+    for (_, request) in &sent {
+        assert_eq!(request.prev_log_index, LogIndex(1));
+        assert_eq!(request.entries, expected);
+    }
+    assert_eq!(log_entries(&leader)[1..], expected[..]);
+    // Committed together, answered in order.
+    let actions = commit_through(&mut leader, 11);
+    let answered: Vec<u64> = actions.replies.iter().map(|reply| reply.id.0).collect();
+    assert_eq!(answered, (1..=10).collect::<Vec<_>>());
+    // One by one, the same proposals would have gone in one append each.
+    let mut actions = Actions::default();
+    for event in proposals(1..=10) {
+        actions.merge(step(&mut one_by_one, event));
+    }
+    assert_eq!(
+        appends(&actions).len(),
+        2 * 8,
+        "one per proposal, up to the window of 8"
+    );
+}
+
+/// §5.3: a batch is cut to the AppendEntries limits and the in-flight window like any backlog.
+#[test]
+fn a_batch_respects_the_append_limits_and_window() {
+    let config = Config {
+        append_entries_max: 4,
+        in_flight_appends_max: 2,
+        ..paper_config()
+    };
+    let mut leader = build(1, 3, MemLog::new(), config);
+    win_election(&mut leader);
+    for peer in 2..=3 {
+        let _ = receive(&mut leader, peer, ack(1, 1));
+    }
+    let actions = step_batch(&mut leader, proposals(1..=10));
+    let to_two: Vec<(u64, usize)> = appends(&actions)
+        .into_iter()
+        .filter(|(to, _)| *to == 2)
+        .map(|(_, request)| (request.prev_log_index.0, request.entries.len()))
+        .collect();
+    assert_eq!(
+        to_two,
+        [(1, 4), (5, 4)],
+        "two appends of four, then the window is full"
+    );
+    // An acknowledgement opens the window for the rest.
+    let actions = receive(&mut leader, 2, ack(1, 5));
+    let rest: Vec<(u64, usize)> = appends(&actions)
+        .into_iter()
+        .map(|(_, request)| (request.prev_log_index.0, request.entries.len()))
+        .collect();
+    assert_eq!(rest, [(9, 2)]);
+}
+
+/// Thesis §6.4: reads that arrive in one batch share one round, and so do the proposals'
+/// appends: a batch with both sends each follower one message.
+#[test]
+fn reads_in_a_batch_share_one_round() {
+    let mut leader = leader(3);
+    let mut events = proposals(1..=2);
+    events.extend((3..=5).map(|id| Event::Query {
+        id: ProposalId(id),
+        query: b"get k1".to_vec(),
+    }));
+    let actions = step_batch(&mut leader, events);
+    let sent: Vec<(u64, u64, usize)> = appends(&actions)
+        .into_iter()
+        .map(|(to, request)| (to, request.read_round, request.entries.len()))
+        .collect();
+    assert_eq!(sent, [(2, 1, 2), (3, 1, 2)], "one message per follower");
+    // The reads were taken before the proposals committed: their read index is 1, so the
+    // round alone answers them, with the state as of then.
+    let actions = receive(&mut leader, 2, ack_round(1, 1, 1));
+    let reads: Vec<(u64, ProposalOutcome)> = outcomes_of(&actions);
+    let expected: Vec<(u64, ProposalOutcome)> = (3..=5)
+        .map(|id| (id, ProposalOutcome::Read { result: Vec::new() }))
+        .collect();
+    assert_eq!(reads, expected);
+}
+
+/// A batch at a follower redirects every request to the leader and sends nothing.
+#[test]
+fn a_batch_at_a_follower_redirects_every_request() {
+    let mut follower = node_with_log(2, 3, 1, &[1]);
+    let _ = receive(&mut follower, 1, append(1, 1, (1, 1), Vec::new(), 1));
+    let actions = step_batch(&mut follower, proposals(1..=3));
+    assert!(actions.messages.is_empty());
+    let expected: Vec<(u64, ProposalOutcome)> = (1..=3)
+        .map(|id| {
+            (
+                id,
+                ProposalOutcome::NotLeader {
+                    leader: Some(ServerId(1)),
+                },
+            )
+        })
+        .collect();
+    assert_eq!(outcomes_of(&actions), expected);
+    assert_eq!(follower.log().latest_log_index(), LogIndex(1));
+}
+
 // ---- Snapshots and log compaction (§7) ----
 
 /// Snapshots every `every` applied entries, keeping none behind, sent in chunks of `chunk`

@@ -187,11 +187,22 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         let term = entry.term;
         self.append_to_own_log(&[entry])?;
         self.pending_proposals.insert((index, term), vec![waiter]);
+        if !self.replication_deferred {
+            self.replicate_to_all()?;
+        }
+        Ok(index)
+    }
+
+    /// A leader sends every follower what its progress allows (§5.3).
+    pub(super) fn replicate_to_all(&mut self) -> Result<()> {
+        if self.role != Role::Leader {
+            return Ok(());
+        }
         for position in 0..self.peers.len() {
             let peer = self.peers[position];
             self.send_appends(peer)?;
         }
-        Ok(index)
+        Ok(())
     }
 
     /// "Not leader", naming the leader we know of, or the one we are handing over to.

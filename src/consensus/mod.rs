@@ -558,6 +558,9 @@ pub struct Consensus<L: PersistentLog, M: StateMachine> {
     waiting_for_term_start: Vec<Event>,
     /// Leader only: reads in flight (ReadIndex, §6.4).
     reads: read_index::ReadState,
+    /// Inside [`Consensus::step_batch`]: entries appended for clients are not sent yet; the
+    /// batch sends them together once every event in it is handled.
+    replication_deferred: bool,
     /// A leader's snapshot being received (§7), if any.
     incoming_snapshot: Option<snapshot::IncomingSnapshot>,
     /// The last index of our own snapshot while the log writes it, if one is being taken.
@@ -667,6 +670,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             pending_proposals: BTreeMap::new(),
             sessions: Sessions::new(config_sessions_max),
             sessions_in_flight: HashMap::new(),
+            replication_deferred: false,
             term_start: LogIndex(0),
             waiting_for_term_start: Vec::new(),
             reads: read_index::ReadState::default(),
@@ -696,6 +700,29 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     /// longer be trusted.
     pub fn step(&mut self, event: Event) -> Result<Actions> {
         self.dispatch(event)?;
+        self.settle()?;
+        self.check_invariants();
+        Ok(self.take_actions())
+    }
+
+    /// Feeds `events` through the Raft rules in order, as one batch, and returns what to do for
+    /// all of them. The rules are those of [`step`](Self::step), event by event; what differs is
+    /// when the leader sends: entries appended for the batch's proposals go to each follower
+    /// together, in as few AppendEntries as the size limits allow, once every event is handled,
+    /// instead of one AppendEntries per proposal (§5.3 lets a leader send any part of its log
+    /// at any time). Reads in the batch share one ReadIndex round (§6.4). A server feeds it
+    /// every client request that arrived in one turn of its event loop.
+    ///
+    /// # Errors
+    /// As [`step`](Self::step): the server must stop.
+    pub fn step_batch(&mut self, events: impl IntoIterator<Item = Event>) -> Result<Actions> {
+        self.replication_deferred = true;
+        let handled = events
+            .into_iter()
+            .try_for_each(|event| self.dispatch(event));
+        self.replication_deferred = false;
+        handled?;
+        self.replicate_with_read_round()?;
         self.settle()?;
         self.check_invariants();
         Ok(self.take_actions())

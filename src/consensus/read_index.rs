@@ -16,12 +16,12 @@
 //! extra messages.
 
 use super::{quorum, BrokenRule};
-use super::{ClientReply, Consensus, ProposalId, ProposalOutcome, Role};
+use super::{ClientReply, Consensus, Message, ProposalId, ProposalOutcome, Role};
 use crate::error::Result;
 use crate::log::PersistentLog;
 use crate::state_machine::StateMachine;
 use crate::types::{LogIndex, ServerId};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 /// One read waiting for its round or for the state machine to catch up.
 #[derive(Debug)]
@@ -119,12 +119,17 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     /// before the probe has found it.
     fn start_read_round(&mut self) -> Result<()> {
         self.reads.round += 1;
+        self.send_round_heartbeats(&BTreeSet::new())
+    }
+
+    /// Heartbeats carrying the latest round to every caught-up follower not in `reached`.
+    fn send_round_heartbeats(&mut self, reached: &BTreeSet<ServerId>) -> Result<()> {
         for position in 0..self.peers.len() {
             let peer = self.peers[position];
             let Some(progress) = self.progress.get(&peer) else {
                 continue;
             };
-            if progress.is_probing() {
+            if progress.is_probing() || reached.contains(&peer) {
                 continue;
             }
             let message = self.heartbeat(progress.match_index)?;
@@ -132,6 +137,25 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         }
         log::trace!("{}: read round {} started", self.who(), self.reads.round);
         Ok(())
+    }
+
+    /// The end of a batch (`Consensus::step_batch`): sends every follower what its progress
+    /// allows, and if the batch's reads want a round and none is outstanding, starts it first,
+    /// so the batch's appends carry it: a follower that gets an append needs no heartbeat too.
+    pub(super) fn replicate_with_read_round(&mut self) -> Result<()> {
+        let outstanding = self.reads.confirmed < self.reads.round;
+        if self.role != Role::Leader || !self.reads.round_wanted() || outstanding {
+            return self.replicate_to_all();
+        }
+        self.reads.round += 1;
+        let first_sent = self.out.messages.len();
+        self.replicate_to_all()?;
+        let reached: BTreeSet<ServerId> = self.out.messages[first_sent..]
+            .iter()
+            .filter(|envelope| matches!(envelope.message, Message::AppendEntries(_)))
+            .map(|envelope| envelope.to)
+            .collect();
+        self.send_round_heartbeats(&reached)
     }
 
     /// Records that `peer` answered `round` in our term.

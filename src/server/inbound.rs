@@ -271,7 +271,8 @@ where
         })
     }
 
-    /// Hands a client's request to the core under a fresh id, remembering who to answer.
+    /// Queues a client's request for the core under a fresh id, remembering who to answer. The
+    /// turn hands every request it read to the core as one batch (`step_client_requests`).
     fn submit(
         &mut self,
         token: Token,
@@ -291,6 +292,19 @@ where
                 request_id,
             },
         );
-        self.step(event(id))
+        self.client_requests.push(event(id));
+        Ok(())
+    }
+
+    /// Steps every client request read this turn into the core as one batch: the proposals
+    /// among them reach each follower together (`Consensus::step_batch`).
+    pub(super) fn step_client_requests(&mut self) -> Result<()> {
+        if self.client_requests.is_empty() {
+            return Ok(());
+        }
+        let requests = std::mem::take(&mut self.client_requests);
+        let actions = self.consensus.step_batch(requests)?;
+        self.carry_out(actions);
+        Ok(())
     }
 }

@@ -3,8 +3,9 @@
 //! One thread runs one mio `Poll` over one listening port shared by peers and clients, a `Slab`
 //! of connections, and the reactor's deadlines. It turns frames into [`Event`]s for the
 //! [`Consensus`] core and carries out the [`Actions`](crate::consensus::Actions) it gets back; it
-//! keeps no Raft logic of its own. Each poll turn handles every ready event, then syncs the log
-//! once if anything asked for it (group commit), then writes what is queued.
+//! keeps no Raft logic of its own. Each poll turn handles every ready event, hands the client
+//! requests it read to the core as one batch (one AppendEntries per follower for all of them),
+//! then syncs the log once if anything asked for it (group commit), then writes what is queued.
 //!
 //! The pieces: `connection.rs` (one connection's buffers and I/O), `inbound.rs` (accepting,
 //! reading, preambles, peer messages and client requests), `outbound.rs` (carrying out actions:
@@ -438,6 +439,7 @@ where
             membership_seen: None,
             proposals: BTreeMap::new(),
             proposals_issued: 0,
+            client_requests: Vec::new(),
             message_bytes_max: self.message_bytes_max,
             preamble_timeout: self.preamble_timeout,
             sync_required: false,
@@ -564,6 +566,8 @@ struct Reactor<L: PersistentLog, M: StateMachine> {
     proposals: BTreeMap<crate::consensus::ProposalId, Proposer>,
     /// Proposal tags handed out so far.
     proposals_issued: u64,
+    /// Client requests read this turn, in arrival order, for the core's next batch.
+    client_requests: Vec<Event>,
     message_bytes_max: u64,
     preamble_timeout: Duration,
     /// Some step this turn left unsynced writes: sync before the turn ends.
@@ -651,6 +655,7 @@ where
             }
         }
         self.read_leftovers()?;
+        self.step_client_requests()?;
         self.fire_due_timers()?;
         // What may go before the sync goes now: the leader's appends reach followers while its
         // own write is in flight (thesis §10.2.1), so the two fsyncs overlap instead of adding

@@ -50,6 +50,10 @@ pub struct SimConfig {
     pub session_expired_is_final: bool,
     /// Run the [`Checker`](super::Checker) after every event (switch off only to measure the core's speed).
     pub check_invariants: bool,
+    /// How long a server collects client requests before handing them to its core as one batch
+    /// (`Consensus::step_batch`, as the reactor does once per turn), drawn per batch from
+    /// `0..=client_batch_window_max_us`; 0 hands each over at once.
+    pub client_batch_window_max_us: u64,
 }
 
 impl SimConfig {
@@ -69,6 +73,7 @@ impl SimConfig {
             committed_percent: 0,
             session_expired_is_final: true,
             check_invariants: true,
+            client_batch_window_max_us: 0,
         }
     }
 
@@ -106,6 +111,7 @@ impl SimConfig {
             committed_percent: if rng.gen_bool(0.5) { 0 } else { 10 },
             session_expired_is_final: true,
             check_invariants: true,
+            client_batch_window_max_us: 0,
         };
         // §7: in most runs, snapshots every few entries, keeping few or none behind, sent in
         // tiny chunks, so followers fall behind the compaction point and transfers span many
@@ -124,6 +130,10 @@ impl SimConfig {
         // Thesis §4.1: spares to add, and configuration changes among the faults in most runs.
         config.spare_count = rng.gen_range(1..=2);
         config.faults.membership_weight = rng.gen_range(0..=3);
+        // Client requests batched as a reactor turn would (up to 2 ms), in most runs.
+        if rng.gen_bool(0.75) {
+            config.client_batch_window_max_us = rng.gen_range(1..=2000);
+        }
         config
     }
 }
@@ -133,7 +143,7 @@ impl fmt::Display for SimConfig {
         write!(
             f,
             "{} servers + {} spares, {} clients (timeout {:?}, give up after {:?}; {} keys, {}% reads, {}% cas, \
-             {}% answered at commit), append {} entries/{} bytes max, {} in flight; snapshot every \
+             {}% answered at commit, batched within {} us), append {} entries/{} bytes max, {} in flight; snapshot every \
              {} entries keeping {}, chunks of {} bytes, {} in flight; pre-vote {}, check-quorum {}; \
              {}",
             self.node_count,
@@ -145,6 +155,7 @@ impl fmt::Display for SimConfig {
             self.read_percent,
             self.cas_percent,
             self.committed_percent,
+            self.client_batch_window_max_us,
             self.core.append_entries_max,
             self.core.append_bytes_max,
             self.core.in_flight_appends_max,

@@ -167,6 +167,10 @@ pub struct FaultCounts {
     /// Leaders that stepped down because a committed configuration removed them (thesis
     /// §4.2.2).
     pub leaders_removed: u64,
+    /// Batches of client requests handed to a core at once (`Consensus::step_batch`).
+    pub client_batches: u64,
+    /// The most client requests in one batch.
+    pub client_batch_requests_max: u64,
 }
 
 impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
@@ -198,6 +202,8 @@ impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
             servers_removed,
             servers_readded,
             leaders_removed,
+            client_batches,
+            client_batch_requests_max,
         } = other;
         self.messages_sent += messages_sent;
         self.messages_dropped += messages_dropped;
@@ -224,6 +230,10 @@ impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
         self.servers_removed += servers_removed;
         self.servers_readded += servers_readded;
         self.leaders_removed += leaders_removed;
+        self.client_batches += client_batches;
+        self.client_batch_requests_max = self
+            .client_batch_requests_max
+            .max(*client_batch_requests_max);
     }
 }
 
@@ -235,7 +245,7 @@ impl fmt::Display for FaultCounts {
              crashes {}, restarts {}, unsynced writes lost {}, partitions {}, leaders isolated {}, \
              heals {}, snapshot chunks {}, snapshots installed {}, crashes mid-install {}, \
              transfers {} asked / {} done, configuration changes {} asked / {} committed / {} \
-             failed / {} abandoned (promoted {}, removed {}, re-added {}, leaders removed {})",
+             failed / {} abandoned (promoted {}, removed {}, re-added {}, leaders removed {}), client batches {} (largest {})",
             self.messages_sent,
             self.messages_dropped,
             self.messages_duplicated,
@@ -260,7 +270,9 @@ impl fmt::Display for FaultCounts {
             self.servers_promoted,
             self.servers_removed,
             self.servers_readded,
-            self.leaders_removed
+            self.leaders_removed,
+            self.client_batches,
+            self.client_batch_requests_max
         )
     }
 }

@@ -93,6 +93,12 @@ enum SimEvent {
         proposal: ProposalId,
         outcome: ProposalOutcome,
     },
+    /// The end of a server's event-loop turn: the client requests it received since the last
+    /// one go to the core as one batch (`Consensus::step_batch`), as the reactor does.
+    ClientBatch {
+        node: ServerId,
+        incarnation: u64,
+    },
     Fault,
     IsolateLeader {
         node: ServerId,
@@ -113,6 +119,9 @@ struct Slot {
     incarnation: u64,
     timer_generations: [u64; 4],
     sync_scheduled: bool,
+    /// Client requests received and not yet handed to the core, in arrival order, with the
+    /// client that sent each; handed over at the next `ClientBatch`.
+    client_batch: Vec<(usize, Event)>,
     /// The term this server was last seen leading, to notice new leaders.
     led_term: Option<crate::types::Term>,
 }
@@ -207,6 +216,7 @@ impl Simulation {
                 incarnation: 0,
                 timer_generations: [0; 4],
                 sync_scheduled: false,
+                client_batch: Vec::new(),
                 led_term: None,
             });
             simulation.boot(id);
@@ -416,7 +426,11 @@ impl Simulation {
         slot.incarnation += 1;
         slot.timer_generations = slot.timer_generations.map(|generation| generation + 1);
         slot.sync_scheduled = false;
+        let unread = std::mem::take(&mut slot.client_batch);
         slot.led_term = None;
+        for (client, _) in unread {
+            self.clients[client].stats.requests_lost += 1;
+        }
         log::debug!("sim {}us: crashed {id}", self.clock.now());
     }
 
@@ -729,7 +743,10 @@ impl Simulation {
                     self.clients[client].stats.requests_lost += 1;
                     return;
                 }
-                self.step_node(node, event);
+                self.queue_client_request(client, node, event);
+            }
+            SimEvent::ClientBatch { node, incarnation } => {
+                self.step_client_batch(node, incarnation)
             }
             SimEvent::ClientReply {
                 client,
@@ -753,6 +770,51 @@ impl Simulation {
                 }
             }
         }
+    }
+
+    /// Holds a client request for the server's next batch, which comes within
+    /// `client_batch_window_max_us` (at once when that is 0).
+    fn queue_client_request(&mut self, client: usize, node: ServerId, event: Event) {
+        let Some(index) = self.slot_index(node) else {
+            return;
+        };
+        let slot = &mut self.slots[index];
+        let first = slot.client_batch.is_empty();
+        slot.client_batch.push((client, event));
+        if first {
+            let incarnation = slot.incarnation;
+            let delay = match self.config.client_batch_window_max_us {
+                0 => 0,
+                max => self.rng.gen_range(0..=max),
+            };
+            self.clock
+                .schedule(delay, SimEvent::ClientBatch { node, incarnation });
+        }
+    }
+
+    /// Hands the client requests a server received since its last batch to its core at once.
+    fn step_client_batch(&mut self, id: ServerId, incarnation: u64) {
+        let Some(index) = self.slot_index(id) else {
+            return;
+        };
+        let slot = &mut self.slots[index];
+        if slot.incarnation != incarnation {
+            return;
+        }
+        let events: Vec<Event> = std::mem::take(&mut slot.client_batch)
+            .into_iter()
+            .map(|(_, event)| event)
+            .collect();
+        let Some(node) = slot.node.as_mut() else {
+            return;
+        };
+        self.counts.client_batches += 1;
+        self.counts.client_batch_requests_max = self
+            .counts
+            .client_batch_requests_max
+            .max(events.len() as u64);
+        let result = node.step_batch(events);
+        self.after_node_event(id, result);
     }
 
     fn step_node(&mut self, id: ServerId, event: Event) {
