@@ -172,6 +172,25 @@ fn to_frame(message: &Builder<HeapAllocator>) -> Vec<u8> {
     serialize::write_message_to_words(message)
 }
 
+/// Words of a message's fixed parts (root pointer, union, a small struct and its pointers) in
+/// the first-segment estimates below.
+const MESSAGE_FIXED_WORDS: u64 = 16;
+
+/// An allocator whose first segment holds a message of about `words` words. The default first
+/// segment is 8 KiB, zeroed on every message: most messages here are a few dozen bytes, and a
+/// batch of entries may be far more. An estimate too small only adds a segment.
+fn allocator_for(words: u64) -> HeapAllocator {
+    // Cap'n Proto's largest segment (2^29 words); anything bigger spills over into further
+    // segments, which the allocator adds as needed.
+    let words = u32::try_from(words.min(1 << 29)).unwrap_or(1 << 29);
+    HeapAllocator::new().first_segment_words(words)
+}
+
+/// Words a byte field of `bytes` bytes takes (padded to a word).
+fn data_words(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(8)
+}
+
 /// Encodes a preamble as one frame.
 pub fn encode_preamble(preamble: &Preamble) -> Vec<u8> {
     to_frame(&preamble_message(preamble))
@@ -191,21 +210,19 @@ pub fn preamble_message(preamble: &Preamble) -> Builder<HeapAllocator> {
 
 /// Encodes a peer message as one frame.
 pub fn encode_message(message: &Message) -> Vec<u8> {
-    let allocator = match message {
-        // A snapshot chunk is built in one segment sized for it up front: no growing through
-        // ever larger segments, and a single-segment frame for the reader.
-        Message::InstallSnapshot(m) => {
-            let words = INSTALL_SNAPSHOT_FIXED_WORDS
-                .saturating_add((m.meta.membership.encode().len() as u64).div_ceil(8))
-                .saturating_add((m.data.len() as u64).div_ceil(8));
-            // Cap'n Proto's largest segment (2^29 words); anything bigger spills over into
-            // further segments, which the allocator adds as needed.
-            let words = u32::try_from(words.min(1 << 29)).unwrap_or(1 << 29);
-            HeapAllocator::new().first_segment_words(words)
-        }
-        _ => HeapAllocator::new(),
+    // Every message is built in one segment sized for it up front: no growing through ever
+    // larger segments, and a single-segment frame for the reader.
+    let words = match message {
+        Message::InstallSnapshot(m) => INSTALL_SNAPSHOT_FIXED_WORDS
+            .saturating_add(data_words(m.meta.membership.encode().len()))
+            .saturating_add(data_words(m.data.len())),
+        // Each entry: a struct of two data words and a pointer, then its data.
+        Message::AppendEntries(m) => m.entries.iter().fold(MESSAGE_FIXED_WORDS, |words, entry| {
+            words.saturating_add(3 + data_words(entry.data.len()))
+        }),
+        _ => MESSAGE_FIXED_WORDS,
     };
-    let mut builder = Builder::new(allocator);
+    let mut builder = Builder::new(allocator_for(words));
     let root = builder.init_root::<schema::message::Builder>();
     match message {
         Message::RequestVote(m) => {
@@ -298,7 +315,19 @@ pub fn encode_request(request: &ClientRequest) -> Vec<u8> {
 /// (such as `capnp_futures::serialize::write_message`). [`encode_request`] is this message,
 /// framed.
 pub fn request_message(request: &ClientRequest) -> Builder<HeapAllocator> {
-    let mut builder = Builder::new_default();
+    let payload_bytes = match &request.body {
+        RequestBody::Propose(command) => command.len(),
+        RequestBody::Query(query) => query.len(),
+        RequestBody::SessionPropose(proposal) => proposal.command.len(),
+        RequestBody::ChangeMembership(
+            MembershipChange::AddServer { address, .. }
+            | MembershipChange::AddLearner { address, .. },
+        ) => address.len(),
+        _ => 0,
+    };
+    let mut builder = Builder::new(allocator_for(
+        MESSAGE_FIXED_WORDS + data_words(payload_bytes),
+    ));
     let mut root = builder.init_root::<schema::client_request::Builder>();
     root.set_request_id(request.request_id);
     match &request.body {
@@ -336,7 +365,19 @@ pub fn request_message(request: &ClientRequest) -> Builder<HeapAllocator> {
 
 /// Encodes a client response as one frame.
 pub fn encode_response(response: &ClientResponse) -> Vec<u8> {
-    let mut builder = Builder::new_default();
+    let words = match &response.body {
+        ResponseBody::Applied(bytes) | ResponseBody::Refused(bytes) => {
+            MESSAGE_FIXED_WORDS + data_words(bytes.len())
+        }
+        ResponseBody::Rejected { message, .. } => MESSAGE_FIXED_WORDS + data_words(message.len()),
+        ResponseBody::NotLeader { leader_address, .. } => {
+            MESSAGE_FIXED_WORDS + data_words(leader_address.len())
+        }
+        // Metrics with the whole configuration: let the allocator grow as it needs.
+        ResponseBody::Status(_) => 1024,
+        _ => MESSAGE_FIXED_WORDS,
+    };
+    let mut builder = Builder::new(allocator_for(words));
     let mut root = builder.init_root::<schema::client_response::Builder>();
     root.set_request_id(response.request_id);
     match &response.body {
@@ -863,6 +904,48 @@ fn text(reader: capnp::text::Reader<'_>, field: &'static str) -> Result<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Segments in a frame: its first word holds their count minus one.
+    fn segments(frame: &[u8]) -> u32 {
+        u32::from_le_bytes(frame[..4].try_into().expect("a frame header")) + 1
+    }
+
+    /// Messages are built in one segment sized for them: a batch of entries, a small response
+    /// and a request each come out as one segment, none padded to the 8 KiB default.
+    #[test]
+    fn messages_are_built_in_one_segment_of_their_size() {
+        let entries: Vec<Entry> = (0..100)
+            .map(|n| Entry::command(Term(3), vec![b'x'; 90 + n % 20]))
+            .collect();
+        let data_bytes: usize = entries.iter().map(|entry| entry.data.len()).sum();
+        let batch = encode_message(&Message::AppendEntries(AppendEntries {
+            term: Term(3),
+            leader_id: ServerId(1),
+            prev_log_index: LogIndex(9),
+            prev_log_term: Term(2),
+            entries,
+            leader_commit: LogIndex(9),
+            read_round: 4,
+        }));
+        assert_eq!(segments(&batch), 1);
+        assert!(
+            batch.len() < data_bytes + 100 * 40 + 256,
+            "{} bytes",
+            batch.len()
+        );
+        let response = encode_response(&ClientResponse {
+            request_id: 7,
+            body: ResponseBody::Applied(vec![b'r'; 300]),
+        });
+        assert_eq!(segments(&response), 1);
+        assert!(response.len() < 300 + 128, "{} bytes", response.len());
+        let request = encode_request(&ClientRequest {
+            request_id: 7,
+            body: RequestBody::Propose(vec![b'c'; 500]),
+        });
+        assert_eq!(segments(&request), 1);
+        assert!(request.len() < 500 + 128, "{} bytes", request.len());
+    }
 
     #[test]
     fn every_message_round_trips() {

@@ -247,7 +247,12 @@ impl Connection {
 
     /// Reads what the socket holds (up to the per-turn budget) through `chunk`, the reactor's
     /// shared read buffer, and cuts it into frames.
-    pub(super) fn receive(&mut self, chunk: &mut [u8]) -> Received {
+    ///
+    /// A read that fills less than `chunk` drained the socket: readiness is edge-triggered, and
+    /// data arriving after it raises a new edge (epoll(7)), so no second read is spent only to be
+    /// told it would block. Unless the other side closed (`read_closed`, from the readiness
+    /// event): then reading goes on to the end of the stream, which raises no further edge.
+    pub(super) fn receive(&mut self, chunk: &mut [u8], read_closed: bool) -> Received {
         let mut frames = Vec::new();
         let mut read_bytes: usize = 0;
         let end = loop {
@@ -272,6 +277,9 @@ impl Connection {
                                 }
                             }
                         }
+                    }
+                    if count < chunk.len() && !read_closed {
+                        break ReadEnd::WouldBlock;
                     }
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -541,7 +549,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(30);
         while received.len() < frames.len() {
             assert!(Instant::now() < deadline, "frames never arrived");
-            let outcome = connection.receive(&mut chunk);
+            let outcome = connection.receive(&mut chunk, false);
             received.extend(outcome.frames);
             match outcome.end {
                 ReadEnd::BudgetSpent => {}

@@ -75,27 +75,30 @@ where
         if event.is_writable() || event.is_error() {
             self.on_writable(token)?;
         }
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.on_readable(token)?;
+        let read_closed = event.is_read_closed() || event.is_error();
+        if event.is_readable() || read_closed {
+            self.on_readable(token, read_closed)?;
         }
         Ok(())
     }
 
     /// Goes on reading connections that spent their read budget last turn.
     pub(super) fn read_leftovers(&mut self) -> Result<()> {
+        // Whether the other side closed is not known here: read to the end.
         for token in std::mem::take(&mut self.to_read) {
-            self.on_readable(token)?;
+            self.on_readable(token, true)?;
         }
         Ok(())
     }
 
-    /// Reads what `token`'s socket holds and handles every whole frame in it.
-    fn on_readable(&mut self, token: Token) -> Result<()> {
+    /// Reads what `token`'s socket holds and handles every whole frame in it; `read_closed`:
+    /// the readiness said the other side closed (see `Connection::receive`).
+    fn on_readable(&mut self, token: Token, read_closed: bool) -> Result<()> {
         let Some(connection) = self.connections.get_mut(token.0) else {
             return Ok(());
         };
         let serial = connection.serial();
-        let received = connection.receive(&mut self.read_buffer);
+        let received = connection.receive(&mut self.read_buffer, read_closed);
         for frame in &received.frames {
             self.handle_frame(token, frame)?;
             if !self.is_open(token, serial) {
