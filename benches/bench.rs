@@ -188,7 +188,9 @@ fn main() {
             let _ = std::fs::remove_dir_all(&root);
             row
         } else {
-            over_sockets(&options, *servers, *clients, *depth, "mem", |_| MemLog::new())
+            over_sockets(&options, *servers, *clients, *depth, "mem", |_| {
+                MemLog::new()
+            })
         };
         // Clear the progress line before the row, for a terminal showing both streams.
         eprint!("\r{}\r", " ".repeat(PROGRESS_WIDTH));
@@ -253,7 +255,9 @@ fn json(rows: &[Row], options: &Options) -> String {
                 }
                 None => "\"p50_us\":null,\"p99_us\":null,\"p999_us\":null".to_owned(),
             };
-            let depth = row.depth.map_or("null".to_owned(), |depth| depth.to_string());
+            let depth = row
+                .depth
+                .map_or("null".to_owned(), |depth| depth.to_string());
             format!(
                 "{{\"mode\":\"{}\",\"servers\":{},\"log\":\"{}\",\"clients\":{},\
                  \"depth\":{depth},\"payload_bytes\":{},\"operations\":{},\

@@ -110,14 +110,24 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 /// Asks the cluster at `addresses` a query, through a fresh client.
 fn ask(addresses: &[SocketAddr], query: &str) -> String {
     let mut client = Client::new(addresses.to_vec()).with_timeout(TIMEOUT);
-    let answer = client.query(query.as_bytes()).expect("the query is answered");
+    let answer = client
+        .query(query.as_bytes())
+        .expect("the query is answered");
     String::from_utf8(answer).expect("text")
 }
 
 /// Checks that the cluster applied commands `c0`..`c{count-1}` once each, and nothing else.
 fn assert_applied_exactly_once(addresses: &[SocketAddr], count: u64) {
-    assert_eq!(ask(addresses, "duplicates"), "0", "no command applied twice");
-    assert_eq!(ask(addresses, "total"), count.to_string(), "every command applied");
+    assert_eq!(
+        ask(addresses, "duplicates"),
+        "0",
+        "no command applied twice"
+    );
+    assert_eq!(
+        ask(addresses, "total"),
+        count.to_string(),
+        "every command applied"
+    );
 }
 
 /// A thread streaming commands `c0`, `c1`, ... through a pipeline of `depth`, keeping it full

@@ -179,7 +179,10 @@ impl Pipeline {
     /// # Panics
     /// If `depth` is 0.
     pub fn new(cluster: impl IntoIterator<Item = SocketAddr>, depth: usize) -> Pipeline {
-        assert!(depth >= 1, "a pipeline's depth must be at least 1, not {depth}");
+        assert!(
+            depth >= 1,
+            "a pipeline's depth must be at least 1, not {depth}"
+        );
         let route = Route::new(cluster);
         let call = Call::start(&route, TIMEOUT_DEFAULT).ok();
         Pipeline {
@@ -386,7 +389,10 @@ impl Pipeline {
                 .as_ref()
                 .is_some_and(|work| work.deadline <= now);
             if late {
-                let call = self.call.as_ref().expect("requests wait only with a cluster");
+                let call = self
+                    .call
+                    .as_ref()
+                    .expect("requests wait only with a cluster");
                 let error = call.timed_out();
                 self.complete(slot, Err(error), now);
                 expired = true;
@@ -477,15 +483,18 @@ impl Pipeline {
 
     /// Connects to the route's target and queues the preamble.
     fn connect(&mut self, now: Instant) -> Result<()> {
-        assert!(self.output.is_empty(), "no frames wait without a connection");
+        assert!(
+            self.output.is_empty(),
+            "no frames wait without a connection"
+        );
         let address = self.route.target();
         let io = |source| Error::Io {
             address: address.to_string(),
             source,
         };
         let remaining = self.next_wake().saturating_duration_since(now);
-        let stream = TcpStream::connect_timeout(&address, policy::connect_timeout(remaining))
-            .map_err(io)?;
+        let stream =
+            TcpStream::connect_timeout(&address, policy::connect_timeout(remaining)).map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
         // A server that stops reading must not hold the pipeline past its deadlines.
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
@@ -581,7 +590,10 @@ impl Pipeline {
             .expect("a sent request occupies its slot");
         work.sent = false;
         let remaining = work.deadline.saturating_duration_since(now);
-        let call = self.call.as_mut().expect("requests wait only with a cluster");
+        let call = self
+            .call
+            .as_mut()
+            .expect("requests wait only with a cluster");
         match call.answered(&mut self.route, from, body, remaining) {
             Step::Answer(body) => {
                 if std::mem::take(&mut self.retrying) {
@@ -608,7 +620,9 @@ impl Pipeline {
     /// proposal, anything else completes it.
     fn advance(&mut self, slot: usize, from: SocketAddr, body: ResponseBody, now: Instant) {
         let Slot { session, work } = &mut self.slots[slot];
-        let work = work.as_mut().expect("an answered request occupies its slot");
+        let work = work
+            .as_mut()
+            .expect("an answered request occupies its slot");
         let result = match &mut work.stage {
             Stage::Registering(command) => {
                 let registered = match body {
@@ -618,8 +632,7 @@ impl Pipeline {
                 match registered {
                     Ok(id) => {
                         // Sequence number 1 of the new session; sent on the next turn.
-                        work.request.body =
-                            session.proposal(id, command, ResponseMode::Applied);
+                        work.request.body = session.proposal(id, command, ResponseMode::Applied);
                         work.stage = Stage::Proposing;
                         return;
                     }
@@ -820,7 +833,9 @@ mod tests {
                 *sessions += 1;
                 ResponseBody::SessionRegistered(*sessions)
             }
-            RequestBody::SessionPropose(proposal) => ResponseBody::Applied(proposal.command.clone()),
+            RequestBody::SessionPropose(proposal) => {
+                ResponseBody::Applied(proposal.command.clone())
+            }
             RequestBody::Query(query) => ResponseBody::Applied(query.clone()),
             _ => ResponseBody::UnknownLeader,
         })
@@ -941,7 +956,10 @@ mod tests {
         assert_eq!(replies(pipeline.propose_all(&commands)), commands);
         let seen = seen.lock().expect("lock");
         assert_eq!(seen.proposals().len(), 8 + 5);
-        assert_eq!(seen.connections, 1, "an overloaded leader is still the leader");
+        assert_eq!(
+            seen.connections, 1,
+            "an overloaded leader is still the leader"
+        );
     }
 
     #[test]
@@ -986,7 +1004,10 @@ mod tests {
             _ => echo(request, &mut sessions),
         });
         let mut pipeline = Pipeline::new([server], 1);
-        assert_eq!(replies(pipeline.propose_all([b"first"])), [b"first".to_vec()]);
+        assert_eq!(
+            replies(pipeline.propose_all([b"first"])),
+            [b"first".to_vec()]
+        );
         let mut pipeline = pipeline.with_timeout(Duration::from_millis(100));
         let error = pipeline.propose_all([b"late"]).remove(0).unwrap_err();
         let text = error.to_string();
@@ -997,7 +1018,10 @@ mod tests {
         let proposals = seen.lock().expect("lock").proposals();
         assert!(proposals.len() > 3, "retried: {proposals:?}");
         assert_eq!(proposals.first(), Some(&(1, 1)));
-        assert_eq!(proposals[1..proposals.len() - 1], vec![(1, 2); proposals.len() - 2]);
+        assert_eq!(
+            proposals[1..proposals.len() - 1],
+            vec![(1, 2); proposals.len() - 2]
+        );
         assert_eq!(proposals.last(), Some(&(1, 3)));
     }
 
