@@ -4,13 +4,16 @@
 //!
 //! ```text
 //! cargo bench --bench bench -- [--servers 3,5] [--logs mem,file] [--clients 1,16,64,256]
-//!                              [--seconds 3] [--payload 100] [--reads] [--in-process] [--json]
+//!                              [--pipeline 1,64] [--seconds 3] [--payload 100] [--reads]
+//!                              [--in-process] [--machines null,kv] [--json]
 //! cargo bench --bench bench -- --memory 1000000 [--payload 100]
 //! ```
 //!
-//! Each cell of the table starts a fresh cluster, warms it up, then lets `clients` client threads
-//! (each a blocking `Client` with one request outstanding) propose `put` commands of `payload`
-//! bytes for `seconds`. `file` keeps each server's log in a `FileLog` (fsync on every sync) in a
+//! Each cell of the table starts a fresh cluster, warms it up, then keeps `clients` requests
+//! outstanding for `seconds`: `put` commands of `payload` bytes. At pipeline depth 1 each is a
+//! client thread with a blocking `Client` (one request outstanding); at depth D > 1 they are
+//! spread over ceil(clients / D) threads, each with one `Pipeline` connection of depth up to D
+//! (256 clients at depth 64: 4 connections of 64). Each request's latency is recorded. `file` keeps each server's log in a `FileLog` (fsync on every sync) in a
 //! temporary directory. `--reads` measures linearizable reads instead. `--in-process` drives
 //! `Consensus` instances directly: proposals per second of CPU time, with `clients` proposals
 //! outstanding, those answered proposed again as one batch (`step_batch`, as the reactor does per
@@ -28,7 +31,8 @@ use mioraft::consensus::{Actions, Config, Consensus, Envelope, Event, ProposalId
 use mioraft::log::FileLog;
 use mioraft::server::LocalCluster;
 use mioraft::{
-    Client, KvStateMachine, MemLog, NullStateMachine, PersistentLog, Role, ServerId, StateMachine,
+    Client, KvStateMachine, MemLog, NullStateMachine, PersistentLog, Pipeline, Role, ServerId,
+    StateMachine,
 };
 use std::collections::VecDeque;
 use std::io::Write;
@@ -41,6 +45,8 @@ struct Options {
     servers: Vec<u64>,
     logs: Vec<String>,
     clients: Vec<u64>,
+    /// Pipeline depths: 1 is a blocking `Client` per client, more a `Pipeline` per D clients.
+    pipeline: Vec<u64>,
     seconds: f64,
     payload: usize,
     reads: bool,
@@ -55,7 +61,8 @@ struct Options {
 fn usage(problem: &str) -> ! {
     eprintln!(
         "{problem}\nusage: cargo bench --bench bench -- [--servers 3,5] [--logs mem,file] \
-         [--clients 1,16,64,256] [--seconds 3] [--payload 100] [--reads] [--in-process] [--json]"
+         [--clients 1,16,64,256] [--pipeline 1,64] [--seconds 3] [--payload 100] [--reads] \
+         [--in-process] [--machines null,kv] [--json]"
     );
     std::process::exit(2);
 }
@@ -65,6 +72,7 @@ fn options() -> Options {
         servers: vec![3],
         logs: vec!["mem".into(), "file".into()],
         clients: vec![1, 16, 64, 256],
+        pipeline: vec![1, 64],
         seconds: 3.0,
         payload: 100,
         reads: false,
@@ -90,6 +98,7 @@ fn options() -> Options {
         match arg.as_str() {
             "--servers" => options.servers = list("--servers", value("--servers")),
             "--clients" => options.clients = list("--clients", value("--clients")),
+            "--pipeline" => options.pipeline = list("--pipeline", value("--pipeline")),
             "--logs" => {
                 options.logs = value("--logs").split(',').map(str::to_owned).collect();
                 if let Some(bad) = options.logs.iter().find(|l| *l != "mem" && *l != "file") {
@@ -136,6 +145,8 @@ struct Row {
     servers: u64,
     log: String,
     clients: u64,
+    /// The pipeline depth (requests outstanding per connection); none in process.
+    depth: Option<u64>,
     operations: u64,
     per_second: f64,
     /// Latency percentiles in microseconds (p50, p99, p99.9); none in process.
@@ -161,20 +172,28 @@ fn main() {
     } else {
         options.logs.clone()
     };
-    let mut cells: Vec<(u64, String, u64)> = Vec::new();
+    // In process, proposals are stepped into the core directly: no connections to pipeline.
+    let depths = if options.in_process {
+        vec![1]
+    } else {
+        options.pipeline.clone()
+    };
+    let mut cells: Vec<(u64, String, u64, u64)> = Vec::new();
     for &servers in &options.servers {
         for log in &logs {
             for &clients in &options.clients {
-                cells.push((servers, log.clone(), clients));
+                for &depth in &depths {
+                    cells.push((servers, log.clone(), clients, depth));
+                }
             }
         }
     }
     if !options.json {
         println!("{}", header());
     }
-    for (number, (servers, log, clients)) in cells.iter().enumerate() {
+    for (number, (servers, log, clients, depth)) in cells.iter().enumerate() {
         eprint!(
-            "\r[{}/{}] {servers} servers, {log} log, {clients} clients ...   ",
+            "\r[{}/{}] {servers} servers, {log} log, {clients} clients, depth {depth} ...   ",
             number + 1,
             cells.len()
         );
@@ -186,13 +205,15 @@ fn main() {
             }
         } else if log == "file" {
             let root = std::env::temp_dir().join(format!("mioraft-bench-{}", std::process::id()));
-            let row = over_sockets(&options, *servers, *clients, "file", |id| {
+            let row = over_sockets(&options, *servers, *clients, *depth, "file", |id| {
                 FileLog::open(root.join(format!("n{}", id.0))).expect("open a data directory")
             });
             let _ = std::fs::remove_dir_all(&root);
             row
         } else {
-            over_sockets(&options, *servers, *clients, "mem", |_| MemLog::new())
+            over_sockets(&options, *servers, *clients, *depth, "mem", |_| {
+                MemLog::new()
+            })
         };
         // Clear the progress line before the row, for a terminal showing both streams.
         eprint!("\r{}\r", " ".repeat(PROGRESS_WIDTH));
@@ -212,11 +233,12 @@ const PROGRESS_WIDTH: usize = 72;
 
 fn header() -> String {
     format!(
-        "{:<10} {:>7} {:>4} {:>7} {:>12} {:>9} {:>9} {:>9} {:>12}",
+        "{:<10} {:>7} {:>4} {:>7} {:>5} {:>12} {:>9} {:>9} {:>9} {:>12}",
         "mode",
         "servers",
         "log",
         "clients",
+        "depth",
         "ops/s",
         "p50 us",
         "p99 us",
@@ -230,12 +252,14 @@ fn format_row(row: &Row) -> String {
         Some((a, b, c)) => (a.to_string(), b.to_string(), c.to_string()),
         None => ("-".into(), "-".into(), "-".into()),
     };
+    let depth = row.depth.map_or("-".to_owned(), |depth| depth.to_string());
     format!(
-        "{:<10} {:>7} {:>4} {:>7} {:>12.0} {:>9} {:>9} {:>9} {:>12.2}",
+        "{:<10} {:>7} {:>4} {:>7} {:>5} {:>12.0} {:>9} {:>9} {:>9} {:>12.2}",
         row.mode,
         row.servers,
         row.log,
         row.clients,
+        depth,
         row.per_second,
         p50,
         p99,
@@ -254,10 +278,13 @@ fn json(rows: &[Row], options: &Options) -> String {
                 }
                 None => "\"p50_us\":null,\"p99_us\":null,\"p999_us\":null".to_owned(),
             };
+            let depth = row
+                .depth
+                .map_or("null".to_owned(), |depth| depth.to_string());
             format!(
                 "{{\"mode\":\"{}\",\"servers\":{},\"log\":\"{}\",\"clients\":{},\
-                 \"payload_bytes\":{},\"operations\":{},\"ops_per_second\":{:.1},{latency},\
-                 \"leader_cpu_us_per_op\":{:.3}}}",
+                 \"depth\":{depth},\"payload_bytes\":{},\"operations\":{},\
+                 \"ops_per_second\":{:.1},{latency},\"leader_cpu_us_per_op\":{:.3}}}",
                 row.mode,
                 row.servers,
                 row.log,
@@ -278,6 +305,7 @@ fn over_sockets<L: PersistentLog + Send + 'static>(
     options: &Options,
     servers: u64,
     clients: u64,
+    depth: u64,
     log: &str,
     make_log: impl Fn(ServerId) -> L,
 ) -> Row {
@@ -294,7 +322,7 @@ fn over_sockets<L: PersistentLog + Send + 'static>(
             .expect("warm-up proposal");
     }
     let leader_cpu_before = thread_cpu(&format!("mioraft-{leader}"));
-    let (operations, elapsed, latencies) = drive(&addresses, clients, options, &value);
+    let (operations, elapsed, latencies) = drive(&addresses, clients, depth, options, &value);
     let leader_cpu = thread_cpu(&format!("mioraft-{leader}")) - leader_cpu_before;
     cluster.shutdown().expect("clean shutdown");
     Row {
@@ -302,6 +330,7 @@ fn over_sockets<L: PersistentLog + Send + 'static>(
         servers,
         log: log.to_owned(),
         clients,
+        depth: Some(depth),
         operations,
         per_second: operations as f64 / elapsed.as_secs_f64(),
         latency: Some((
@@ -313,43 +342,46 @@ fn over_sockets<L: PersistentLog + Send + 'static>(
     }
 }
 
-/// Runs `clients` client threads for the configured time; returns (operations, elapsed,
-/// latencies in microseconds).
+/// Keeps `clients` requests outstanding for the configured time: at `depth` 1 on one thread
+/// each (a blocking `Client`), deeper on ceil(clients / depth) threads each with one `Pipeline`
+/// connection, the clients spread evenly over them (at most `depth` on each). Returns
+/// (operations, elapsed, each request's latency in microseconds).
 fn drive(
     addresses: &[SocketAddr],
     clients: u64,
+    depth: u64,
     options: &Options,
     value: &str,
 ) -> (u64, Duration, Histogram<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let threads: Vec<_> = (0..clients)
-        .map(|client_number| {
+    let (threads, per_thread) = if depth <= 1 {
+        (clients, vec![1; clients as usize])
+    } else {
+        let threads = clients.div_ceil(depth);
+        let shares = (0..threads)
+            .map(|thread| clients / threads + u64::from(thread < clients % threads))
+            .collect();
+        (threads, shares)
+    };
+    assert_eq!(per_thread.iter().sum::<u64>(), clients);
+    let threads: Vec<_> = (0..threads)
+        .zip(per_thread)
+        .map(|(thread_number, outstanding)| {
             let (addresses, stop, value) =
                 (addresses.to_vec(), Arc::clone(&stop), value.to_owned());
             let reads = options.reads;
             std::thread::spawn(move || {
-                let mut client = Client::new(addresses).with_timeout(Duration::from_secs(30));
-                let mut latencies = Histogram::<u64>::new(3).expect("histogram");
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let sent = Instant::now();
-                    if reads {
-                        client
-                            .query(format!("get warm{}", n % 16).as_bytes())
-                            .expect("read answered");
-                    } else {
-                        let command = format!("put c{client_number}k{} {value}", n % 64);
-                        client
-                            .propose(command.as_bytes())
-                            .expect("proposal applied");
-                    }
-                    latencies
-                        .record(sent.elapsed().as_micros() as u64)
-                        .expect("latency fits");
-                    n += 1;
+                let load = Load {
+                    thread_number,
+                    reads,
+                    value,
+                };
+                if depth <= 1 {
+                    load.one_at_a_time(addresses, &stop)
+                } else {
+                    load.pipelined(addresses, outstanding as usize, &stop)
                 }
-                latencies
             })
         })
         .collect();
@@ -361,6 +393,77 @@ fn drive(
             .expect("merge");
     }
     (all.len(), started.elapsed(), all)
+}
+
+/// What one load thread sends: `put`s of `value` to 64 keys of its own, or reads of the
+/// warm-up keys.
+struct Load {
+    thread_number: u64,
+    reads: bool,
+    value: String,
+}
+
+impl Load {
+    fn command(&self, n: u64) -> String {
+        if self.reads {
+            format!("get warm{}", n % 16)
+        } else {
+            format!("put c{}k{} {}", self.thread_number, n % 64, self.value)
+        }
+    }
+
+    /// One blocking `Client`, one request at a time, until `stop`.
+    fn one_at_a_time(&self, addresses: Vec<SocketAddr>, stop: &AtomicBool) -> Histogram<u64> {
+        let mut client = Client::new(addresses).with_timeout(Duration::from_secs(30));
+        let mut latencies = Histogram::<u64>::new(3).expect("histogram");
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let command = self.command(n);
+            let sent = Instant::now();
+            if self.reads {
+                client.query(command.as_bytes()).expect("read answered");
+            } else {
+                client
+                    .propose(command.as_bytes())
+                    .expect("proposal applied");
+            }
+            latencies
+                .record(sent.elapsed().as_micros() as u64)
+                .expect("latency fits");
+            n += 1;
+        }
+        latencies
+    }
+
+    /// One `Pipeline` kept `depth` requests full until `stop`, then drained.
+    fn pipelined(
+        &self,
+        addresses: Vec<SocketAddr>,
+        depth: usize,
+        stop: &AtomicBool,
+    ) -> Histogram<u64> {
+        let mut pipeline = Pipeline::new(addresses, depth).with_timeout(Duration::from_secs(30));
+        let mut latencies = Histogram::<u64>::new(3).expect("histogram");
+        let mut n = 0u64;
+        loop {
+            while !stop.load(Ordering::Relaxed) && pipeline.in_flight() < depth {
+                let command = self.command(n);
+                if self.reads {
+                    pipeline.submit_query(command.as_bytes());
+                } else {
+                    pipeline.submit(command.as_bytes());
+                }
+                n += 1;
+            }
+            let Some(completion) = pipeline.next_completion() else {
+                return latencies;
+            };
+            completion.result.expect("request answered");
+            latencies
+                .record(completion.latency.as_micros() as u64)
+                .expect("latency fits");
+        }
+    }
 }
 
 /// CPU time used so far by this process's thread named `name` (from /proc; zero if not found).
@@ -519,6 +622,7 @@ fn in_process<M: StateMachine>(
         servers,
         log: log.to_owned(),
         clients,
+        depth: None,
         operations: answered,
         per_second,
         latency: None,

@@ -30,7 +30,8 @@
 //! [`Client`] is blocking: it finds the leader, retries proposals exactly once through a
 //! session and reads linearizably. With the cargo feature `async-client`, `AsyncClient` makes
 //! the same calls as `async fn`s on any async runtime, which it reaches through a small trait,
-//! `AsyncRuntime`, that the application implements (a TCP connect and a timer).
+//! `AsyncRuntime`, that the application implements (a TCP connect and a timer). [`Pipeline`]
+//! keeps many requests in flight on one connection, for throughput.
 //!
 //! # Your own storage
 //! Implement [`PersistentLog`] and run the shared suite against it with
@@ -58,7 +59,7 @@ mod messages_capnp;
 
 #[cfg(feature = "async-client")]
 pub use client::{AsyncClient, AsyncRuntime};
-pub use client::{Client, MemberStatus};
+pub use client::{Client, Completion, MemberStatus, Pipeline, Ticket};
 pub use consensus::{Consensus, Role};
 pub use error::{ConfigError, Error, LogError, Result, WireError};
 pub use log::{Entry, EntryKind, MemLog, PersistentLog, SnapshotMeta};

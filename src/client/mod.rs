@@ -1,8 +1,8 @@
-//! Clients of a mioraft cluster: the blocking [`Client`] and, with the `async-client` feature,
-//! the `AsyncClient` for applications on an async runtime. Both find the leader, follow
-//! redirects, retry, and give up with a typed error at their deadline (DESIGN.md §4); they speak
-//! the protocol of `schema/messages.capnp` and take every decision in one shared module, so they
-//! behave alike.
+//! Clients of a mioraft cluster: the blocking [`Client`], the [`Pipeline`] (many requests in
+//! flight on one connection) and, with the `async-client` feature, the `AsyncClient` for
+//! applications on an async runtime. All find the leader, follow redirects, retry, and give up
+//! with a typed error at their deadline (DESIGN.md §4); they speak the protocol of
+//! `schema/messages.capnp` and take every decision in one shared module, so they behave alike.
 //!
 //! Proposals go through a client session (thesis §6.3): a client opens one on its first
 //! proposal and numbers its requests, so a retry after a lost reply, a broken connection or a
@@ -10,10 +10,12 @@
 
 #[cfg(feature = "async-client")]
 mod async_client;
+mod pipeline;
 mod policy;
 
 #[cfg(feature = "async-client")]
 pub use async_client::{AsyncClient, AsyncRuntime};
+pub use pipeline::{Completion, Pipeline, Ticket};
 
 use crate::consensus::{MembershipChange, ResponseMode};
 use crate::error::{Error, Result};

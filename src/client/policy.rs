@@ -153,6 +153,21 @@ impl Call {
         Ok(())
     }
 
+    /// The [`Error::Timeout`] of one request that ran out of time while the call goes on, for
+    /// the [`Pipeline`](super::Pipeline), whose one retry state serves many requests at once.
+    pub(super) fn timed_out(&self) -> Error {
+        Error::Timeout {
+            timeout: self.timeout,
+            last_problem: self.last_problem.clone(),
+        }
+    }
+
+    /// Back to the first, shortest pause: a final answer came, so the next trouble is new
+    /// trouble (the [`Pipeline`](super::Pipeline)'s retry state outlives any one request).
+    pub(super) fn reset_backoff(&mut self) {
+        self.backoff = BACKOFF_MIN;
+    }
+
     /// A connection could not be opened, or a request or its answer was lost with the
     /// connection: move to the next server after a pause. A proposal is resent under its
     /// sequence number, so it is still applied at most once.
