@@ -53,6 +53,15 @@ impl FrameReader {
     /// [`WireError::MessageTooLarge`] or [`WireError::BadFrame`]: the stream cannot be trusted
     /// any further and the connection must be closed.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        Ok(self.next_frame_slice()?.map(<[u8]>::to_vec))
+    }
+
+    /// The next whole frame, if one has arrived, borrowed from the reader's buffer (valid until
+    /// the reader is used again): [`next_frame`](Self::next_frame) without a copy.
+    ///
+    /// # Errors
+    /// As [`next_frame`](Self::next_frame).
+    pub fn next_frame_slice(&mut self) -> Result<Option<&[u8]>, WireError> {
         let pending = &self.buffer[self.consumed..];
         let Some(length) = frame_length(pending, self.message_bytes_max)? else {
             self.compact();
@@ -66,9 +75,9 @@ impl FrameReader {
             self.compact();
             return Ok(None);
         }
-        let frame = pending[..length].to_vec();
+        let start = self.consumed;
         self.consumed += length;
-        Ok(Some(frame))
+        Ok(Some(&self.buffer[start..self.consumed]))
     }
 
     fn compact(&mut self) {

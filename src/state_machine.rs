@@ -91,24 +91,28 @@ impl KvStateMachine {
         self.applied_count
     }
 
-    /// A digest of every command applied, in order (FNV-1a over the commands), including those
-    /// a restored snapshot covers.
+    /// A digest of every command applied, in order (a multiply-rotate mix of each command eight
+    /// bytes at a time, then its length), including those a restored snapshot covers.
     pub fn digest(&self) -> u64 {
         self.digest
     }
 
     fn fold_digest(&mut self, command: &[u8]) {
-        const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-        let mut hash = if self.digest == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.digest
-        };
-        for byte in command.iter().chain(&[0xff]) {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(FNV_PRIME);
-        }
-        self.digest = hash;
+        // A word at a time: a byte at a time made the digest a fifth of `apply`'s cost.
+        const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mix = |hash: u64, word: u64| (hash ^ word).wrapping_mul(MULTIPLIER).rotate_left(29);
+        let mut words = command.chunks_exact(8);
+        let mut hash = (&mut words).fold(self.digest, |hash, word| {
+            mix(
+                hash,
+                u64::from_le_bytes(word.try_into().expect("eight bytes")),
+            )
+        });
+        let mut tail = [0u8; 8];
+        tail[..words.remainder().len()].copy_from_slice(words.remainder());
+        hash = mix(hash, u64::from_le_bytes(tail));
+        // The length ends each command: "ab" then "c" differs from "a" then "bc".
+        self.digest = mix(hash, command.len() as u64);
     }
 }
 
@@ -123,10 +127,14 @@ impl StateMachine for KvStateMachine {
         match (words.next(), words.next()) {
             (Some("put"), Some(rest)) => {
                 let (key, value) = rest.split_once(' ').unwrap_or((rest, ""));
-                self.entries
-                    .insert(key.to_owned(), value.to_owned())
-                    .unwrap_or_default()
-                    .into_bytes()
+                // Overwriting keeps the key's allocation.
+                match self.entries.get_mut(key) {
+                    Some(current) => std::mem::replace(current, value.to_owned()).into_bytes(),
+                    None => {
+                        self.entries.insert(key.to_owned(), value.to_owned());
+                        Vec::new()
+                    }
+                }
             }
             (Some("cas"), Some(rest)) => {
                 let mut parts = rest.splitn(3, ' ');
@@ -330,6 +338,38 @@ mod tests {
         assert_eq!(kv.apply(b"cas a 2 3"), b"ok");
         assert_eq!(kv.query(b"get a"), b"3");
         assert_eq!(kv.applied_count(), 4);
+    }
+
+    /// The digest depends on every command, its order and where one ends and the next begins.
+    #[test]
+    fn kv_digest_tells_commands_order_and_boundaries_apart() {
+        let digest = |commands: &[&[u8]]| {
+            let mut kv = KvStateMachine::new();
+            for command in commands {
+                kv.apply(command);
+            }
+            kv.digest()
+        };
+        let base = digest(&[b"put a 12345678", b"put b 9"]);
+        assert_eq!(
+            base,
+            digest(&[b"put a 12345678", b"put b 9"]),
+            "deterministic"
+        );
+        assert_ne!(base, digest(&[b"put b 9", b"put a 12345678"]), "order");
+        assert_ne!(
+            base,
+            digest(&[b"put a 12345679", b"put b 9"]),
+            "a byte in a full word"
+        );
+        assert_ne!(
+            base,
+            digest(&[b"put a 12345678", b"put b 8"]),
+            "a byte in the tail"
+        );
+        assert_ne!(digest(&[b"ab", b"c"]), digest(&[b"a", b"bc"]), "boundaries");
+        assert_ne!(digest(&[b"x"]), digest(&[b"x\0"]), "a zero byte of padding");
+        assert_ne!(digest(&[b"put a 1"]), 0);
     }
 
     #[test]

@@ -210,6 +210,12 @@ pub fn preamble_message(preamble: &Preamble) -> Builder<HeapAllocator> {
 
 /// Encodes a peer message as one frame.
 pub fn encode_message(message: &Message) -> Vec<u8> {
+    to_frame(&peer_message(message))
+}
+
+/// Builds a peer message as a Cap'n Proto message, for writers that frame it into a buffer of
+/// their own (`capnp::serialize::write_message`). [`encode_message`] is this message, framed.
+pub fn peer_message(message: &Message) -> Builder<HeapAllocator> {
     // Every message is built in one segment sized for it up front: no growing through ever
     // larger segments, and a single-segment frame for the reader.
     let words = match message {
@@ -295,7 +301,7 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
             out.set_read_round(m.read_round);
         }
     }
-    to_frame(&builder)
+    builder
 }
 
 fn encode_snapshot_meta(meta: &SnapshotMeta, mut out: schema::snapshot_meta::Builder<'_>) {
@@ -365,6 +371,12 @@ pub fn request_message(request: &ClientRequest) -> Builder<HeapAllocator> {
 
 /// Encodes a client response as one frame.
 pub fn encode_response(response: &ClientResponse) -> Vec<u8> {
+    to_frame(&response_message(response))
+}
+
+/// Builds a client response as a Cap'n Proto message, for writers that frame it into a buffer
+/// of their own. [`encode_response`] is this message, framed.
+pub fn response_message(response: &ClientResponse) -> Builder<HeapAllocator> {
     let words = match &response.body {
         ResponseBody::Applied(bytes) | ResponseBody::Refused(bytes) => {
             MESSAGE_FIXED_WORDS + data_words(bytes.len())
@@ -440,7 +452,7 @@ pub fn encode_response(response: &ClientResponse) -> Vec<u8> {
         ResponseBody::Transferred(to) => root.set_transferred(to.0),
         ResponseBody::MembershipChanged(index) => root.set_membership_changed(index.0),
     }
-    to_frame(&builder)
+    builder
 }
 
 // ---- decoding: every value is checked ----

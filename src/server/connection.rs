@@ -144,13 +144,38 @@ pub(super) enum ReadEnd {
     Close(CloseReason),
 }
 
-/// What one call to [`Connection::receive`] produced.
-#[derive(Debug)]
-pub(super) struct Received {
-    /// Whole frames, in arrival order.
-    pub(super) frames: Vec<Vec<u8>>,
-    /// Why reading stopped.
-    pub(super) end: ReadEnd,
+/// Whole frames cut from a connection's input, in arrival order, back to back in one buffer:
+/// the reactor keeps one and reuses it for every read, so frames cost no allocation each.
+#[derive(Debug, Default)]
+pub(super) struct Frames {
+    bytes: Vec<u8>,
+    /// Where each frame ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Frames {
+    fn push(&mut self, frame: &[u8]) {
+        self.bytes.extend_from_slice(frame);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Forgets every frame, keeping the buffers unless a burst of large frames (snapshot
+    /// chunks) grew them past what is worth keeping.
+    pub(super) fn clear(&mut self) {
+        if self.bytes.capacity() > OUTPUT_CAPACITY_KEPT_MAX {
+            self.bytes = Vec::new();
+        }
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// The frames, in arrival order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(start, end)| &self.bytes[start..end])
+    }
 }
 
 /// One TCP connection and its buffers.
@@ -246,14 +271,18 @@ impl Connection {
     }
 
     /// Reads what the socket holds (up to the per-turn budget) through `chunk`, the reactor's
-    /// shared read buffer, and cuts it into frames.
+    /// shared read buffer, and cuts it into frames, added to `frames`; returns why it stopped.
     ///
     /// A read that fills less than `chunk` drained the socket: readiness is edge-triggered, and
     /// data arriving after it raises a new edge (epoll(7)), so no second read is spent only to be
     /// told it would block. Unless the other side closed (`read_closed`, from the readiness
     /// event): then reading goes on to the end of the stream, which raises no further edge.
-    pub(super) fn receive(&mut self, chunk: &mut [u8], read_closed: bool) -> Received {
-        let mut frames = Vec::new();
+    pub(super) fn receive(
+        &mut self,
+        chunk: &mut [u8],
+        read_closed: bool,
+        frames: &mut Frames,
+    ) -> ReadEnd {
         let mut read_bytes: usize = 0;
         let end = loop {
             if read_bytes >= READ_BYTES_PER_TURN_MAX {
@@ -267,15 +296,10 @@ impl Connection {
                     // Cut frames after every read, so at most one partial frame plus one chunk
                     // is ever buffered, however fast the other side sends.
                     loop {
-                        match self.reader.next_frame() {
+                        match self.reader.next_frame_slice() {
                             Ok(Some(frame)) => frames.push(frame),
                             Ok(None) => break,
-                            Err(error) => {
-                                return Received {
-                                    frames,
-                                    end: ReadEnd::Close(CloseReason::Framing(error)),
-                                }
-                            }
+                            Err(error) => return ReadEnd::Close(CloseReason::Framing(error)),
                         }
                     }
                     if count < chunk.len() && !read_closed {
@@ -289,7 +313,7 @@ impl Connection {
                 Err(error) => break ReadEnd::Close(CloseReason::Io(error)),
             }
         };
-        Received { frames, end }
+        end
     }
 
     /// Adds `frame` to the output buffer. Returns whether the connection needs to be put on the
@@ -299,17 +323,47 @@ impl Connection {
     /// [`CloseReason::OutputFull`] when the other side is not reading fast enough: the caller
     /// closes the connection.
     pub(super) fn queue(&mut self, frame: &[u8]) -> Result<bool, CloseReason> {
+        self.make_room(frame.len())?;
+        self.output.extend_from_slice(frame);
+        Ok(self.mark_queued())
+    }
+
+    /// Frames `message` straight into the output buffer (no frame of its own to allocate and
+    /// copy), as [`queue`](Self::queue) does with a frame.
+    ///
+    /// # Errors
+    /// As [`queue`](Self::queue).
+    pub(super) fn queue_message<A: capnp::message::Allocator>(
+        &mut self,
+        message: &capnp::message::Builder<A>,
+    ) -> Result<bool, CloseReason> {
+        let frame_bytes =
+            capnp::serialize::compute_serialized_size_in_words(message).saturating_mul(8);
+        self.make_room(frame_bytes)?;
+        let before = self.output.len();
+        capnp::serialize::write_message(&mut self.output, message)
+            .expect("writing into a Vec cannot fail");
+        debug_assert_eq!(self.output.len() - before, frame_bytes);
+        Ok(self.mark_queued())
+    }
+
+    /// Whether a frame of `frame_bytes` fits under the output limit.
+    fn make_room(&self, frame_bytes: usize) -> Result<(), CloseReason> {
         let pending_bytes = self.pending_bytes();
-        if pending_bytes.saturating_add(frame.len()) > OUTPUT_BYTES_MAX {
+        if pending_bytes.saturating_add(frame_bytes) > OUTPUT_BYTES_MAX {
             return Err(CloseReason::OutputFull {
                 pending_bytes,
-                frame_bytes: frame.len(),
+                frame_bytes,
             });
         }
-        self.output.extend_from_slice(frame);
+        Ok(())
+    }
+
+    /// Notes that output is queued; true if the connection was not on the flush list yet.
+    fn mark_queued(&mut self) -> bool {
         let newly_queued = !self.queued_for_flush;
         self.queued_for_flush = true;
-        Ok(newly_queued)
+        newly_queued
     }
 
     /// Writes as much pending output as the socket takes, then asks for WRITABLE readiness
@@ -526,6 +580,49 @@ mod tests {
             other => panic!("queued past the bound: {other:?}"),
         }
         assert_eq!(connection.pending_bytes(), fitting * chunk.len());
+        // A message framed in place meets the same bound, and queues nothing when refused.
+        let message = wire::peer_message(&wire::decode_message(&chunk).expect("a chunk"));
+        match connection.queue_message(&message) {
+            Err(CloseReason::OutputFull { frame_bytes, .. }) => {
+                assert_eq!(frame_bytes, chunk.len());
+            }
+            other => panic!("queued past the bound: {other:?}"),
+        }
+        assert_eq!(connection.pending_bytes(), fitting * chunk.len());
+    }
+
+    /// Frames come back whole, in order, and the buffer forgets them (and a large capacity)
+    /// when cleared.
+    #[test]
+    fn frames_iterate_in_order_and_clear() {
+        let mut frames = Frames::default();
+        assert_eq!(frames.iter().count(), 0);
+        let big = vec![7u8; OUTPUT_CAPACITY_KEPT_MAX + 1];
+        for frame in [&b"first"[..], b"", b"third", &big] {
+            frames.push(frame);
+        }
+        let seen: Vec<&[u8]> = frames.iter().collect();
+        assert_eq!(seen, [&b"first"[..], b"", b"third", &big]);
+        frames.clear();
+        assert_eq!(frames.iter().count(), 0);
+        assert!(frames.bytes.capacity() <= OUTPUT_CAPACITY_KEPT_MAX);
+    }
+
+    /// A message framed in place is byte for byte the frame `encode_message` makes.
+    #[test]
+    fn a_message_framed_in_place_is_its_encoded_frame() {
+        let poll = Poll::new().expect("poll");
+        let (mut connection, _other_end) = connected(&poll, 1);
+        let chunk = full_chunk(3);
+        let message = wire::decode_message(&chunk).expect("a chunk");
+        let first = connection.queue_message(&wire::peer_message(&message));
+        assert!(
+            matches!(first, Ok(true)),
+            "put on the flush list: {first:?}"
+        );
+        let second = connection.queue_message(&wire::peer_message(&message));
+        assert!(matches!(second, Ok(false)), "already on it: {second:?}");
+        assert_eq!(connection.output, [chunk.clone(), chunk].concat());
     }
 
     /// Two full chunks from a peer, more than one turn's read budget together, come out as
@@ -549,9 +646,10 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(30);
         while received.len() < frames.len() {
             assert!(Instant::now() < deadline, "frames never arrived");
-            let outcome = connection.receive(&mut chunk, false);
-            received.extend(outcome.frames);
-            match outcome.end {
+            let mut arrived = Frames::default();
+            let end = connection.receive(&mut chunk, false, &mut arrived);
+            received.extend(arrived.iter().map(<[u8]>::to_vec));
+            match end {
                 ReadEnd::BudgetSpent => {}
                 ReadEnd::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
                 ReadEnd::Close(reason) => panic!("closed: {reason}"),

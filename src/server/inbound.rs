@@ -6,7 +6,7 @@
 //! Anything malformed or out of turn closes that one connection with a logged reason; nothing a
 //! remote party sends can stop the server.
 
-use super::connection::{CloseReason, Connection, Kind, ReadEnd};
+use super::connection::{CloseReason, Connection, Frames, Kind, ReadEnd};
 use super::outbound::Proposer;
 use super::timers::Deadline;
 use super::{deadline_after, Reactor, CONNECTIONS_MAX};
@@ -98,19 +98,33 @@ where
             return Ok(());
         };
         let serial = connection.serial();
-        let received = connection.receive(&mut self.read_buffer, read_closed);
-        for frame in &received.frames {
-            self.handle_frame(token, frame)?;
-            if !self.is_open(token, serial) {
-                return Ok(());
-            }
+        // The reactor's frame buffer, lent out while its frames are handled.
+        let mut frames = std::mem::take(&mut self.frames);
+        frames.clear();
+        let end = connection.receive(&mut self.read_buffer, read_closed, &mut frames);
+        let handled = self.handle_frames(token, serial, &frames);
+        self.frames = frames;
+        if !handled? {
+            return Ok(());
         }
-        match received.end {
+        match end {
             ReadEnd::WouldBlock => {}
             ReadEnd::BudgetSpent => self.to_read.push(token),
             ReadEnd::Close(reason) => self.close(token, reason),
         }
         Ok(())
+    }
+
+    /// Handles `frames` from the connection at `token` in order; returns whether it is still
+    /// open (a frame may close it, and then the rest are dropped).
+    fn handle_frames(&mut self, token: Token, serial: u64, frames: &Frames) -> Result<bool> {
+        for frame in frames.iter() {
+            self.handle_frame(token, frame)?;
+            if !self.is_open(token, serial) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Gives one frame its meaning according to who sent it.

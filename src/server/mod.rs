@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::state_machine::StateMachine;
 use crate::types::ServerId;
 use crate::wire::install_snapshot_overhead_bytes;
-use connection::{CloseReason, Connection, Kind};
+use connection::{CloseReason, Connection, Frames, Kind};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use outbound::Proposer;
@@ -449,6 +449,7 @@ where
             metrics,
             rng: ChaCha8Rng::seed_from_u64(rng_seed.rotate_left(32) ^ 0x6d69_6f72_6166_7421),
             read_buffer: vec![0; connection::READ_CHUNK_BYTES],
+            frames: Frames::default(),
         };
         Ok((reactor, waker))
     }
@@ -584,6 +585,8 @@ struct Reactor<L: PersistentLog, M: StateMachine> {
     rng: ChaCha8Rng,
     /// Where every connection's reads land before framing; one buffer for all.
     read_buffer: Vec<u8>,
+    /// The frames of the read being handled; one buffer for all, reused.
+    frames: Frames,
 }
 
 impl<L, M> Reactor<L, M>

@@ -17,7 +17,7 @@
 //! flow control (`in_flight_appends_max`, `snapshot_chunks_in_flight`) keeps a follower's queue
 //! far below that limit: the server refuses at start a snapshot window larger than half of it.
 
-use super::connection::Kind;
+use super::connection::{CloseReason, Connection, Kind};
 use super::timers::Deadline;
 use super::{deadline_after, Reactor};
 use crate::consensus::{Actions, ClientReply, Envelope, Message, ProposalOutcome, TimerAction};
@@ -26,6 +26,7 @@ use crate::log::PersistentLog;
 use crate::state_machine::StateMachine;
 use crate::types::ServerId;
 use crate::wire::{self, ClientResponse, RejectionReason, ResponseBody};
+use capnp::message::HeapAllocator;
 use mio::Token;
 use std::time::Instant;
 
@@ -87,7 +88,7 @@ where
     fn send_to_peer(&mut self, envelope: Envelope) {
         let Envelope { to, message } = envelope;
         match self.connection_to(to) {
-            Some(token) => self.queue_frame(token, &wire::encode_message(&message)),
+            Some(token) => self.queue_message(token, &wire::peer_message(&message)),
             None => {
                 // Snapshot chunks are few and large, and their loss stalls a transfer until the
                 // core resends: worth a line at a level operators keep.
@@ -197,17 +198,33 @@ where
 
     /// Queues the response to a client's request.
     pub(super) fn respond(&mut self, token: Token, request_id: u64, body: ResponseBody) {
-        let frame = wire::encode_response(&ClientResponse { request_id, body });
-        self.queue_frame(token, &frame);
+        let message = wire::response_message(&ClientResponse { request_id, body });
+        self.queue_message(token, &message);
+    }
+
+    /// Queues `message`, framed, on a connection for the end-of-turn flush; a connection whose
+    /// output buffer is full is closed.
+    fn queue_message(&mut self, token: Token, message: &capnp::message::Builder<HeapAllocator>) {
+        self.queue_with(token, |connection| connection.queue_message(message));
     }
 
     /// Queues `frame` on a connection for the end-of-turn flush; a connection whose output
     /// buffer is full is closed.
     pub(super) fn queue_frame(&mut self, token: Token, frame: &[u8]) {
+        self.queue_with(token, |connection| connection.queue(frame));
+    }
+
+    /// Queues output on the connection at `token` (if still open) with `queue`, putting it on
+    /// the flush list, or closing it if its output buffer is full.
+    fn queue_with(
+        &mut self,
+        token: Token,
+        queue: impl FnOnce(&mut Connection) -> std::result::Result<bool, CloseReason>,
+    ) {
         let Some(connection) = self.connections.get_mut(token.0) else {
             return;
         };
-        match connection.queue(frame) {
+        match queue(connection) {
             Ok(true) => self.to_flush.push(token),
             Ok(false) => {}
             Err(reason) => self.close(token, reason),
