@@ -9,7 +9,7 @@
 //! an error naming the file (and offset), above all in a snapshot, which a server must never
 //! install corrupt.
 
-use mioraft::log::{Entry, FileLog, FileLogOptions, PersistentLog};
+use mioraft::log::{Entry, FileLog, FileLogOptions, PersistentLog, FORMAT_VERSION};
 use mioraft::{LogError, LogIndex, ServerId, SnapshotMeta, Term};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -274,6 +274,223 @@ fn a_half_written_last_record_is_cut_off() {
     drop(log);
     let log = open(dir.path(), 1 << 20).expect("reopen");
     assert_eq!(all_entries(&log), vec![entry(1), entry(2), entry(4)]);
+}
+
+/// Truncation cuts the file, zeroed space included: entries truncated and then overwritten by
+/// fewer, shorter ones must not reappear from behind them on reopen, whether the crash comes
+/// right after the truncation or after the new entries are synced.
+#[test]
+fn truncated_entries_never_come_back_from_the_zeroed_space() {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let dir = work.path().join("log");
+    let mut log = open(&dir, 1 << 20).expect("open");
+    let entries: Vec<Entry> = (1..=30).map(entry).collect();
+    log.append_entries(LogIndex(1), &entries).expect("append");
+    log.sync().expect("sync");
+    log.truncate_suffix(LogIndex(11)).expect("truncate");
+    let after_truncation = work.path().join("after-truncation");
+    copy_dir(&dir, &after_truncation);
+    let newer: Vec<Entry> = (0..3)
+        .map(|n| Entry::command(Term(7), format!("new-{n}")))
+        .collect();
+    log.append_entries(LogIndex(11), &newer).expect("append");
+    log.sync().expect("sync");
+    let after_append = work.path().join("after-append");
+    copy_dir(&dir, &after_append);
+    drop(log);
+
+    let log = open(&after_truncation, 1 << 20).expect("reopen after the truncation");
+    assert_eq!(all_entries(&log), entries[..10]);
+    drop(log);
+    let mut expected = entries[..10].to_vec();
+    expected.extend(newer.iter().cloned());
+    for copy in [&after_append, &dir] {
+        let log = open(copy, 1 << 20).expect("reopen after the append");
+        assert_eq!(all_entries(&log), expected, "{}", copy.display());
+        assert_eq!(log.latest_log_index(), LogIndex(13));
+    }
+}
+
+/// A crash leaves the last segment as the syncs left it: records, then zeroed space. Copying
+/// the files of an open log is such a crash; the copy reopens with every synced entry, takes
+/// appends at the end of the records and reopens with them.
+#[test]
+fn a_crash_in_the_middle_of_the_zeroed_space_reopens_with_everything_synced() {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let original = work.path().join("original");
+    let mut log = open(&original, 1 << 20).expect("open");
+    let entries: Vec<Entry> = (1..=50).map(entry).collect();
+    for (position, item) in entries.iter().enumerate() {
+        log.append_entries(LogIndex(position as u64 + 1), std::slice::from_ref(item))
+            .expect("append");
+        log.sync().expect("sync");
+    }
+    let crashed = work.path().join("crashed");
+    copy_dir(&original, &crashed);
+    drop(log);
+    let segment = segments(&crashed).pop().expect("a segment");
+    let file_bytes = fs::metadata(&segment).expect("metadata").len();
+    assert!(
+        file_bytes > records_end(&segment),
+        "the segment holds zeroed space after its records ({file_bytes} bytes)"
+    );
+    let mut log = open(&crashed, 1 << 20).expect("reopen");
+    assert_eq!(all_entries(&log), entries);
+    log.append_entries(LogIndex(51), &[entry(51)])
+        .expect("append");
+    log.sync().expect("sync");
+    drop(log);
+    let log = open(&crashed, 1 << 20).expect("reopen");
+    assert_eq!(all_entries(&log), (1..=51).map(entry).collect::<Vec<_>>());
+}
+
+/// The last segment is zeroed a chunk (1 MiB, or the whole segment if smaller) ahead of its
+/// records, as written blocks; a full segment gives its zeroed space back, so earlier segments
+/// end with their records.
+#[test]
+fn segments_hold_zeroed_space_ahead_and_full_ones_give_it_back() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut log = FileLog::open(dir.path()).expect("open");
+    log.append_entries(LogIndex(1), &[entry(1)])
+        .expect("append");
+    log.sync().expect("sync");
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let metadata = fs::metadata(&segment).expect("metadata");
+    assert_eq!(
+        metadata.len(),
+        1 << 20,
+        "one chunk, not a whole 16 MiB segment"
+    );
+    assert!(
+        metadata.blocks() * 512 >= 1 << 20,
+        "the chunk is allocated ({} blocks)",
+        metadata.blocks()
+    );
+    drop(log);
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    written_log(dir.path(), 200, 1024);
+    let paths = segments(dir.path());
+    assert!(paths.len() >= 3, "{} segments", paths.len());
+    for path in &paths[..paths.len() - 1] {
+        let length = fs::metadata(path).expect("metadata").len();
+        assert_eq!(length, records_end(path), "{}", path.display());
+    }
+    let last = paths.last().expect("the last segment");
+    assert!(fs::metadata(last).expect("metadata").len() <= 1024);
+}
+
+/// A segment zeroed ahead under large segments becomes an earlier one when the log reopens with
+/// smaller segments: it gives its space back when the next segment starts, and if a crash lost
+/// that, its zero tail still reads as the end of its records.
+#[test]
+fn an_earlier_segment_with_zeroed_space_reopens() {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let dir = work.path().join("log");
+    let first = written_log(&dir, 10, 1 << 20);
+    let mut log = open(&dir, 256).expect("reopen with smaller segments");
+    let more: Vec<Entry> = (11..=30).map(entry).collect();
+    log.append_entries(LogIndex(11), &more).expect("append");
+    log.sync().expect("sync");
+    drop(log);
+    let paths = segments(&dir);
+    assert!(paths.len() >= 2, "{} segments", paths.len());
+    let earliest = &paths[0];
+    let records = records_end(earliest);
+    assert_eq!(fs::metadata(earliest).expect("metadata").len(), records);
+    let mut expected = first;
+    expected.extend(more);
+    // As if the crash lost the release: the earliest segment's zeroed space is back.
+    cut_at(earliest, 1 << 20);
+    for segment_bytes_max in [256, 1 << 20] {
+        let log = open(&dir, segment_bytes_max).expect("reopen");
+        assert_eq!(
+            all_entries(&log),
+            expected,
+            "segments of {segment_bytes_max}"
+        );
+    }
+}
+
+/// Zeros where a record should start with data after them in the same segment are not a crash
+/// (zeroed space is written only ahead of the records): open refuses, naming the file and the
+/// offset, in an earlier segment and in the last.
+#[test]
+fn data_after_a_zero_header_is_refused_naming_file_and_offset() {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let original = work.path().join("original");
+    written_log(&original, 40, 512);
+    let paths = segments(&original);
+    assert!(paths.len() >= 3);
+    for (which, path) in [("earlier", &paths[0]), ("last", &paths[paths.len() - 1])] {
+        let copy = work.path().join(which);
+        copy_dir(&original, &copy);
+        let damaged = copy.join(path.file_name().expect("name"));
+        let record_one = 8 + 17 + first_record_data_len(&damaged);
+        let mut bytes = fs::read(&damaged).expect("read");
+        let record_two_bytes = u32::from_le_bytes(
+            bytes[record_one as usize..record_one as usize + 4]
+                .try_into()
+                .expect("4 bytes"),
+        ) as usize
+            + 8;
+        bytes[record_one as usize..record_one as usize + record_two_bytes].fill(0);
+        fs::write(&damaged, bytes).expect("write");
+        let error = open(&copy, 512).expect_err("data after zeros must be refused");
+        let text = error.to_string();
+        assert!(matches!(error, LogError::Corrupt { .. }), "{which}: {text}");
+        assert!(
+            text.contains(&damaged.display().to_string())
+                && text.contains(&format!("offset {record_one}")),
+            "{which}: {text}"
+        );
+    }
+}
+
+/// A damaged last record with only zeroed space after it is a write the crash tore, as when it
+/// ended the file: cut, the earlier entries kept.
+#[test]
+fn a_damaged_last_record_before_the_zeroed_space_is_cut() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let entries = written_log(dir.path(), 5, 1 << 20);
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let end = records_end(&segment);
+    assert!(fs::metadata(&segment).expect("metadata").len() > end);
+    flip_byte(&segment, end - 2);
+    let log = open(dir.path(), 1 << 20).expect("a torn tail is recovered");
+    assert_eq!(all_entries(&log), entries[..4]);
+    drop(log);
+    assert_eq!(
+        fs::metadata(&segment).expect("metadata").len(),
+        records_end(&segment),
+        "the torn write is cut with the space after it"
+    );
+}
+
+/// A directory of format 1 (segments without zeroed space) reads as it is, and its `VERSION`
+/// is upgraded, so an older build refuses it by name instead of reading zeroed space as damage.
+#[test]
+fn a_format_1_directory_is_read_and_upgraded() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let entries = written_log(dir.path(), 30, 512);
+    for path in segments(dir.path()) {
+        let end = records_end(&path);
+        cut_at(&path, end);
+    }
+    fs::write(dir.path().join("VERSION"), "mioraft-filelog 1\n").expect("write");
+    let mut log = open(dir.path(), 512).expect("open format 1");
+    assert_eq!(all_entries(&log), entries);
+    assert_eq!(
+        fs::read_to_string(dir.path().join("VERSION")).expect("read"),
+        FORMAT_VERSION
+    );
+    log.append_entries(LogIndex(31), &[entry(31)])
+        .expect("append");
+    log.sync().expect("sync");
+    drop(log);
+    let log = open(dir.path(), 512).expect("reopen");
+    assert_eq!(all_entries(&log).len(), 31);
 }
 
 fn flip_byte(path: &Path, offset: u64) {
