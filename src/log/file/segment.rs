@@ -68,6 +68,7 @@ impl Segment {
                 .div_ceil(chunk)
                 .saturating_mul(chunk)
                 .min(end.max(segment_bytes_max));
+            assert!(target >= end, "the zeroed space holds the records");
             self.write_zeros(self.allocated, target)?;
             self.allocated = target;
         }
