@@ -9,10 +9,14 @@
 //! an error naming the file (and offset), above all in a snapshot, which a server must never
 //! install corrupt.
 
-use mioraft::log::{Entry, FileLog, FileLogOptions, PersistentLog};
+use mioraft::log::{Entry, FileLog, FileLogOptions, PersistentLog, FORMAT_VERSION};
 use mioraft::{LogError, LogIndex, ServerId, SnapshotMeta, Term};
 use std::fs;
 use std::path::{Path, PathBuf};
+
+/// Segments of 64 KiB: room for a test's few dozen entries in one segment, and little zeroed
+/// space to copy per simulated crash.
+const SEGMENT_BYTES_SMALL: u64 = 64 << 10;
 
 fn options(segment_bytes_max: u64) -> FileLogOptions {
     FileLogOptions { segment_bytes_max }
@@ -55,8 +59,41 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Writes entries 1..=synced and syncs, then entries up to `total` and syncs again; returns the
-/// last segment's length before and after the final sync.
+/// Where a segment's records end: the offset of its first zero (or missing) record header. The
+/// file goes on with zeroed space after that.
+fn records_end(path: &Path) -> u64 {
+    let bytes = fs::read(path).expect("read");
+    let mut offset = 0;
+    while offset + 8 <= bytes.len() {
+        let length = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
+        if length == 0 {
+            break;
+        }
+        offset += 8 + length as usize;
+    }
+    offset.min(bytes.len()) as u64
+}
+
+/// Overwrites a file with zeros from `offset` to its end, as a crash leaves preallocated space
+/// that an interrupted write had not reached.
+fn zero_from(path: &Path, offset: u64) {
+    let mut bytes = fs::read(path).expect("read");
+    bytes[offset as usize..].fill(0);
+    fs::write(path, bytes).expect("write");
+}
+
+/// Cuts a file to `length` bytes, as a crash leaves a file whose growth it interrupted.
+fn cut_at(path: &Path, length: u64) {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open")
+        .set_len(length)
+        .expect("cut");
+}
+
+/// Writes entries 1..=synced and syncs, then entries up to `total` and syncs again; returns
+/// where the last segment's records end before and after the final sync.
 fn two_syncs(dir: &Path, synced: u64, total: u64, segment_bytes_max: u64) -> (u64, u64) {
     let mut log = open(dir, segment_bytes_max).expect("open");
     log.set_current_term(Term(3)).expect("term");
@@ -64,14 +101,12 @@ fn two_syncs(dir: &Path, synced: u64, total: u64, segment_bytes_max: u64) -> (u6
     log.append_entries(LogIndex(1), &first).expect("append");
     log.sync().expect("sync");
     let last_segment = segments(dir).pop().expect("a segment");
-    let before = fs::metadata(&last_segment).expect("metadata").len();
+    let before = records_end(&last_segment);
     let rest: Vec<Entry> = (synced + 1..=total).map(entry).collect();
     log.append_entries(LogIndex(synced + 1), &rest)
         .expect("append");
     log.sync().expect("sync");
-    let after = fs::metadata(segments(dir).pop().expect("a segment"))
-        .expect("metadata")
-        .len();
+    let after = records_end(&segments(dir).pop().expect("a segment"));
     assert_eq!(
         segments(dir).pop(),
         Some(last_segment),
@@ -80,38 +115,53 @@ fn two_syncs(dir: &Path, synced: u64, total: u64, segment_bytes_max: u64) -> (u6
     (before, after)
 }
 
-/// A crash during the final sync's write leaves any prefix of its bytes: every cut reopens as
-/// the synced entries plus the complete records of the interrupted batch.
+/// A crash during the final sync's write leaves any prefix of its bytes, either in a file cut
+/// short (the zeroed space not yet durable) or followed by the zeroed space. Every cut reopens
+/// as the synced entries plus the complete records of the interrupted batch, and appends after
+/// it never bring back a torn record.
 #[test]
 fn a_write_cut_at_any_byte_reopens_as_a_prefix_holding_everything_synced() {
     let work = tempfile::tempdir().expect("temporary directory");
     let original = work.path().join("original");
-    let (before, after) = two_syncs(&original, 20, 26, 1 << 20);
+    let (before, after) = two_syncs(&original, 20, 26, SEGMENT_BYTES_SMALL);
     let expected: Vec<Entry> = (1..=26).map(entry).collect();
     for cut in before..=after {
-        let copy = work.path().join(format!("cut-{cut}"));
-        copy_dir(&original, &copy);
-        let segment = segments(&copy).pop().expect("segment");
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&segment)
-            .expect("open")
-            .set_len(cut)
-            .expect("cut");
-        let log = open(&copy, 1 << 20).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
-        let entries = all_entries(&log);
-        assert!(entries.len() >= 20, "cut at {cut} lost synced entries");
-        assert_eq!(
-            entries,
-            expected[..entries.len()],
-            "cut at {cut}: not a prefix"
-        );
-        if cut == after {
-            assert_eq!(entries.len(), 26, "a complete write keeps every entry");
+        for (how, leave) in [
+            ("cut short", cut_at as fn(&Path, u64)),
+            ("zeroed", zero_from),
+        ] {
+            let copy = work.path().join(format!("cut-{cut}"));
+            copy_dir(&original, &copy);
+            leave(&segments(&copy).pop().expect("segment"), cut);
+            let mut log =
+                open(&copy, SEGMENT_BYTES_SMALL).unwrap_or_else(|e| panic!("{how} at {cut}: {e}"));
+            let entries = all_entries(&log);
+            assert!(entries.len() >= 20, "{how} at {cut} lost synced entries");
+            assert_eq!(
+                entries,
+                expected[..entries.len()],
+                "{how} at {cut}: not a prefix"
+            );
+            if cut == after {
+                assert_eq!(entries.len(), 26, "a complete write keeps every entry");
+            }
+            assert_eq!(log.current_term(), Term(3));
+            // A shorter entry after the recovered ones, then a reopen: what lay after the cut
+            // is gone for good.
+            let next = log.latest_log_index().next();
+            let short = Entry::command(Term(3), "s");
+            log.append_entries(next, std::slice::from_ref(&short))
+                .expect("append");
+            log.sync().expect("sync");
+            drop(log);
+            let log =
+                open(&copy, SEGMENT_BYTES_SMALL).unwrap_or_else(|e| panic!("{how} at {cut}: {e}"));
+            let mut wanted = entries.clone();
+            wanted.push(short);
+            assert_eq!(all_entries(&log), wanted, "{how} at {cut}: after an append");
+            drop(log);
+            fs::remove_dir_all(&copy).expect("clean up");
         }
-        assert_eq!(log.current_term(), Term(3));
-        drop(log);
-        fs::remove_dir_all(&copy).expect("clean up");
     }
 }
 
@@ -212,14 +262,9 @@ fn a_half_written_last_record_is_cut_off() {
     log.sync().expect("sync");
     drop(log);
     let segment = segments(dir.path()).pop().expect("segment");
-    let length = fs::metadata(&segment).expect("metadata").len();
+    let length = records_end(&segment);
     let last_record = 8 + 17 + entry(3).data.len() as u64;
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .expect("open")
-        .set_len(length - last_record / 2)
-        .expect("cut");
+    cut_at(&segment, length - last_record / 2);
     let mut log = open(dir.path(), 1 << 20).expect("a torn tail is recovered");
     assert_eq!(all_entries(&log), vec![entry(1), entry(2)]);
     // Appending after recovery continues cleanly.
@@ -229,6 +274,223 @@ fn a_half_written_last_record_is_cut_off() {
     drop(log);
     let log = open(dir.path(), 1 << 20).expect("reopen");
     assert_eq!(all_entries(&log), vec![entry(1), entry(2), entry(4)]);
+}
+
+/// Truncation cuts the file, zeroed space included: entries truncated and then overwritten by
+/// fewer, shorter ones must not reappear from behind them on reopen, whether the crash comes
+/// right after the truncation or after the new entries are synced.
+#[test]
+fn truncated_entries_never_come_back_from_the_zeroed_space() {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let dir = work.path().join("log");
+    let mut log = open(&dir, 1 << 20).expect("open");
+    let entries: Vec<Entry> = (1..=30).map(entry).collect();
+    log.append_entries(LogIndex(1), &entries).expect("append");
+    log.sync().expect("sync");
+    log.truncate_suffix(LogIndex(11)).expect("truncate");
+    let after_truncation = work.path().join("after-truncation");
+    copy_dir(&dir, &after_truncation);
+    let newer: Vec<Entry> = (0..3)
+        .map(|n| Entry::command(Term(7), format!("new-{n}")))
+        .collect();
+    log.append_entries(LogIndex(11), &newer).expect("append");
+    log.sync().expect("sync");
+    let after_append = work.path().join("after-append");
+    copy_dir(&dir, &after_append);
+    drop(log);
+
+    let log = open(&after_truncation, 1 << 20).expect("reopen after the truncation");
+    assert_eq!(all_entries(&log), entries[..10]);
+    drop(log);
+    let mut expected = entries[..10].to_vec();
+    expected.extend(newer.iter().cloned());
+    for copy in [&after_append, &dir] {
+        let log = open(copy, 1 << 20).expect("reopen after the append");
+        assert_eq!(all_entries(&log), expected, "{}", copy.display());
+        assert_eq!(log.latest_log_index(), LogIndex(13));
+    }
+}
+
+/// A crash leaves the last segment as the syncs left it: records, then zeroed space. Copying
+/// the files of an open log is such a crash; the copy reopens with every synced entry, takes
+/// appends at the end of the records and reopens with them.
+#[test]
+fn a_crash_in_the_middle_of_the_zeroed_space_reopens_with_everything_synced() {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let original = work.path().join("original");
+    let mut log = open(&original, 1 << 20).expect("open");
+    let entries: Vec<Entry> = (1..=50).map(entry).collect();
+    for (position, item) in entries.iter().enumerate() {
+        log.append_entries(LogIndex(position as u64 + 1), std::slice::from_ref(item))
+            .expect("append");
+        log.sync().expect("sync");
+    }
+    let crashed = work.path().join("crashed");
+    copy_dir(&original, &crashed);
+    drop(log);
+    let segment = segments(&crashed).pop().expect("a segment");
+    let file_bytes = fs::metadata(&segment).expect("metadata").len();
+    assert!(
+        file_bytes > records_end(&segment),
+        "the segment holds zeroed space after its records ({file_bytes} bytes)"
+    );
+    let mut log = open(&crashed, 1 << 20).expect("reopen");
+    assert_eq!(all_entries(&log), entries);
+    log.append_entries(LogIndex(51), &[entry(51)])
+        .expect("append");
+    log.sync().expect("sync");
+    drop(log);
+    let log = open(&crashed, 1 << 20).expect("reopen");
+    assert_eq!(all_entries(&log), (1..=51).map(entry).collect::<Vec<_>>());
+}
+
+/// The last segment is zeroed a chunk (1 MiB, or the whole segment if smaller) ahead of its
+/// records, as written blocks; a full segment gives its zeroed space back, so earlier segments
+/// end with their records.
+#[test]
+fn segments_hold_zeroed_space_ahead_and_full_ones_give_it_back() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut log = FileLog::open(dir.path()).expect("open");
+    log.append_entries(LogIndex(1), &[entry(1)])
+        .expect("append");
+    log.sync().expect("sync");
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let metadata = fs::metadata(&segment).expect("metadata");
+    assert_eq!(
+        metadata.len(),
+        1 << 20,
+        "one chunk, not a whole 16 MiB segment"
+    );
+    assert!(
+        metadata.blocks() * 512 >= 1 << 20,
+        "the chunk is allocated ({} blocks)",
+        metadata.blocks()
+    );
+    drop(log);
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    written_log(dir.path(), 200, 1024);
+    let paths = segments(dir.path());
+    assert!(paths.len() >= 3, "{} segments", paths.len());
+    for path in &paths[..paths.len() - 1] {
+        let length = fs::metadata(path).expect("metadata").len();
+        assert_eq!(length, records_end(path), "{}", path.display());
+    }
+    let last = paths.last().expect("the last segment");
+    assert!(fs::metadata(last).expect("metadata").len() <= 1024);
+}
+
+/// A segment zeroed ahead under large segments becomes an earlier one when the log reopens with
+/// smaller segments: it gives its space back when the next segment starts, and if a crash lost
+/// that, its zero tail still reads as the end of its records.
+#[test]
+fn an_earlier_segment_with_zeroed_space_reopens() {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let dir = work.path().join("log");
+    let first = written_log(&dir, 10, 1 << 20);
+    let mut log = open(&dir, 256).expect("reopen with smaller segments");
+    let more: Vec<Entry> = (11..=30).map(entry).collect();
+    log.append_entries(LogIndex(11), &more).expect("append");
+    log.sync().expect("sync");
+    drop(log);
+    let paths = segments(&dir);
+    assert!(paths.len() >= 2, "{} segments", paths.len());
+    let earliest = &paths[0];
+    let records = records_end(earliest);
+    assert_eq!(fs::metadata(earliest).expect("metadata").len(), records);
+    let mut expected = first;
+    expected.extend(more);
+    // As if the crash lost the release: the earliest segment's zeroed space is back.
+    cut_at(earliest, 1 << 20);
+    for segment_bytes_max in [256, 1 << 20] {
+        let log = open(&dir, segment_bytes_max).expect("reopen");
+        assert_eq!(
+            all_entries(&log),
+            expected,
+            "segments of {segment_bytes_max}"
+        );
+    }
+}
+
+/// Zeros where a record should start with data after them in the same segment are not a crash
+/// (zeroed space is written only ahead of the records): open refuses, naming the file and the
+/// offset, in an earlier segment and in the last.
+#[test]
+fn data_after_a_zero_header_is_refused_naming_file_and_offset() {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let original = work.path().join("original");
+    written_log(&original, 40, 512);
+    let paths = segments(&original);
+    assert!(paths.len() >= 3);
+    for (which, path) in [("earlier", &paths[0]), ("last", &paths[paths.len() - 1])] {
+        let copy = work.path().join(which);
+        copy_dir(&original, &copy);
+        let damaged = copy.join(path.file_name().expect("name"));
+        let record_one = 8 + 17 + first_record_data_len(&damaged);
+        let mut bytes = fs::read(&damaged).expect("read");
+        let record_two_bytes = u32::from_le_bytes(
+            bytes[record_one as usize..record_one as usize + 4]
+                .try_into()
+                .expect("4 bytes"),
+        ) as usize
+            + 8;
+        bytes[record_one as usize..record_one as usize + record_two_bytes].fill(0);
+        fs::write(&damaged, bytes).expect("write");
+        let error = open(&copy, 512).expect_err("data after zeros must be refused");
+        let text = error.to_string();
+        assert!(matches!(error, LogError::Corrupt { .. }), "{which}: {text}");
+        assert!(
+            text.contains(&damaged.display().to_string())
+                && text.contains(&format!("offset {record_one}")),
+            "{which}: {text}"
+        );
+    }
+}
+
+/// A damaged last record with only zeroed space after it is a write the crash tore, as when it
+/// ended the file: cut, the earlier entries kept.
+#[test]
+fn a_damaged_last_record_before_the_zeroed_space_is_cut() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let entries = written_log(dir.path(), 5, 1 << 20);
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let end = records_end(&segment);
+    assert!(fs::metadata(&segment).expect("metadata").len() > end);
+    flip_byte(&segment, end - 2);
+    let log = open(dir.path(), 1 << 20).expect("a torn tail is recovered");
+    assert_eq!(all_entries(&log), entries[..4]);
+    drop(log);
+    assert_eq!(
+        fs::metadata(&segment).expect("metadata").len(),
+        records_end(&segment),
+        "the torn write is cut with the space after it"
+    );
+}
+
+/// A directory of format 1 (segments without zeroed space) reads as it is, and its `VERSION`
+/// is upgraded, so an older build refuses it by name instead of reading zeroed space as damage.
+#[test]
+fn a_format_1_directory_is_read_and_upgraded() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let entries = written_log(dir.path(), 30, 512);
+    for path in segments(dir.path()) {
+        let end = records_end(&path);
+        cut_at(&path, end);
+    }
+    fs::write(dir.path().join("VERSION"), "mioraft-filelog 1\n").expect("write");
+    let mut log = open(dir.path(), 512).expect("open format 1");
+    assert_eq!(all_entries(&log), entries);
+    assert_eq!(
+        fs::read_to_string(dir.path().join("VERSION")).expect("read"),
+        FORMAT_VERSION
+    );
+    log.append_entries(LogIndex(31), &[entry(31)])
+        .expect("append");
+    log.sync().expect("sync");
+    drop(log);
+    let log = open(dir.path(), 512).expect("reopen");
+    assert_eq!(all_entries(&log).len(), 31);
 }
 
 fn flip_byte(path: &Path, offset: u64) {
@@ -298,7 +560,7 @@ fn a_second_open_of_the_same_directory_is_refused() {
 fn another_format_is_detected_not_misread() {
     let dir = tempfile::tempdir().expect("temporary directory");
     drop(open(dir.path(), 1 << 20).expect("open"));
-    fs::write(dir.path().join("VERSION"), "mioraft-filelog 2\n").expect("write");
+    fs::write(dir.path().join("VERSION"), "mioraft-filelog 99\n").expect("write");
     let error = open(dir.path(), 1 << 20).expect_err("refused");
     let text = error.to_string();
     assert!(
@@ -306,7 +568,7 @@ fn another_format_is_detected_not_misread() {
         "{text}"
     );
     assert!(
-        text.contains("VERSION") && text.contains("mioraft-filelog 2"),
+        text.contains("VERSION") && text.contains("mioraft-filelog 99"),
         "{text}"
     );
 }
@@ -371,10 +633,13 @@ fn held_entries(log: &FileLog) -> Vec<Entry> {
     .expect("read back")
 }
 
+/// The disk space the directory's files take: their allocated blocks (zeroed space ahead of
+/// the records included), not their lengths, since what must stay bounded is the disk used.
 fn directory_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     fs::read_dir(dir)
         .expect("list")
-        .map(|item| item.expect("item").metadata().expect("metadata").len())
+        .map(|item| item.expect("item").metadata().expect("metadata").blocks() * 512)
         .sum()
 }
 
@@ -586,8 +851,9 @@ fn repeated_snapshots_and_compaction_keep_the_directory_bounded() {
         record_bytes > 200_000,
         "wrote {record_bytes} bytes of records"
     );
+    // At most 3 segments, the snapshot, VERSION and state, each within a 4 KiB block or two.
     assert!(
-        largest_bytes <= 8 * 1024,
+        largest_bytes <= 32 * 1024,
         "the directory grew to {largest_bytes} bytes while {record_bytes} bytes of records were \
          written"
     );

@@ -8,8 +8,13 @@
 //!   fsync, rename, fsync the directory);
 //! * `log-<first index>.seg`: append-only segments of records
 //!   `[payload length u32][crc32c of payload u32][index u64][term u64][kind u8][data]`,
-//!   little-endian. The segments hold a contiguous run of indexes; the first segment starts at 1,
-//!   or, once a snapshot exists, anywhere from 1 to just after the snapshot's last index;
+//!   little-endian, then zeros up to the end of the file. The segments hold a contiguous run of
+//!   indexes; the first segment starts at 1, or, once a snapshot exists, anywhere from 1 to just
+//!   after the snapshot's last index. A payload holds at least 17 bytes, so a record's length is
+//!   never 0 and a zero header marks the end of the records. The zeros are written ahead of the
+//!   records, up to 1 MiB at once (never past `segment_bytes_max`, and given back when a segment
+//!   fills), so that the `fdatasync` of a common append lands in blocks the file already owns
+//!   and changes no size or allocation that the filesystem would have to journal;
 //! * `snapshot`: the snapshot in force, if any: a header followed by the snapshot's data. The
 //!   header is, little-endian:
 //!
@@ -32,7 +37,8 @@
 //!   [`finish_snapshot`](PersistentLog::finish_snapshot). Open deletes a leftover one.
 //!
 //! Every write is buffered in memory until [`PersistentLog::sync`], which appends the buffered
-//! records with one write per segment and one `fdatasync`, then replaces the state file if the
+//! records with one write per segment (after zeroing the next chunk of space, if they need it)
+//! and one `fdatasync`, then replaces the state file if the
 //! term or vote changed: one sync makes a whole reactor turn durable (group commit), and a crash
 //! before it loses exactly the unsynced writes. Memory holds, per entry still in the log, only
 //! its term and where it lies; entry data and snapshot data are read back with positioned reads.
@@ -49,9 +55,12 @@
 //! 1. deletes a leftover `snapshot.tmp` (a snapshot the crash interrupted; the old one stands);
 //! 2. validates `snapshot`'s header checksum and streams its data through crc32c, refusing a
 //!    damaged snapshot with an error naming the file, so a server never installs corrupt state;
-//! 3. scans the segments, cutting a torn tail (a last record that runs past the end of the last
-//!    segment, or fails its checksum there) with a log line, and refusing anything else that does
-//!    not check out with an error naming the file and offset;
+//! 3. scans the segments, each up to its first zero header (or its end) after which only zeros
+//!    follow. In the last segment a torn tail (a last record that runs past the end of the file,
+//!    or fails its checks with only zeros after it) is cut with a log line, together with the
+//!    space after it, so no part of it survives behind records written later. Anything else that
+//!    does not check out, data after a zero header included, is refused with an error naming
+//!    the file and offset;
 //! 4. reconciles the segments with the snapshot: segments that do not hold the snapshot's last
 //!    entry and start at or before it are the remains of a finish that crashed before deleting
 //!    them, and are deleted now, as the finish would have; segments that start after the
@@ -62,16 +71,18 @@
 //! refused too (a snapshot covers only committed entries). Both rules keep the on-disk states a
 //! crash can leave unambiguous for step 4.
 
-use super::{Entry, EntryKind, HardState, PersistentLog, SnapshotMeta};
+use super::{Entry, HardState, PersistentLog, SnapshotMeta};
 use crate::error::LogError;
 use crate::types::{LogIndex, ServerId, Term};
-use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+mod segment;
 mod snapshot_file;
+
+use segment::{encode_record, read_record, Location, RecordProblem, ScanEnd, Segment};
 
 use snapshot_file::{
     encode_snapshot_header, open_snapshot, remove_snapshot_leftover, snapshot_error,
@@ -79,12 +90,12 @@ use snapshot_file::{
     SNAPSHOT_WRITE_BUFFER_BYTES,
 };
 
-/// What `VERSION` says for this format.
-pub const FORMAT_VERSION: &str = "mioraft-filelog 1\n";
-/// Bytes before a record's payload: its length and checksum.
-const RECORD_HEADER_BYTES: u64 = 8;
-/// Bytes of a payload before the entry's data: index, term and kind.
-const PAYLOAD_PREFIX_BYTES: u64 = 17;
+/// What `VERSION` says for this format: 2 since segments hold zeroed space after their records.
+pub const FORMAT_VERSION: &str = "mioraft-filelog 2\n";
+/// The format before segments held zeroed space after their records. This version reads it
+/// (its segments are zero-free) and upgrades `VERSION` on open; that version would refuse a
+/// zeroed tail as damage, so it must find the newer version named instead.
+const FORMAT_VERSION_UNPREALLOCATED: &str = "mioraft-filelog 1\n";
 /// Bytes of the state file: term, vote (0 = none) and the checksum of both.
 const STATE_BYTES: usize = 20;
 
@@ -103,25 +114,6 @@ impl Default for FileLogOptions {
             segment_bytes_max: 16 << 20,
         }
     }
-}
-
-/// Where a synced entry lies. Its segment is the last one whose first index is at most the
-/// entry's index.
-#[derive(Clone, Copy, Debug)]
-struct Location {
-    term: Term,
-    /// Offset of the record's header in its segment.
-    offset: u64,
-}
-
-#[derive(Debug)]
-struct Segment {
-    path: PathBuf,
-    file: File,
-    /// The index of the segment's first record (the one in its name), also when it is empty.
-    first_index: LogIndex,
-    /// Bytes of records in the file (and the offset of the next record).
-    length: u64,
 }
 
 /// A durable [`PersistentLog`] in a directory. See the module documentation for the format.
@@ -314,78 +306,37 @@ impl FileLog {
                 .map_err(io_error(&path))?;
             let file_length = file.metadata().map_err(io_error(&path))?.len();
             let last = position + 1 == segment_count;
-            let length = self.scan_segment(&path, &file, file_length, last)?;
-            if length < file_length {
-                log::warn!(
-                    "{}: cut a torn tail of {} bytes at offset {length} (a write the crash \
-                     interrupted)",
-                    path.display(),
-                    file_length - length
-                );
-                file.set_len(length).map_err(io_error(&path))?;
-            }
-            // What recovery found is made durable before anyone acts on it.
-            file.sync_data().map_err(io_error(&path))?;
-            self.segments.push(Segment {
+            let (length, end) = segment::scan(
+                &path,
+                &file,
+                file_length,
+                first_index,
+                last,
+                self.options.segment_bytes_max,
+                &mut self.synced,
+            )?;
+            let mut segment = Segment {
                 path,
                 file,
                 first_index,
                 length,
-            });
+                allocated: file_length,
+            };
+            if end == ScanEnd::Torn {
+                log::warn!(
+                    "{}: cut a torn tail at offset {length}, {} bytes with the space after it \
+                     (a write the crash interrupted)",
+                    segment.path.display(),
+                    file_length - length
+                );
+                // Cut durably, so no part of the torn write lies after records written later.
+                segment.cut(length)?;
+            }
+            // What recovery found is made durable before anyone acts on it.
+            segment.file.sync_data().map_err(io_error(&segment.path))?;
+            self.segments.push(segment);
         }
         Ok(())
-    }
-
-    /// Reads the records of one segment into the index; returns the length of its valid prefix.
-    fn scan_segment(
-        &mut self,
-        path: &Path,
-        file: &File,
-        file_length: u64,
-        last: bool,
-    ) -> Result<u64, LogError> {
-        let mut offset = 0;
-        while offset < file_length {
-            let index = self.next_synced_index();
-            match read_record(
-                file,
-                path,
-                offset,
-                file_length,
-                self.options.segment_bytes_max,
-            ) {
-                Ok(record) if record.index == index => {
-                    self.synced.push(Location {
-                        term: record.term,
-                        offset,
-                    });
-                    offset += RECORD_HEADER_BYTES + u64::from(record.payload_bytes);
-                }
-                outcome => {
-                    let reason = match outcome {
-                        Ok(record) => {
-                            format!("record holds index {}, expected {index}", record.index)
-                        }
-                        Err(RecordProblem::Torn) => {
-                            "record runs past the end of the file".to_owned()
-                        }
-                        Err(RecordProblem::Bad { reason, ends_at }) => {
-                            // A bad last record of the last segment is a write the crash tore.
-                            if last && ends_at >= file_length {
-                                return Ok(offset);
-                            }
-                            reason
-                        }
-                        Err(RecordProblem::Io(error)) => return Err(error),
-                    };
-                    if last && reason.starts_with("record runs past") {
-                        return Ok(offset);
-                    }
-                    return Err(corrupt(path, offset, reason));
-                }
-            }
-        }
-        Ok(offset)
     }
 
     /// Brings the recovered segments in line with the snapshot (module docs, recovery step 4).
@@ -532,17 +483,16 @@ impl FileLog {
             .segments
             .last_mut()
             .expect("a segment exists once records are encoded");
-        segment
-            .file
-            .write_all_at(buffer, segment.length)
-            .map_err(io_error(&segment.path))?;
-        segment.file.sync_data().map_err(io_error(&segment.path))?;
-        segment.length += buffer.len() as u64;
+        segment.append(buffer, self.options.segment_bytes_max)?;
         buffer.clear();
         Ok(())
     }
 
     fn start_segment(&mut self, first_index: LogIndex) -> Result<(), LogError> {
+        // The full segment takes no more records: its zeroed space is not needed.
+        if let Some(full) = self.segments.last_mut() {
+            full.release_space()?;
+        }
         let path = self.dir.join(segment_name(first_index));
         let file = create_empty(&path)?;
         self.segments.push(Segment {
@@ -550,6 +500,7 @@ impl FileLog {
             file,
             first_index,
             length: 0,
+            allocated: 0,
         });
         Ok(())
     }
@@ -568,6 +519,7 @@ impl FileLog {
         .map_err(|problem| match problem {
             RecordProblem::Io(error) => error,
             RecordProblem::Torn => corrupt(&segment.path, location.offset, "record cut short"),
+            RecordProblem::End => corrupt(&segment.path, location.offset, "record is zeros"),
             RecordProblem::Bad { reason, .. } => corrupt(&segment.path, location.offset, reason),
         })?;
         if record.index != index {
@@ -643,6 +595,15 @@ fn check_version(dir: &Path) -> Result<(), LogError> {
     let path = dir.join("VERSION");
     match fs::read(&path) {
         Ok(found) if found == FORMAT_VERSION.as_bytes() => Ok(()),
+        Ok(found) if found == FORMAT_VERSION_UNPREALLOCATED.as_bytes() => {
+            log::info!(
+                "{}: upgrading {:?} to {:?}",
+                path.display(),
+                FORMAT_VERSION_UNPREALLOCATED.trim_end(),
+                FORMAT_VERSION.trim_end()
+            );
+            replace_file(dir, "VERSION", FORMAT_VERSION.as_bytes())
+        }
         Ok(found) => Err(LogError::UnsupportedFormat {
             path,
             found: String::from_utf8_lossy(&found).into_owned(),
@@ -721,103 +682,6 @@ fn read_state(dir: &Path) -> Result<HardState, LogError> {
     Ok(HardState {
         current_term: Term(word(0)),
         voted_for,
-    })
-}
-
-/// Appends one record for `entry` at `index` to `buffer`; returns its payload length.
-fn encode_record(buffer: &mut Vec<u8>, index: LogIndex, entry: &Entry) -> u32 {
-    let payload_bytes = u32::try_from(PAYLOAD_PREFIX_BYTES + entry.data.len() as u64)
-        .expect("entries are far below 4 GiB");
-    let start = buffer.len();
-    buffer.extend_from_slice(&payload_bytes.to_le_bytes());
-    buffer.extend_from_slice(&[0; 4]);
-    buffer.extend_from_slice(&index.0.to_le_bytes());
-    buffer.extend_from_slice(&entry.term.0.to_le_bytes());
-    buffer.push(entry.kind.code());
-    buffer.extend_from_slice(&entry.data);
-    let checksum = crc32c::crc32c(&buffer[start + RECORD_HEADER_BYTES as usize..]);
-    buffer[start + 4..start + 8].copy_from_slice(&checksum.to_le_bytes());
-    payload_bytes
-}
-
-struct Record {
-    index: LogIndex,
-    term: Term,
-    payload_bytes: u32,
-    entry: Entry,
-}
-
-enum RecordProblem {
-    /// The record runs past the end of the file.
-    Torn,
-    /// The record is complete but wrong; it would end at `ends_at`.
-    Bad {
-        reason: String,
-        ends_at: u64,
-    },
-    Io(LogError),
-}
-
-fn read_record(
-    file: &File,
-    path: &Path,
-    offset: u64,
-    file_length: u64,
-    segment_bytes_max: u64,
-) -> Result<Record, RecordProblem> {
-    if offset + RECORD_HEADER_BYTES > file_length {
-        return Err(RecordProblem::Torn);
-    }
-    let mut header = [0u8; RECORD_HEADER_BYTES as usize];
-    file.read_exact_at(&mut header, offset)
-        .map_err(|source| RecordProblem::Io(io_error(path)(source)))?;
-    let payload_bytes = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-    let checksum = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    let ends_at = offset + RECORD_HEADER_BYTES + u64::from(payload_bytes);
-    if u64::from(payload_bytes) < PAYLOAD_PREFIX_BYTES {
-        return Err(RecordProblem::Bad {
-            reason: format!("payload of {payload_bytes} bytes is shorter than its fixed fields"),
-            ends_at,
-        });
-    }
-    if ends_at > file_length {
-        // Either torn, or a corrupt length: only the last segment may be torn (the caller
-        // decides); a length no segment could hold is never a torn write.
-        if u64::from(payload_bytes) > segment_bytes_max.max(1 << 30) * 2 {
-            return Err(RecordProblem::Bad {
-                reason: format!("record length {payload_bytes} is impossible"),
-                ends_at: u64::MAX,
-            });
-        }
-        return Err(RecordProblem::Torn);
-    }
-    let mut payload = vec![0u8; payload_bytes as usize];
-    file.read_exact_at(&mut payload, offset + RECORD_HEADER_BYTES)
-        .map_err(|source| RecordProblem::Io(io_error(path)(source)))?;
-    if crc32c::crc32c(&payload) != checksum {
-        return Err(RecordProblem::Bad {
-            reason: "checksum mismatch".to_owned(),
-            ends_at,
-        });
-    }
-    let index = LogIndex(u64::from_le_bytes(
-        payload[..8].try_into().expect("8 bytes"),
-    ));
-    let term = Term(u64::from_le_bytes(
-        payload[8..16].try_into().expect("8 bytes"),
-    ));
-    let Some(kind) = EntryKind::from_code(payload[16]) else {
-        return Err(RecordProblem::Bad {
-            reason: format!("unknown entry kind {}", payload[16]),
-            ends_at,
-        });
-    };
-    let data = Bytes::from(payload).slice(PAYLOAD_PREFIX_BYTES as usize..);
-    Ok(Record {
-        index,
-        term,
-        payload_bytes,
-        entry: Entry { term, kind, data },
     })
 }
 
@@ -987,13 +851,10 @@ impl PersistentLog for FileLog {
                 .expect("more segments than the kept one");
             remove_durably(&self.dir, &segment.path)?;
         }
+        // Cutting the file drops the zeroed space too, and the next append zeroes it afresh:
+        // truncated records left in that space would be found again by a scan.
         let segment = self.segments.last_mut().expect("the kept segment");
-        segment
-            .file
-            .set_len(offset)
-            .map_err(io_error(&segment.path))?;
-        segment.file.sync_all().map_err(io_error(&segment.path))?;
-        segment.length = offset;
+        segment.cut(offset)?;
         self.synced.truncate(position);
         Ok(())
     }
