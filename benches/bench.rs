@@ -586,6 +586,10 @@ fn in_process<M: StateMachine>(
     assert_eq!(cluster.nodes[0].role(), Role::Leader, "server 1 leads");
     let value = "v".repeat(options.payload);
     let mut next = 0u64;
+    // The commands are made once: what the clients pay to build them is not the core's cost.
+    let commands: Vec<Vec<u8>> = (0..1024)
+        .map(|key| format!("put key{key} {value}").into_bytes())
+        .collect();
     // The proposals answered since the last round are made again, all at once, as one batch:
     // what the reactor does with the requests of one turn.
     let mut propose = |cluster: &mut CoreCluster<M>, count: u64| {
@@ -594,7 +598,7 @@ fn in_process<M: StateMachine>(
                 next += 1;
                 Event::ClientProposal {
                     id: ProposalId(next),
-                    command: format!("put key{} {value}", next % 1024).into_bytes(),
+                    command: commands[(next % 1024) as usize].clone(),
                 }
             })
             .collect();

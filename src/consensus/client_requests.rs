@@ -185,7 +185,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     fn append_as_leader(&mut self, entry: Entry, waiter: Waiter) -> Result<LogIndex> {
         let index = self.log.latest_log_index().next();
         let term = entry.term;
-        self.append_to_own_log(&[entry])?;
+        self.append_to_own_log(vec![entry])?;
         self.pending_proposals.insert((index, term), vec![waiter]);
         if !self.replication_deferred {
             self.replicate_to_all()?;

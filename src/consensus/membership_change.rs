@@ -381,7 +381,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     fn append_configuration(&mut self, membership: &Membership) -> Result<LogIndex> {
         let index = self.log.latest_log_index().next();
         let entry = Entry::configuration(self.current_term(), membership);
-        self.append_to_own_log(&[entry])?;
+        self.append_to_own_log(vec![entry])?;
         log::info!(
             "{}: configuration {membership} appended at {index}",
             self.who()

@@ -1182,7 +1182,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         } else {
             crate::log::Entry::noop(term)
         };
-        self.append_to_own_log(&[entry])?;
+        self.append_to_own_log(vec![entry])?;
         self.term_start = noop_index;
         self.sessions_in_flight.clear();
         log::info!("{}: became leader; no-op at {noop_index}", self.who());
@@ -1210,14 +1210,22 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     }
 
     /// Appends entries at the end of our own log (as leader, or after a follower's checks).
-    fn append_to_own_log(&mut self, entries: &[crate::log::Entry]) -> Result<(), LogError> {
+    fn append_to_own_log(&mut self, entries: Vec<crate::log::Entry>) -> Result<(), LogError> {
         let from = self.log.latest_log_index().next();
-        self.log.append_entries(from, entries)?;
-        if !entries.is_empty() {
-            self.entries_unsynced = true;
+        if entries.is_empty() {
+            return Ok(());
         }
-        // Thesis §4.1: a configuration takes effect as soon as it is in the log.
-        self.record_configurations(from, entries);
+        // Thesis §4.1: a configuration takes effect as soon as it is in the log. The entries
+        // move into the log; the rare batch holding a configuration is kept to record it.
+        let configurations = entries
+            .iter()
+            .any(|entry| entry.kind == crate::log::EntryKind::Configuration)
+            .then(|| entries.clone());
+        self.log.append_owned_entries(from, entries)?;
+        self.entries_unsynced = true;
+        if let Some(entries) = configurations {
+            self.record_configurations(from, &entries);
+        }
         Ok(())
     }
 

@@ -305,9 +305,10 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
             );
             return Ok(());
         }
-        if !new_entries.is_empty() {
-            self.append_to_own_log(new_entries)?;
-        }
+        // The entries not held yet move from the request into the log.
+        let held = request.entries.len() - new_entries.len();
+        request.entries.drain(..held);
+        self.append_to_own_log(std::mem::take(&mut request.entries))?;
         // §5.3: commit what the leader committed, but only as far as this request verified our
         // log; entries past it may still be an old leader's.
         let commit_to = request.leader_commit.min(last_new_index);

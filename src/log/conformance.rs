@@ -216,6 +216,44 @@ pub fn append_then_read_back<L: PersistentLog>(log: &mut L) {
     }
 }
 
+/// Entries handed over with [`PersistentLog::append_owned_entries`] read back as if appended
+/// with [`PersistentLog::append_entries`], mixed in any order, under the same contiguity rule.
+///
+/// # Panics
+/// If the log breaks the property.
+pub fn owned_append_matches_append<L: PersistentLog>(log: &mut L) {
+    let property = "owned_append_matches_append";
+    let mut model = Vec::new();
+    for (round, (term, count)) in [(1, 2), (1, 1), (2, 0), (3, 4)].into_iter().enumerate() {
+        let batch = numbered_entries(model.len() as u64 + 1, count, Term(term));
+        let from = log.latest_log_index().next();
+        if round % 2 == 0 {
+            ok(
+                log.append_owned_entries(from, batch.clone()),
+                property,
+                "append_owned_entries",
+            );
+        } else {
+            append(log, &batch, property);
+        }
+        model.extend(batch);
+        check_reads(log, &model, property);
+    }
+    let next = model.len() as u64 + 1;
+    for from in [0, 1, next + 1, u64::MAX] {
+        let one = vec![Entry::command(Term(3), b"one".to_vec())];
+        expect_non_contiguous(
+            log.append_owned_entries(LogIndex(from), one),
+            from,
+            next,
+            property,
+        );
+        check_reads(log, &model, property);
+    }
+    ok(log.sync(), property, "sync");
+    check_reads(log, &model, property);
+}
+
 /// An append must start right after the last entry; any other start is refused with
 /// [`LogError::NonContiguousAppend`] and leaves the log unchanged. An empty append at the right
 /// place is accepted and changes nothing.
@@ -1606,6 +1644,7 @@ macro_rules! persistent_log_conformance {
                 term_never_goes_back,
                 append_then_read_back,
                 append_must_be_contiguous,
+                owned_append_matches_append,
                 entries_respects_range_and_byte_budget,
                 truncate_suffix_removes_tail,
                 truncate_out_of_range_is_refused,

@@ -71,7 +71,7 @@
 //! refused too (a snapshot covers only committed entries). Both rules keep the on-disk states a
 //! crash can leave unambiguous for step 4.
 
-use super::{Entry, HardState, PersistentLog, SnapshotMeta};
+use super::{check_append_at, Entry, HardState, PersistentLog, SnapshotMeta};
 use crate::error::LogError;
 use crate::types::{LogIndex, ServerId, Term};
 use std::fs::{self, File, OpenOptions};
@@ -800,14 +800,18 @@ impl PersistentLog for FileLog {
     }
 
     fn append_entries(&mut self, from: LogIndex, entries: &[Entry]) -> Result<(), LogError> {
-        let expected = self.latest_log_index().next();
-        if from != expected {
-            return Err(LogError::NonContiguousAppend {
-                index: from,
-                expected,
-            });
-        }
+        check_append_at(from, self.latest_log_index())?;
         self.unsynced.extend_from_slice(entries);
+        Ok(())
+    }
+
+    fn append_owned_entries(
+        &mut self,
+        from: LogIndex,
+        entries: Vec<Entry>,
+    ) -> Result<(), LogError> {
+        check_append_at(from, self.latest_log_index())?;
+        self.unsynced.extend(entries);
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! crash-modelling log (`sim::SimLog`). Durability across process restarts is `FileLog`'s job.
 
 use crate::error::LogError;
-use crate::log::{Entry, HardState, PersistentLog, SnapshotMeta};
+use crate::log::{check_append_at, Entry, HardState, PersistentLog, SnapshotMeta};
 use crate::types::{LogIndex, ServerId, Term};
 use std::sync::Arc;
 
@@ -165,14 +165,18 @@ impl PersistentLog for MemLog {
     }
 
     fn append_entries(&mut self, from: LogIndex, entries: &[Entry]) -> Result<(), LogError> {
-        let expected = self.latest_log_index().next();
-        if from != expected {
-            return Err(LogError::NonContiguousAppend {
-                index: from,
-                expected,
-            });
-        }
+        check_append_at(from, self.latest_log_index())?;
         self.entries.extend_from_slice(entries);
+        Ok(())
+    }
+
+    fn append_owned_entries(
+        &mut self,
+        from: LogIndex,
+        entries: Vec<Entry>,
+    ) -> Result<(), LogError> {
+        check_append_at(from, self.latest_log_index())?;
+        self.entries.extend(entries);
         Ok(())
     }
 

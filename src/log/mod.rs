@@ -311,6 +311,21 @@ pub trait PersistentLog {
     /// [`LogError::NonContiguousAppend`]; storage errors.
     fn append_entries(&mut self, from: LogIndex, entries: &[Entry]) -> Result<(), LogError>;
 
+    /// [`append_entries`](Self::append_entries) with entries the caller gives up: a log that
+    /// keeps entries in memory can keep these rather than copies (the consensus core appends
+    /// this way: a proposal's entry, a follower's received batch). Same contract; the default
+    /// appends copies.
+    ///
+    /// # Errors
+    /// As [`append_entries`](Self::append_entries).
+    fn append_owned_entries(
+        &mut self,
+        from: LogIndex,
+        entries: Vec<Entry>,
+    ) -> Result<(), LogError> {
+        self.append_entries(from, &entries)
+    }
+
     /// Removes every entry at `from` and after (§5.3: a follower drops a conflicting suffix).
     /// `from` may be `latest_log_index() + 1` (nothing to remove).
     ///
@@ -399,4 +414,19 @@ pub trait PersistentLog {
     /// [`LogError::Snapshot`] if `through` is past the snapshot (or there is none); storage
     /// errors.
     fn compact_prefix(&mut self, through: LogIndex) -> Result<(), LogError>;
+}
+
+/// The rule every append follows: it starts right after the last entry, `latest`.
+///
+/// # Errors
+/// [`LogError::NonContiguousAppend`] naming both indexes.
+pub(crate) fn check_append_at(from: LogIndex, latest: LogIndex) -> Result<(), LogError> {
+    let expected = latest.next();
+    if from != expected {
+        return Err(LogError::NonContiguousAppend {
+            index: from,
+            expected,
+        });
+    }
+    Ok(())
 }

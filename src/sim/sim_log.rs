@@ -210,14 +210,19 @@ impl PersistentLog for SimLog {
     }
 
     fn append_entries(&mut self, from: LogIndex, entries: &[Entry]) -> Result<(), LogError> {
-        self.current.append_entries(from, entries)?;
+        self.append_owned_entries(from, entries.to_vec())
+    }
+
+    fn append_owned_entries(
+        &mut self,
+        from: LogIndex,
+        entries: Vec<Entry>,
+    ) -> Result<(), LogError> {
+        self.current.append_entries(from, &entries)?;
         if !entries.is_empty() {
             self.mark_changed(from);
         }
-        self.record(PendingWrite::Append {
-            from,
-            entries: entries.to_vec(),
-        });
+        self.record(PendingWrite::Append { from, entries });
         Ok(())
     }
 
