@@ -413,14 +413,29 @@ fn an_earlier_segment_with_zeroed_space_reopens() {
     }
 }
 
-/// Zeros where a record should start with data after them in the same segment are not a crash
-/// (zeroed space is written only ahead of the records): open refuses, naming the file and the
-/// offset, in an earlier segment and in the last.
+/// The first index in a segment, from its name (`log-<first index>.seg`).
+fn first_index_of(segment: &Path) -> u64 {
+    let name = segment
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    name.trim_start_matches("log-")
+        .trim_end_matches(".seg")
+        .parse()
+        .expect("a segment name")
+}
+
+/// Zeros where a record should start, with data after them. In an earlier segment no crash
+/// does that (it was synced whole before the next began): open refuses, naming the file and
+/// the offset. In the last segment it is the write a crash interrupted, whose pages reached the
+/// disk in another order (one that never landed reads as zeros): it is cut there, with
+/// everything after, and the entries before it are kept.
 #[test]
-fn data_after_a_zero_header_is_refused_naming_file_and_offset() {
+fn zeros_where_a_record_starts_are_damage_in_earlier_segments_and_torn_in_the_last() {
     let work = tempfile::tempdir().expect("temporary directory");
     let original = work.path().join("original");
-    written_log(&original, 40, 512);
+    let entries = written_log(&original, 40, 512);
     let paths = segments(&original);
     assert!(paths.len() >= 3);
     for (which, path) in [("earlier", &paths[0]), ("last", &paths[paths.len() - 1])] {
@@ -436,16 +451,65 @@ fn data_after_a_zero_header_is_refused_naming_file_and_offset() {
         ) as usize
             + 8;
         bytes[record_one as usize..record_one as usize + record_two_bytes].fill(0);
-        fs::write(&damaged, bytes).expect("write");
-        let error = open(&copy, 512).expect_err("data after zeros must be refused");
-        let text = error.to_string();
-        assert!(matches!(error, LogError::Corrupt { .. }), "{which}: {text}");
         assert!(
-            text.contains(&damaged.display().to_string())
-                && text.contains(&format!("offset {record_one}")),
-            "{which}: {text}"
+            bytes[record_one as usize + record_two_bytes..]
+                .iter()
+                .any(|&byte| byte != 0),
+            "{which}: records follow the zeros"
+        );
+        fs::write(&damaged, bytes).expect("write");
+        if which == "earlier" {
+            let error = open(&copy, 512).expect_err("data after zeros must be refused");
+            let text = error.to_string();
+            assert!(matches!(error, LogError::Corrupt { .. }), "{which}: {text}");
+            assert!(
+                text.contains(&damaged.display().to_string())
+                    && text.contains(&format!("offset {record_one}")),
+                "{which}: {text}"
+            );
+            continue;
+        }
+        let kept = first_index_of(&damaged) as usize;
+        let log = open(&copy, 512).expect("a torn last write is recovered");
+        assert_eq!(
+            all_entries(&log),
+            entries[..kept],
+            "the entries before the hole"
+        );
+        drop(log);
+        assert_eq!(
+            fs::metadata(&damaged).expect("metadata").len(),
+            record_one,
+            "cut at the hole, with everything after it"
         );
     }
+}
+
+/// A damaged record in the last segment followed by bytes that are not whole records (the
+/// rest of a write whose pages landed out of order) is a torn write too: cut there.
+#[test]
+fn a_damaged_record_followed_by_no_whole_records_in_the_last_segment_is_cut() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let entries = written_log(dir.path(), 40, 512);
+    let last = segments(dir.path()).pop().expect("a segment");
+    let record_one = 8 + 17 + first_record_data_len(&last);
+    let end = records_end(&last);
+    let mut bytes = fs::read(&last).expect("read");
+    // Record 2's data damaged, and everything after it garbage up to the old end.
+    bytes[record_one as usize + 8 + 20] ^= 0x5a;
+    let record_two_end = record_one as usize
+        + 8
+        + u32::from_le_bytes(
+            bytes[record_one as usize..record_one as usize + 4]
+                .try_into()
+                .expect("4 bytes"),
+        ) as usize;
+    assert!(record_two_end < end as usize, "records follow record 2");
+    bytes[record_two_end..end as usize].fill(0xa5);
+    fs::write(&last, bytes).expect("write");
+    let log = open(dir.path(), 512).expect("a torn last write is recovered");
+    let kept = first_index_of(&last) as usize;
+    assert_eq!(all_entries(&log), entries[..kept]);
 }
 
 /// A damaged last record with only zeroed space after it is a write the crash tore, as when it

@@ -56,11 +56,14 @@
 //! 2. validates `snapshot`'s header checksum and streams its data through crc32c, refusing a
 //!    damaged snapshot with an error naming the file, so a server never installs corrupt state;
 //! 3. scans the segments, each up to its first zero header (or its end) after which only zeros
-//!    follow. In the last segment a torn tail (a last record that runs past the end of the file,
-//!    or fails its checks with only zeros after it) is cut with a log line, together with the
-//!    space after it, so no part of it survives behind records written later. Anything else that
-//!    does not check out, data after a zero header included, is refused with an error naming
-//!    the file and offset;
+//!    follow. In the last segment the write a crash interrupted may have reached the disk in any
+//!    order of its pages, so a torn tail is: a record that runs past the end of the file; a
+//!    zero header with data after it (a page that never landed; what follows belongs to the same
+//!    unacknowledged write); a record that fails its checks unless whole records follow it to
+//!    the end (then acknowledged entries may follow the damage). It is cut with a log line,
+//!    together with the space after it, so no part of it survives behind records written later.
+//!    Anything else that does not check out, in an earlier segment anything at all, is refused
+//!    with an error naming the file and offset;
 //! 4. reconciles the segments with the snapshot: segments that do not hold the snapshot's last
 //!    entry and start at or before it are the remains of a finish that crashed before deleting
 //!    them, and are deleted now, as the finish would have; segments that start after the

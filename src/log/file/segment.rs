@@ -134,9 +134,14 @@ pub(super) enum ScanEnd {
 /// `first_index`, pushing their locations; returns where they end and what follows.
 ///
 /// Rules (module docs): a zero header (or fewer than a header's bytes, all zero) followed by
-/// zeros only is the clean end. In the last segment, a record that runs past the file, or that
-/// fails its checks while only zeros follow it, is a torn write. Anything else is damage no
-/// crash causes, refused naming the file and offset.
+/// zeros only is the clean end. In the last segment, the write a crash interrupted may have
+/// reached the disk in any order of its pages (the file's size no longer changes with it), so
+/// these are a torn write, cut with everything after: a record that runs past the file; a zero
+/// header with data after it (no bit flip zeroes a header; a page of the last write that never
+/// landed does, and everything after it belongs to that write, which was never acknowledged);
+/// a record that fails its checks unless well-formed records follow it to the clean end (then
+/// acknowledged entries may follow a damaged one: refused). Anything else is damage no crash
+/// causes, refused naming the file and offset.
 pub(super) fn scan(
     path: &Path,
     file: &File,
@@ -163,6 +168,7 @@ pub(super) fn scan(
             Err(RecordProblem::Io(error)) => return Err(error),
             Err(RecordProblem::End) => match first_nonzero(file, path, offset, file_length)? {
                 None => return Ok((offset, ScanEnd::Clean)),
+                Some(_) if last => return Ok((offset, ScanEnd::Torn)),
                 Some(data_at) => format!(
                     "a zero record header ends the records, but data follows at offset {data_at}"
                 ),
@@ -170,9 +176,12 @@ pub(super) fn scan(
             Err(RecordProblem::Torn) if last => return Ok((offset, ScanEnd::Torn)),
             Err(RecordProblem::Torn) => "record runs past the end of the file".to_owned(),
             Err(RecordProblem::Bad { reason, ends_at }) => {
-                // A bad record of the last segment with nothing written after it is a write
-                // the crash tore (its missing bytes read as zeros).
-                if last && first_nonzero(file, path, ends_at, file_length)?.is_none() {
+                // A bad record of the last segment is a write the crash tore (its missing
+                // bytes read as zeros) unless whole records follow it to the clean end.
+                let followed = || {
+                    records_follow_to_the_end(file, path, ends_at, file_length, segment_bytes_max)
+                };
+                if last && !followed()? {
                     return Ok((offset, ScanEnd::Torn));
                 }
                 reason
@@ -181,6 +190,36 @@ pub(super) fn scan(
         return Err(corrupt(path, offset, reason));
     }
     Ok((offset, ScanEnd::Clean))
+}
+
+/// Whether well-formed records start at `from` and follow one another to the clean end (zeros
+/// or the end of the file), with at least one of them: entries that may have been
+/// acknowledged. Their indexes are not checked: the damaged record before them hides where
+/// they should start.
+fn records_follow_to_the_end(
+    file: &File,
+    path: &Path,
+    from: u64,
+    file_length: u64,
+    segment_bytes_max: u64,
+) -> Result<bool, LogError> {
+    let mut offset = from;
+    let mut previous: Option<LogIndex> = None;
+    while offset < file_length {
+        match read_record(file, path, offset, file_length, segment_bytes_max) {
+            Ok(record) if previous.is_none_or(|index| record.index == index.next()) => {
+                previous = Some(record.index);
+                offset += RECORD_HEADER_BYTES + u64::from(record.payload_bytes);
+            }
+            Err(RecordProblem::Io(error)) => return Err(error),
+            Err(RecordProblem::End) => {
+                let clean = first_nonzero(file, path, offset, file_length)?.is_none();
+                return Ok(clean && previous.is_some());
+            }
+            _ => return Ok(false),
+        }
+    }
+    Ok(previous.is_some())
 }
 
 /// The offset of the first non-zero byte of `file` in `from..until`, if any.
