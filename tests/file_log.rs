@@ -413,19 +413,6 @@ fn an_earlier_segment_with_zeroed_space_reopens() {
     }
 }
 
-/// The first index in a segment, from its name (`log-<first index>.seg`).
-fn first_index_of(segment: &Path) -> u64 {
-    let name = segment
-        .file_name()
-        .expect("name")
-        .to_string_lossy()
-        .into_owned();
-    name.trim_start_matches("log-")
-        .trim_end_matches(".seg")
-        .parse()
-        .expect("a segment name")
-}
-
 /// Zeros where a record should start, with data after them. In an earlier segment no crash
 /// does that (it was synced whole before the next began): open refuses, naming the file and
 /// the offset. In the last segment it is the write a crash interrupted, whose pages reached the
@@ -444,12 +431,7 @@ fn zeros_where_a_record_starts_are_damage_in_earlier_segments_and_torn_in_the_la
         let damaged = copy.join(path.file_name().expect("name"));
         let record_one = 8 + 17 + first_record_data_len(&damaged);
         let mut bytes = fs::read(&damaged).expect("read");
-        let record_two_bytes = u32::from_le_bytes(
-            bytes[record_one as usize..record_one as usize + 4]
-                .try_into()
-                .expect("4 bytes"),
-        ) as usize
-            + 8;
+        let record_two_bytes = record_bytes_at(&bytes, record_one as usize);
         bytes[record_one as usize..record_one as usize + record_two_bytes].fill(0);
         assert!(
             bytes[record_one as usize + record_two_bytes..]
@@ -469,7 +451,7 @@ fn zeros_where_a_record_starts_are_damage_in_earlier_segments_and_torn_in_the_la
             );
             continue;
         }
-        let kept = first_index_of(&damaged) as usize;
+        let kept = segment_first_index(&damaged) as usize;
         let log = open(&copy, 512).expect("a torn last write is recovered");
         assert_eq!(
             all_entries(&log),
@@ -497,18 +479,12 @@ fn a_damaged_record_followed_by_no_whole_records_in_the_last_segment_is_cut() {
     let mut bytes = fs::read(&last).expect("read");
     // Record 2's data damaged, and everything after it garbage up to the old end.
     bytes[record_one as usize + 8 + 20] ^= 0x5a;
-    let record_two_end = record_one as usize
-        + 8
-        + u32::from_le_bytes(
-            bytes[record_one as usize..record_one as usize + 4]
-                .try_into()
-                .expect("4 bytes"),
-        ) as usize;
+    let record_two_end = record_one as usize + record_bytes_at(&bytes, record_one as usize);
     assert!(record_two_end < end as usize, "records follow record 2");
     bytes[record_two_end..end as usize].fill(0xa5);
     fs::write(&last, bytes).expect("write");
     let log = open(dir.path(), 512).expect("a torn last write is recovered");
-    let kept = first_index_of(&last) as usize;
+    let kept = segment_first_index(&last) as usize;
     assert_eq!(all_entries(&log), entries[..kept]);
 }
 
@@ -596,6 +572,12 @@ fn corruption_in_the_middle_is_refused_naming_file_and_offset() {
             "{which}: {text}"
         );
     }
+}
+
+/// The bytes of the record at `offset` of a segment's contents: its header and its payload.
+fn record_bytes_at(bytes: &[u8], offset: usize) -> usize {
+    let length = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
+    8 + length as usize
 }
 
 /// The data length of the first record in a segment (from its header).
