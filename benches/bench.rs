@@ -355,15 +355,12 @@ fn drive(
 ) -> (u64, Duration, Histogram<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let (threads, per_thread) = if depth <= 1 {
-        (clients, vec![1; clients as usize])
-    } else {
-        let threads = clients.div_ceil(depth);
-        let shares = (0..threads)
-            .map(|thread| clients / threads + u64::from(thread < clients % threads))
-            .collect();
-        (threads, shares)
-    };
+    // The clients spread evenly over the fewest threads of at most `depth` requests each
+    // (depth 1: a thread per client).
+    let threads = clients.div_ceil(depth.max(1));
+    let per_thread: Vec<u64> = (0..threads)
+        .map(|thread| clients / threads + u64::from(thread < clients % threads))
+        .collect();
     assert_eq!(per_thread.iter().sum::<u64>(), clients);
     let threads: Vec<_> = (0..threads)
         .zip(per_thread)

@@ -3,9 +3,9 @@
 //! runtime. It depends on no runtime: the application lends it one through [`AsyncRuntime`].
 
 use super::policy::{self, Call, MemberStatus, Route, Session, StatusSurvey, Step};
-use super::TIMEOUT_DEFAULT;
+use super::{io_error, remaining, TIMEOUT_DEFAULT};
 use crate::consensus::{MembershipChange, ResponseMode};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::framing::MESSAGE_BYTES_MAX_DEFAULT;
 use crate::metrics::Metrics;
 use crate::types::{LogIndex, ServerId};
@@ -478,18 +478,6 @@ async fn within<R: AsyncRuntime, T>(
     match future::select(pin!(work), pin!(runtime.sleep(limit))).await {
         Either::Left((output, _)) => Some(output),
         Either::Right(((), _)) => None,
-    }
-}
-
-/// Time left until `deadline`.
-fn remaining(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
-}
-
-fn io_error(address: SocketAddr, source: std::io::Error) -> Error {
-    Error::Io {
-        address: address.to_string(),
-        source,
     }
 }
 

@@ -318,10 +318,7 @@ impl Client {
     }
 
     fn connect(&self, address: SocketAddr, deadline: Instant) -> Result<Connection> {
-        let io = |source| Error::Io {
-            address: address.to_string(),
-            source,
-        };
+        let io = |source| io_error(address, source);
         let attempt = policy::connect_timeout(remaining(deadline));
         let mut stream = TcpStream::connect_timeout(&address, attempt).map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
@@ -344,10 +341,7 @@ impl Client {
             .as_mut()
             .expect("exchange is called with a connection");
         let address = connection.address;
-        let io = |source| Error::Io {
-            address: address.to_string(),
-            source,
-        };
+        let io = |source| io_error(address, source);
         let frame = wire::encode_request(&ClientRequest {
             request_id,
             body: body.clone(),
@@ -385,6 +379,14 @@ impl Client {
 /// Time left until `deadline`.
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
+}
+
+/// An I/O failure talking to the server at `address`, naming it.
+fn io_error(address: SocketAddr, source: std::io::Error) -> Error {
+    Error::Io {
+        address: address.to_string(),
+        source,
+    }
 }
 
 #[cfg(test)]

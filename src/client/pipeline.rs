@@ -10,7 +10,7 @@
 //! under the same session and sequence number.
 
 use super::policy::{self, Call, Route, Session, Step};
-use super::TIMEOUT_DEFAULT;
+use super::{io_error, TIMEOUT_DEFAULT};
 use crate::consensus::ResponseMode;
 use crate::error::{Error, Result};
 use crate::framing::{FrameReader, MESSAGE_BYTES_MAX_DEFAULT};
@@ -471,10 +471,7 @@ impl Pipeline {
                 true
             }
             Err(source) => {
-                let error = Error::Io {
-                    address: address.to_string(),
-                    source,
-                };
+                let error = io_error(address, source);
                 self.connection_failed(&error, now);
                 false
             }
@@ -488,10 +485,7 @@ impl Pipeline {
             "no frames wait without a connection"
         );
         let address = self.route.target();
-        let io = |source| Error::Io {
-            address: address.to_string(),
-            source,
-        };
+        let io = |source| io_error(address, source);
         let remaining = self.next_wake().saturating_duration_since(now);
         let stream =
             TcpStream::connect_timeout(&address, policy::connect_timeout(remaining)).map_err(io)?;
@@ -517,10 +511,7 @@ impl Pipeline {
             .as_mut()
             .expect("requests are outstanding on an open connection");
         let address = connection.address;
-        let io = |source| Error::Io {
-            address: address.to_string(),
-            source,
-        };
+        let io = |source| io_error(address, source);
         // A zero timeout would mean "block forever".
         let wait = wake
             .saturating_duration_since(now)
@@ -566,10 +557,10 @@ impl Pipeline {
                 Ok(response) => response,
                 Err(error) => {
                     // Bytes that are no answer: the stream cannot be trusted any further.
-                    let error = Error::Io {
-                        address: address.to_string(),
-                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, error),
-                    };
+                    let error = io_error(
+                        address,
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, error),
+                    );
                     self.connection_failed(&error, now);
                     return;
                 }

@@ -63,6 +63,11 @@ impl ReadState {
             .is_some_and(|(round, _)| *round > self.round)
     }
 
+    /// Whether a round should start now: reads wait for one and none is outstanding.
+    fn round_due(&self) -> bool {
+        self.round_wanted() && self.confirmed >= self.round
+    }
+
     fn take_all(&mut self) -> Vec<ProposalId> {
         let mut ids: Vec<ProposalId> = self.unconfirmed.drain(..).map(|(_, r)| r.id).collect();
         ids.extend(self.confirmed_reads.drain(..).map(|r| r.id));
@@ -98,8 +103,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
         if self.role != Role::Leader {
             return Ok(());
         }
-        let outstanding = self.reads.confirmed < self.reads.round;
-        if self.reads.round_wanted() && !outstanding {
+        if self.reads.round_due() {
             self.start_read_round()?;
         }
         self.confirm_reads()?;
@@ -143,8 +147,7 @@ impl<L: PersistentLog, M: StateMachine> Consensus<L, M> {
     /// allows, and if the batch's reads want a round and none is outstanding, starts it first,
     /// so the batch's appends carry it: a follower that gets an append needs no heartbeat too.
     pub(super) fn replicate_with_read_round(&mut self) -> Result<()> {
-        let outstanding = self.reads.confirmed < self.reads.round;
-        if self.role != Role::Leader || !self.reads.round_wanted() || outstanding {
+        if self.role != Role::Leader || !self.reads.round_due() {
             return self.replicate_to_all();
         }
         self.reads.round += 1;

@@ -334,9 +334,10 @@ impl FileLog {
                 );
                 // Cut durably, so no part of the torn write lies after records written later.
                 segment.cut(length)?;
+            } else {
+                // What recovery found is made durable before anyone acts on it (a cut syncs).
+                segment.file.sync_data().map_err(io_error(&segment.path))?;
             }
-            // What recovery found is made durable before anyone acts on it.
-            segment.file.sync_data().map_err(io_error(&segment.path))?;
             self.segments.push(segment);
         }
         Ok(())
@@ -803,9 +804,7 @@ impl PersistentLog for FileLog {
     }
 
     fn append_entries(&mut self, from: LogIndex, entries: &[Entry]) -> Result<(), LogError> {
-        check_append_at(from, self.latest_log_index())?;
-        self.unsynced.extend_from_slice(entries);
-        Ok(())
+        self.append_owned_entries(from, entries.to_vec())
     }
 
     fn append_owned_entries(

@@ -165,9 +165,7 @@ impl PersistentLog for MemLog {
     }
 
     fn append_entries(&mut self, from: LogIndex, entries: &[Entry]) -> Result<(), LogError> {
-        check_append_at(from, self.latest_log_index())?;
-        self.entries.extend_from_slice(entries);
-        Ok(())
+        self.append_owned_entries(from, entries.to_vec())
     }
 
     fn append_owned_entries(

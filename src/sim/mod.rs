@@ -772,6 +772,15 @@ impl Simulation {
         }
     }
 
+    /// A delay drawn from `0..=max_us`; 0 without drawing when `max_us` is 0, so runs that
+    /// configure no delay consume no randomness for it.
+    fn delay_up_to(&mut self, max_us: u64) -> u64 {
+        match max_us {
+            0 => 0,
+            max => self.rng.gen_range(0..=max),
+        }
+    }
+
     /// Holds a client request for the server's next batch, which comes within
     /// `client_batch_window_max_us` (at once when that is 0).
     fn queue_client_request(&mut self, client: usize, node: ServerId, event: Event) {
@@ -783,10 +792,7 @@ impl Simulation {
         slot.client_batch.push((client, event));
         if first {
             let incarnation = slot.incarnation;
-            let delay = match self.config.client_batch_window_max_us {
-                0 => 0,
-                max => self.rng.gen_range(0..=max),
-            };
+            let delay = self.delay_up_to(self.config.client_batch_window_max_us);
             self.clock
                 .schedule(delay, SimEvent::ClientBatch { node, incarnation });
         }
@@ -958,10 +964,7 @@ impl Simulation {
         }
         if actions.sync_required && !self.slots[index].sync_scheduled {
             self.slots[index].sync_scheduled = true;
-            let delay = match self.config.faults.sync_delay_max_us {
-                0 => 0,
-                max => self.rng.gen_range(0..=max),
-            };
+            let delay = self.delay_up_to(self.config.faults.sync_delay_max_us);
             let incarnation = self.slots[index].incarnation;
             self.clock.schedule(
                 delay,
